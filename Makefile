@@ -1,0 +1,38 @@
+# Two commands from a fresh clone: `make reproduce` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PIP := $(VENV)/bin/pip install --constraint constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: reproduce test lessons benchmark clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-base: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) -e '.[test]'
+	touch $@ $(VENV)/.installed-base $(VENV)/.installed-lessons
+
+$(VENV)/.installed-lessons: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) -e '.[lessons]'
+	touch $@
+
+reproduce: $(VENV)/.installed-base
+	$(VENV)/bin/treemdp reproduce --out figures
+
+test: $(VENV)/.installed-test
+	bash scripts/install-browser.sh
+	$(VENV)/bin/python -m pytest
+
+lessons: $(VENV)/.installed-lessons
+	$(VENV)/bin/jupyter lab lessons/
+
+benchmark: $(VENV)/.installed-base
+	$(VENV)/bin/python benchmarks/bench_engine.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

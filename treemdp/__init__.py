@@ -1,0 +1,27 @@
+"""treemdp: see why direct alignment algorithms put probability on answers nobody showed them.
+
+Toy track: an exact tree-structured token MDP (Rafailov et al., 2024, App. E), RNN and tabular
+policies, exact enumeration of trajectory probabilities, SFT then DPO/IPO/SLiC. LLM track
+(``treemdp.llm``, imported lazily): the same losses on Pythia / GPT-NeoX models.
+"""
+
+from gymnasium.envs.registration import register as _register
+
+from .errors import UserError
+from .exact import (entropy, in_distribution_mask, kl_divergence, mass, ood_mass,
+                    sequence_log_probs, top_ood, trajectory_log_probs)
+from .losses import LOSSES, implicit_reward, preference_h, preference_loss
+from .policies import RNNPolicy, TabularPolicy, make_policy
+from .tree import Dataset, Preference, TreeMDP, load_dataset, make_dataset, paper_dataset
+
+__version__ = "0.1.0"
+
+ENV_ID = "treemdp/TreeMDP-v0"
+_register(id=ENV_ID, entry_point="treemdp.env:TreeMDPEnv")
+
+__all__ = [
+    "TreeMDP", "RNNPolicy", "TabularPolicy", "paper_dataset", "trajectory_log_probs",
+    "preference_loss", "preference_h", "implicit_reward", "LOSSES", "Dataset", "Preference",
+    "make_dataset", "load_dataset", "make_policy", "in_distribution_mask", "mass", "ood_mass",
+    "kl_divergence", "entropy", "top_ood", "sequence_log_probs", "UserError", "ENV_ID",
+]

@@ -1,0 +1,241 @@
+"""The tree-structured token MDP of Rafailov et al. (2024), Appendix E, and its data.
+
+A start state s1; action a_k from a node moves to its k-th child; nodes at depth ``depth - 1``
+move to the absorbing terminal state ``s∞`` whatever the action. States are numbered breadth
+first (s1; s2 s3 s4; s5 ... s13 for the paper's tree), so a state is the prefix of actions taken,
+like a token prefix. One table, :attr:`TreeMDP.next_state`, holds the transitions; the gymnasium
+env steps through it and the exact enumeration walks it, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+#: Largest tree whose per-trajectory tables we are willing to build (memory guard).
+MAX_TRAJECTORIES = 10**8
+
+
+class TreeMDP:
+    """A deterministic tree MDP with ``branching`` actions and ``depth`` steps per episode.
+
+    Args:
+        branching: actions per state (>= 2); the paper uses 3.
+        depth: actions per trajectory (>= 1); the paper uses 3.
+
+    Attributes:
+        n_states: non-terminal states, ``(branching**depth - 1) / (branching - 1)``.
+        terminal: index of the absorbing terminal state ``s∞`` (== ``n_states``).
+        n_trajectories: ``branching**depth``.
+        next_state: int64 array [n_states, branching], the transition table.
+        node_depth: int64 array [n_states], number of actions taken to reach each state.
+    """
+
+    def __init__(self, branching: int = 3, depth: int = 3):
+        for name, value, low in (("branching", branching, 2), ("depth", depth, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise UserError(f"{name} must be an integer, got {value!r}")
+            if value < low:
+                raise UserError(f"{name} must be >= {low}, got {value}")
+        if branching**depth > MAX_TRAJECTORIES:
+            raise UserError(
+                f"a tree with branching={branching}, depth={depth} has {branching**depth:.3g} "
+                f"trajectories; at most {MAX_TRAJECTORIES:.0e} are supported")
+        self.branching = int(branching)
+        self.depth = int(depth)
+        self.n_trajectories = self.branching**self.depth
+        # level_start[t] = BFS index of the first node at depth t (t actions taken).
+        sizes = [self.branching**t for t in range(self.depth)]
+        self.level_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.n_states = int(self.level_start[-1])
+        self.terminal = self.n_states
+        self.node_depth = np.repeat(np.arange(self.depth), sizes).astype(np.int64)
+        # Child k of the j-th node of level t is node j*branching + k of level t+1 (lexicographic).
+        offset_in_level = np.arange(self.n_states) - self.level_start[self.node_depth]
+        children = (self.level_start[np.minimum(self.node_depth + 1, self.depth)][:, None]
+                    + offset_in_level[:, None] * self.branching + np.arange(self.branching))
+        leaf_level = (self.node_depth == self.depth - 1)[:, None]
+        self.next_state = np.where(leaf_level, self.terminal, children).astype(np.int64)
+
+    def __repr__(self) -> str:
+        return f"TreeMDP(branching={self.branching}, depth={self.depth})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TreeMDP) and (self.branching, self.depth) == (other.branching, other.depth)
+
+    def __hash__(self) -> int:
+        return hash((self.branching, self.depth))
+
+    # ----- states -----------------------------------------------------------------------------
+    def state_name(self, state: int) -> str:
+        """The paper's name of a state: ``s1`` for the root, ``s∞`` for the terminal state."""
+        if state == self.terminal:
+            return "s∞"
+        if not 0 <= state < self.n_states:
+            raise UserError(f"state {state} is not in {self!r} (0..{self.terminal})")
+        return f"s{state + 1}"
+
+    def step_state(self, state: int, action: int) -> int:
+        """The successor of ``state`` under ``action`` (a lookup in :attr:`next_state`)."""
+        return int(self.next_state[state, action])
+
+    def nodes_at_depth(self, t: int) -> np.ndarray:
+        """BFS indices of the ``branching**t`` states reached after ``t`` actions, lexicographic."""
+        return np.arange(self.level_start[t], self.level_start[t + 1])
+
+    def prefix_states(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """The state reached by each action prefix, read from :attr:`next_state`.
+
+        Args:
+            prefixes: LongTensor [N, t] with 0 <= t < depth.
+
+        Returns:
+            LongTensor [N] of state indices.
+        """
+        table = torch.as_tensor(self.next_state, device=prefixes.device)
+        states = torch.zeros(prefixes.shape[0], dtype=torch.long, device=prefixes.device)
+        for column in prefixes.T:
+            states = table[states, column]
+        return states
+
+    # ----- trajectories -----------------------------------------------------------------------
+    def trajectories(self) -> torch.Tensor:
+        """Every action sequence, LongTensor [branching**depth, depth], lexicographic order."""
+        index = torch.arange(self.n_trajectories)
+        powers = self.branching ** torch.arange(self.depth - 1, -1, -1)
+        return (index[:, None] // powers) % self.branching
+
+    def trajectory_index(self, actions: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
+        """Row of each action sequence in :meth:`trajectories` (validated). [N, depth] -> [N]."""
+        actions = self.validate_trajectories(actions)
+        powers = self.branching ** torch.arange(self.depth - 1, -1, -1)
+        return (actions * powers).sum(-1)
+
+    def validate_trajectories(self, actions, what: str = "trajectory") -> torch.Tensor:
+        """Return ``actions`` as LongTensor [N, depth] or raise UserError naming the bad row."""
+        rows = actions.tolist() if isinstance(actions, torch.Tensor) else list(actions)
+        for i, row in enumerate(rows):
+            if isinstance(row, (str, bytes)) or not isinstance(row, Iterable):
+                raise UserError(f"{what} {i} must be a list of actions, got {row!r}")
+            row = list(row)
+            if len(row) != self.depth:
+                raise UserError(f"{what} {i} {row} has length {len(row)}; this tree has depth {self.depth}")
+            for a in row:
+                if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not 0 <= a < self.branching:
+                    raise UserError(f"{what} {i} {row}: action {a!r} is not an integer in [0, {self.branching})")
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.depth)
+
+    def trajectory_name(self, actions) -> str:
+        """The paper's notation of one action sequence, e.g. ``s1-a1-s3-a1-s9-a0-s∞``."""
+        (actions,) = self.validate_trajectories([list(actions)])
+        state, parts = 0, ["s1"]
+        for a in actions.tolist():
+            state = self.step_state(state, a)
+            parts += [f"a{a}", self.state_name(state)]
+        return "-".join(parts)
+
+    def trajectory_names(self) -> list[str]:
+        """Names of all trajectories in :meth:`trajectories` order (small trees only)."""
+        if self.n_trajectories > 100_000:
+            raise UserError(f"{self!r} has {self.n_trajectories} trajectories: too many to name")
+        return [self.trajectory_name(row) for row in self.trajectories().tolist()]
+
+
+@dataclass(frozen=True)
+class Preference:
+    """One preference: ``chosen`` is preferred over ``rejected`` (action sequences)."""
+
+    chosen: tuple[int, ...]
+    rejected: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Demonstrations for SFT and preferences for the direct alignment phase.
+
+    Attributes:
+        demonstrations: LongTensor [n_demos, depth].
+        preferences: tuple of :class:`Preference`.
+    """
+
+    demonstrations: torch.Tensor
+    preferences: tuple[Preference, ...] = field(default_factory=tuple)
+
+    def chosen(self) -> torch.Tensor:
+        """LongTensor [n_prefs, depth] of the preferred sequences."""
+        return torch.tensor([p.chosen for p in self.preferences], dtype=torch.long)
+
+    def rejected(self) -> torch.Tensor:
+        """LongTensor [n_prefs, depth] of the dispreferred sequences."""
+        return torch.tensor([p.rejected for p in self.preferences], dtype=torch.long)
+
+    def to_json(self) -> dict:
+        """The ``--data`` file format (CONTRACT.md)."""
+        return {"demonstrations": self.demonstrations.tolist(),
+                "preferences": [{"chosen": list(p.chosen), "rejected": list(p.rejected)}
+                                for p in self.preferences]}
+
+
+def paper_dataset() -> Dataset:
+    """The three demonstrations and the one preference of Appendix E (paper's tree).
+
+    Demonstrations (s1,a0,s2,a0,s5,a0,s∞), (s1,a1,s3,a1,s9,a0,s∞), (s1,a2,s4,a2,s13,a2,s∞);
+    preference (s1,a1,s3,a1,s9,a0,s∞) over (s1,a0,s2,a0,s5,a0,s∞).
+    """
+    return Dataset(demonstrations=torch.tensor([[0, 0, 0], [1, 1, 0], [2, 2, 2]]),
+                   preferences=(Preference(chosen=(1, 1, 0), rejected=(0, 0, 0)),))
+
+
+def make_dataset(mdp: TreeMDP, demonstrations, preferences) -> Dataset:
+    """Validate raw lists against ``mdp`` and build a :class:`Dataset`.
+
+    Args:
+        demonstrations: list of action sequences (non-empty).
+        preferences: list of ``{"chosen": [...], "rejected": [...]}`` dicts or
+            :class:`Preference` objects (may be empty: SFT only).
+    """
+    if not isinstance(demonstrations, (list, tuple, torch.Tensor)) or len(demonstrations) == 0:
+        raise UserError("demonstrations must be a non-empty list of action sequences")
+    demos = mdp.validate_trajectories(demonstrations, what="demonstration")
+    if not isinstance(preferences, (list, tuple)):
+        raise UserError("preferences must be a list of {\"chosen\": [...], \"rejected\": [...]} objects")
+    prefs = []
+    for i, p in enumerate(preferences):
+        if isinstance(p, Preference):
+            p = {"chosen": list(p.chosen), "rejected": list(p.rejected)}
+        if not isinstance(p, dict) or set(p) != {"chosen", "rejected"}:
+            raise UserError(f"preference {i} must be an object with exactly the keys 'chosen' and 'rejected'")
+        chosen = mdp.validate_trajectories([p["chosen"]], what=f"preference {i} chosen")[0]
+        rejected = mdp.validate_trajectories([p["rejected"]], what=f"preference {i} rejected")[0]
+        if torch.equal(chosen, rejected):
+            raise UserError(f"preference {i}: chosen equals rejected ({chosen.tolist()}); nothing to prefer")
+        prefs.append(Preference(tuple(chosen.tolist()), tuple(rejected.tolist())))
+    return Dataset(demonstrations=demos, preferences=tuple(prefs))
+
+
+def load_dataset(path: str | Path, mdp: TreeMDP) -> Dataset:
+    """Read and validate a ``--data`` JSON file (format in CONTRACT.md / README)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"data file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read data file {str(path)!r}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"data file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"data file {str(path)!r} must hold a JSON object with 'demonstrations' and 'preferences'")
+    unknown = set(raw) - {"demonstrations", "preferences"}
+    if unknown:
+        raise UserError(f"data file {str(path)!r} has unknown keys: {', '.join(sorted(unknown))}")
+    if "demonstrations" not in raw:
+        raise UserError(f"data file {str(path)!r} has no 'demonstrations'")
+    return make_dataset(mdp, raw["demonstrations"], raw.get("preferences", []))
