@@ -29,7 +29,7 @@ def trajectory_log_probs(policy: TreePolicy) -> torch.Tensor:
         step = policy.next_log_probs(state)  # [b**t, b]
         logp = (logp[:, None] + step).reshape(-1)  # [b**(t+1)], child j*b + k of node j
         if t + 1 < policy.mdp.depth:
-            state = policy.children(state)
+            state = policy.expand(state)
     return logp
 
 

@@ -6,7 +6,7 @@ evaluate every tree node once:
 
     state = policy.root_state()                # the start state s1, batch 1
     logp  = policy.next_log_probs(state)       # [N, branching]
-    state = policy.children(state)             # all N * branching children, lexicographic
+    state = policy.expand(state)             # all N * branching children, lexicographic
     state = policy.advance(state, actions)     # one child per row (rollouts)
 
 The RNN reads the previous action as a token (a BOS token at the start), like a language model
@@ -47,7 +47,7 @@ class TreePolicy(nn.Module):
     def advance(self, state: Any, actions: torch.Tensor) -> Any:
         raise NotImplementedError
 
-    def children(self, state: Any) -> Any:
+    def expand(self, state: Any) -> Any:
         """The state of every child of every node in ``state``, lexicographic ([N] -> [N*b])."""
         b = self.mdp.branching
         n = self.state_size(state)
@@ -169,7 +169,7 @@ class TabularPolicy(TreePolicy):
     def advance(self, state, actions):
         return self.next_state[state, actions]
 
-    def children(self, state):  # same as the generic one, minus the gather: children are contiguous
+    def expand(self, state):  # same as the generic one, minus the gather: children are contiguous
         return self.next_state[state].reshape(-1)
 
     def next_log_probs(self, state):

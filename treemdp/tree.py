@@ -112,6 +112,12 @@ class TreeMDP:
         powers = self.branching ** torch.arange(self.depth - 1, -1, -1)
         return (index[:, None] // powers) % self.branching
 
+    def trajectories_row(self, index: int) -> list[int]:
+        """The action sequence at row ``index`` of :meth:`trajectories` (without building it)."""
+        if not 0 <= index < self.n_trajectories:
+            raise UserError(f"trajectory row {index} is not in [0, {self.n_trajectories})")
+        return [(int(index) // self.branching**(self.depth - 1 - t)) % self.branching for t in range(self.depth)]
+
     def trajectory_index(self, actions: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
         """Row of each action sequence in :meth:`trajectories` (validated). [N, depth] -> [N]."""
         actions = self.validate_trajectories(actions)

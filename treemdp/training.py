@@ -1,0 +1,359 @@
+"""One toy run: SFT (behaviour cloning) on the demonstrations, then a direct alignment phase
+(DPO/IPO/SLiC, paper eq. 4) on the preferences with the SFT policy frozen as the reference.
+
+Every step enumerates all trajectory probabilities exactly (``exact.trajectory_log_probs``), so
+peak OOD mass is tracked at every step, not only at logged ones. Results come back as tidy pandas
+DataFrames; :mod:`treemdp.runs` writes them to a run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import pandas as pd
+import torch
+
+from .errors import UserError
+from .exact import entropy, in_distribution_mask, kl_divergence, trajectory_log_probs
+from .losses import LOSSES, check_beta, preference_loss
+from .policies import CELLS, POLICIES, TreePolicy, make_policy
+from .tree import Dataset, TreeMDP, paper_dataset
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of one run; ``config.json`` holds these fields and reruns it exactly."""
+
+    loss: str = "dpo"
+    """Direct alignment loss: dpo, ipo or slic (paper eq. 4)."""
+    beta: float = 0.1
+    """Inverse temperature beta of g(beta * h); finite and > 0 (paper: 0.01, 0.1, 0.5)."""
+    seed: int = 0
+    """Seeds the policy initialisation; same seed, same numbers, bit for bit on CPU."""
+    branching: int = 3
+    """Actions per state (paper: 3)."""
+    depth: int = 3
+    """Actions per trajectory (paper: 3)."""
+    policy: str = "rnn"
+    """Policy class: rnn (shared parameters) or tabular (independent logits per state)."""
+    cell: str = "gru"
+    """Recurrent cell of the rnn policy: gru, lstm or rnn."""
+    hidden_size: int = 32
+    """Hidden size of the rnn policy."""
+    optimizer: str = "adam"
+    """Optimiser for both phases: adam, rmsprop or sgd."""
+    sft_lr: float = 1e-2
+    """Learning rate of the SFT phase."""
+    daa_lr: float = 1e-2
+    """Learning rate of the direct alignment phase."""
+    sft_steps: int = 200
+    """Full-batch SFT steps on the demonstrations."""
+    daa_steps: int = 1000
+    """Full-batch direct alignment steps on the preferences."""
+    log_every: int = 5
+    """Write every trajectory's probability to the history every this many steps (and the last)."""
+    history_limit: int = 4096
+    """Trees with more trajectories log only in-distribution and the top-10 OOD ones per logged step."""
+    threads: int = 1
+    """torch threads (one is fastest for these tiny tensors)."""
+    device: str = "cpu"
+    """Torch device: cpu, cuda, cuda:1, mps, ..."""
+    data: Optional[str] = None
+    """JSON data file (demonstrations, preferences); None means the paper's data."""
+
+    def validate(self) -> "TrainConfig":
+        """Raise UserError naming the first bad field; return self."""
+        if self.loss not in LOSSES:
+            raise UserError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
+        check_beta_user(self.beta)
+        for name in ("branching", "depth", "hidden_size", "threads", "log_every", "history_limit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        if self.branching < 2:
+            raise UserError(f"branching must be >= 2, got {self.branching}")
+        for name in ("sft_steps", "daa_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UserError(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("sft_lr", "daa_lr"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise UserError(f"{name} must be a finite number > 0, got {value!r}")
+        for name, table in (("policy", POLICIES), ("cell", CELLS), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in table:
+                raise UserError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(table)}")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise UserError(f"unknown device {self.device!r}") from None
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "TrainConfig":
+        """Build from a dict (e.g. ``config.json``), refusing unknown keys."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise UserError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**raw)
+
+
+def check_beta_user(beta) -> float:
+    """:func:`treemdp.losses.check_beta` with the error as a UserError."""
+    try:
+        return check_beta(beta)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+@dataclass
+class RunResult:
+    """What a run produces.
+
+    Attributes:
+        config: the settings.
+        history: tidy DataFrame, one row per (phase, step, trajectory): ``phase``, ``step``,
+            ``trajectory`` (paper notation), ``prob``, ``in_distribution``.
+        metrics: one row per logged (phase, step): ``loss``, ``kl_to_reference``,
+            ``chosen_prob``, ``rejected_prob``, ``in_distribution_mass``, ``ood_mass``, ``entropy``.
+        summary: the ``summary.json`` dict.
+        policy: the trained policy; reference: the frozen SFT policy.
+    """
+
+    config: TrainConfig
+    history: pd.DataFrame
+    metrics: pd.DataFrame
+    summary: dict
+    policy: TreePolicy
+    reference: TreePolicy
+    dataset: Dataset = field(repr=False, default=None)
+
+
+class TrainingDiverged(UserError):
+    """The loss or the probabilities became NaN/inf."""
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """The optimiser by name (default hyper-parameters otherwise)."""
+    return OPTIMIZERS[name](params, lr=lr)
+
+
+def sft_loss(logp: torch.Tensor, demo_index: torch.Tensor) -> torch.Tensor:
+    """Behaviour cloning: mean negative log-likelihood of the demonstrations (a scalar)."""
+    return -logp[demo_index].mean()
+
+
+def daa_loss(logp: torch.Tensor, ref_logp: torch.Tensor, chosen: torch.Tensor,
+             rejected: torch.Tensor, *, beta: float, loss: str) -> torch.Tensor:
+    """Mean of eq. 4 over the preferences, from exact trajectory log-probs (a scalar)."""
+    return preference_loss(logp[chosen], logp[rejected], ref_logp[chosen], ref_logp[rejected],
+                           beta=beta, loss=loss).mean()
+
+
+class _Recorder:
+    """Collects per-step scalars (every step) and trajectory probabilities (logged steps)."""
+
+    def __init__(self, mdp: TreeMDP, in_dist: torch.Tensor, chosen, rejected, limit: int):
+        self.mdp, self.in_dist, self.chosen, self.rejected = mdp, in_dist, chosen, rejected
+        self.track_all = mdp.n_trajectories <= limit
+        self.rows: list[tuple[str, int, torch.Tensor, torch.Tensor]] = []  # phase, step, index, probs
+        self.scalars: dict[str, list] = {k: [] for k in ("phase", "step", "loss", "ood_mass", "chosen_prob",
+                                                         "rejected_prob", "kl_to_reference", "entropy")}
+
+    def record(self, phase: str, step: int, logp: torch.Tensor, loss: float, ref_logp, log: bool):
+        with torch.no_grad():
+            probs = logp.detach().exp().cpu()
+            s = self.scalars
+            s["phase"].append(phase)
+            s["step"].append(step)
+            s["loss"].append(loss)
+            s["ood_mass"].append(probs[~self.in_dist].sum())
+            s["chosen_prob"].append(probs[self.chosen].mean() if len(self.chosen) else torch.tensor(float("nan")))
+            s["rejected_prob"].append(probs[self.rejected].mean() if len(self.rejected) else torch.tensor(float("nan")))
+            if log:
+                s_kl = kl_divergence(logp.detach(), ref_logp).cpu() if ref_logp is not None else torch.tensor(float("nan"))
+                s["kl_to_reference"].append(s_kl)
+                s["entropy"].append(entropy(logp.detach()).cpu())
+                if self.track_all:
+                    index = torch.arange(self.mdp.n_trajectories)
+                else:
+                    ood_probs = probs.masked_fill(self.in_dist, -1.0)
+                    top = torch.topk(ood_probs, min(10, int((~self.in_dist).sum()))).indices
+                    index = torch.cat([self.in_dist.nonzero().squeeze(1), top])
+                self.rows.append((phase, step, index, probs[index]))
+            else:
+                s["kl_to_reference"].append(None)
+                s["entropy"].append(None)
+            if not torch.isfinite(probs).all() or not math.isfinite(loss):
+                raise TrainingDiverged(f"{phase} step {step}: the {'loss' if not math.isfinite(loss) else 'policy'} "
+                                       f"became NaN/inf (learning rate too high for this optimiser?)")
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """(history, metrics at logged steps, every-step scalars)."""
+        names = self.mdp.trajectory_names() if self.track_all else None
+        parts = []
+        for phase, step, index, probs in self.rows:
+            parts.append(pd.DataFrame({
+                "phase": phase, "step": step,
+                "trajectory": [names[i] for i in index.tolist()] if names is not None
+                else [self.mdp.trajectory_name(self.mdp.trajectories_row(i)) for i in index.tolist()],
+                "prob": probs.double().numpy(), "in_distribution": self.in_dist[index].numpy()}))
+        history = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+            columns=["phase", "step", "trajectory", "prob", "in_distribution"])
+        s = self.scalars
+        steps = pd.DataFrame({
+            "phase": s["phase"], "step": s["step"], "loss": s["loss"],
+            "ood_mass": torch.stack(s["ood_mass"]).double().numpy(),
+            "chosen_prob": torch.stack(s["chosen_prob"]).double().numpy(),
+            "rejected_prob": torch.stack(s["rejected_prob"]).double().numpy(),
+            "kl_to_reference": [float(v) if v is not None else None for v in s["kl_to_reference"]],
+            "entropy": [float(v) if v is not None else None for v in s["entropy"]],
+        })
+        steps["in_distribution_mass"] = 1.0 - steps["ood_mass"]
+        logged = steps[steps["entropy"].notna()].reset_index(drop=True)
+        return history, logged, steps
+
+
+def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,
+          progress: bool = True, on_log: Optional[Callable[[str, int, torch.Tensor], None]] = None,
+          **overrides) -> RunResult:
+    """Run SFT then direct alignment, enumerating every trajectory exactly at every step.
+
+    Args:
+        config: the settings (defaults: :class:`TrainConfig`); keyword ``overrides`` replace fields,
+            e.g. ``train(loss="ipo", beta=0.5, seed=3)``.
+        dataset: demonstrations and preferences; default: ``config.data`` if set, else the paper's.
+        progress: show a tqdm bar on runs longer than a second.
+        on_log: called as ``on_log(phase, step, probs)`` at every logged step (live plots).
+
+    Returns:
+        A :class:`RunResult`.
+    """
+    config = dataclasses.replace(config or TrainConfig(), **overrides).validate()
+    mdp = TreeMDP(config.branching, config.depth)
+    if dataset is None:
+        if config.data is not None:
+            from .tree import load_dataset
+            dataset = load_dataset(config.data, mdp)
+        elif (config.branching, config.depth) == (3, 3):
+            dataset = paper_dataset()
+        else:
+            raise UserError("the paper's data fit only the 3 x 3 tree; give a data file for other shapes")
+    else:
+        from .tree import make_dataset
+        dataset = make_dataset(mdp, dataset.demonstrations, list(dataset.preferences))
+    if config.daa_steps > 0 and not dataset.preferences:
+        raise UserError("the data have no preferences; set daa_steps to 0 for SFT only")
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train(config, mdp, dataset, progress, on_log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(config, mdp, dataset, progress, on_log) -> RunResult:
+    device = torch.device(config.device)
+    policy = make_policy(mdp, config.policy, seed=config.seed, hidden_size=config.hidden_size,
+                         cell=config.cell).to(device)
+    in_dist = in_distribution_mask(mdp, dataset)
+    demo_index = mdp.trajectory_index(dataset.demonstrations).to(device)
+    chosen = mdp.trajectory_index(dataset.chosen()) if dataset.preferences else torch.zeros(0, dtype=torch.long)
+    rejected = mdp.trajectory_index(dataset.rejected()) if dataset.preferences else torch.zeros(0, dtype=torch.long)
+    recorder = _Recorder(mdp, in_dist, chosen, rejected, config.history_limit)
+    chosen_d, rejected_d = chosen.to(device), rejected.to(device)
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=config.sft_steps + config.daa_steps, disable=not progress, delay=1.0,
+               desc=f"{config.loss} beta={config.beta:g} seed={config.seed}", unit="step", leave=False)
+    started = time.perf_counter()
+
+    def log_now(step: int, last: int) -> bool:
+        return step % config.log_every == 0 or step == last
+
+    # ----- SFT: maximise the likelihood of the demonstrations --------------------------------
+    optimizer = make_optimizer(config.optimizer, policy.parameters(), config.sft_lr)
+    for step in range(config.sft_steps + 1):
+        logp = trajectory_log_probs(policy)  # [b**d], exact
+        loss = sft_loss(logp, demo_index)
+        log = log_now(step, config.sft_steps)
+        recorder.record("sft", step, logp, loss.item(), None, log)
+        if log and on_log is not None:
+            on_log("sft", step, logp.detach().exp())
+        if step == config.sft_steps:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        bar.update()
+
+    # ----- DAA: g(beta * h) on the preferences, SFT policy frozen as the reference ---------------
+    reference = copy.deepcopy(policy).requires_grad_(False).eval()
+    with torch.no_grad():
+        ref_logp = trajectory_log_probs(reference)
+    if config.daa_steps > 0:
+        optimizer = make_optimizer(config.optimizer, policy.parameters(), config.daa_lr)
+        for step in range(config.daa_steps + 1):
+            logp = trajectory_log_probs(policy)
+            loss = daa_loss(logp, ref_logp, chosen_d, rejected_d, beta=config.beta, loss=config.loss)
+            log = log_now(step, config.daa_steps)
+            recorder.record("daa", step, logp, loss.item(), ref_logp, log)
+            if log and on_log is not None:
+                on_log("daa", step, logp.detach().exp())
+            if step == config.daa_steps:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update()
+    bar.close()
+    elapsed = time.perf_counter() - started
+
+    history, metrics, steps = recorder.frames()
+    with torch.no_grad():
+        final_logp = trajectory_log_probs(policy)
+    summary = summarize(config, mdp, steps, final_logp, ref_logp, in_dist, elapsed)
+    return RunResult(config, history, metrics, summary, policy.requires_grad_(False).eval(), reference, dataset)
+
+
+def summarize(config: TrainConfig, mdp: TreeMDP, steps: pd.DataFrame, final_logp: torch.Tensor,
+              ref_logp: torch.Tensor, in_dist: torch.Tensor, elapsed: float) -> dict:
+    """The ``summary.json`` dict from the every-step scalars and the final distributions."""
+    from .exact import top_ood
+    daa = steps[steps["phase"] == "daa"]
+    sft = steps[steps["phase"] == "sft"]
+    phase = daa if len(daa) else sft
+    peak = phase["ood_mass"].idxmax()
+    final = phase.iloc[-1]
+    names = lambda index: mdp.trajectory_name(mdp.trajectories_row(index))  # noqa: E731
+    return {
+        "loss": config.loss, "beta": config.beta, "seed": config.seed,
+        "policy": config.policy, "cell": config.cell, "hidden_size": config.hidden_size,
+        "optimizer": config.optimizer,
+        "final_in_distribution_mass": float(1.0 - final["ood_mass"]),
+        "final_ood_mass": float(final["ood_mass"]),
+        "peak_ood_mass": float(phase.loc[peak, "ood_mass"]),
+        "peak_ood_step": int(phase.loc[peak, "step"]),
+        "peak_ood_phase": str(phase.loc[peak, "phase"]),
+        "sft_ood_mass": float(sft.iloc[-1]["ood_mass"]),
+        "final_chosen_prob": float(final["chosen_prob"]),
+        "final_rejected_prob": float(final["rejected_prob"]),
+        "kl_to_reference": float(kl_divergence(final_logp, ref_logp)),
+        "kl_reference_to_policy": float(kl_divergence(ref_logp, final_logp)),
+        "final_entropy": float(entropy(final_logp)),
+        "final_loss": float(final["loss"]),
+        "top_ood": [{"trajectory": names(i), "prob": p} for i, p in top_ood(final_logp.cpu(), in_dist, k=3)],
+        "train_seconds": round(elapsed, 4),
+    }
