@@ -1,0 +1,165 @@
+"""Outcomes, results and hints shared by every exercise check.
+
+A check compares a student's function with the library's own on random inputs and returns a
+:class:`Result` with one of three outcomes: not attempted, incorrect (with the reason), correct.
+Checks never print and never touch the caller's namespace; a notebook shows a Result by its
+``repr`` (one line), and ``treemdp grade`` collects them as data.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import UserError
+
+
+class Outcome(str, enum.Enum):
+    """The three outcomes of a check."""
+
+    NOT_ATTEMPTED = "not attempted"
+    INCORRECT = "incorrect"
+    CORRECT = "correct"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a check found.
+
+    Attributes:
+        exercise: the exercise id, e.g. ``"a1.dpo_g"``.
+        outcome: an :class:`Outcome`.
+        message: one or two sentences saying why (for incorrect: what differs and where).
+    """
+
+    exercise: str
+    outcome: Outcome
+    message: str
+
+    @property
+    def correct(self) -> bool:
+        return self.outcome is Outcome.CORRECT
+
+    def __bool__(self) -> bool:
+        return self.correct
+
+    def __str__(self) -> str:
+        return f"{self.exercise}: {self.outcome.value}: {self.message}"
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_markdown_(self) -> str:
+        mark = {Outcome.CORRECT: "✅", Outcome.INCORRECT: "❌", Outcome.NOT_ATTEMPTED: "⬜"}[self.outcome]
+        return f"{mark} **{self.exercise}** — {self.outcome.value}: {self.message}"
+
+
+class NotAttempted(Exception):
+    """Raised inside a check when the student's code is still the stub."""
+
+
+class Incorrect(Exception):
+    """Raised inside a check with the reason the answer is wrong."""
+
+
+def call_student(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Call the student's function; turn a stub into NotAttempted and a crash into Incorrect."""
+    if fn is None:
+        raise NotAttempted("the function is not defined yet")
+    if not callable(fn):
+        raise Incorrect(f"expected a function, got {type(fn).__name__}")
+    try:
+        value = fn(*args, **kwargs)
+    except NotImplementedError:
+        raise NotAttempted("the stub still raises NotImplementedError; fill in the gap marked "
+                           "YOUR CODE HERE and run the cell again") from None
+    except (NotAttempted, Incorrect):
+        raise
+    except Exception as e:  # the student's bug, reported as the reason
+        raise Incorrect(f"calling it raised {type(e).__name__}: {e}") from None
+    if value is None:
+        raise NotAttempted("it returns None; fill in the gap marked YOUR CODE HERE and return the result")
+    return value
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise: how to check it, what to read in a notebook, and graded hints.
+
+    Attributes:
+        id: ``"<assignment>.<name>"``, e.g. ``"a1.dpo_g"``.
+        title: one line for tables.
+        target: the name the student defines in the notebook (a function or a variable).
+        check: ``check(student_object) -> Result``.
+        hints: from gentle to nearly the answer.
+    """
+
+    id: str
+    title: str
+    target: str
+    check: Callable[[Any], Result]
+    hints: tuple[str, ...]
+
+    @property
+    def assignment(self) -> str:
+        return self.id.split(".", 1)[0]
+
+
+def run_check(exercise_id: str, body: Callable[[], str]) -> Result:
+    """Run ``body`` (returns the success message or raises NotAttempted/Incorrect) as a Result."""
+    try:
+        message = body()
+    except NotAttempted as e:
+        return Result(exercise_id, Outcome.NOT_ATTEMPTED, str(e))
+    except Incorrect as e:
+        return Result(exercise_id, Outcome.INCORRECT, str(e))
+    return Result(exercise_id, Outcome.CORRECT, message)
+
+
+#: Every exercise by id; filled by the assignment modules on import.
+EXERCISES: dict[str, Exercise] = {}
+
+
+def register(exercise: Exercise) -> Exercise:
+    EXERCISES[exercise.id] = exercise
+    return exercise
+
+
+def get_exercise(exercise_id: str) -> Exercise:
+    """The exercise by id, or a UserError listing the valid ids."""
+    try:
+        return EXERCISES[exercise_id]
+    except KeyError:
+        raise UserError(f"unknown exercise {exercise_id!r}; choose one of: {', '.join(EXERCISES)}") from None
+
+
+def hint(exercise_id: str, level: int = 1) -> str:
+    """Hint number ``level`` (1 = gentlest) for an exercise; asking past the last gives the last.
+
+    Example: ``hint("a1.dpo_g")``, then ``hint("a1.dpo_g", 2)`` if still stuck.
+    """
+    hints = get_exercise(exercise_id).hints
+    if isinstance(level, bool) or not isinstance(level, int) or level < 1:
+        raise UserError(f"hint level must be an integer >= 1, got {level!r}")
+    text = hints[min(level, len(hints)) - 1]
+    more = f" (hint {min(level, len(hints))} of {len(hints)})"
+    return text + more
+
+
+def assignment_exercises(assignment: str) -> list[Exercise]:
+    """The exercises of one assignment (``"a1"``, ...), in order."""
+    found = [e for e in EXERCISES.values() if e.assignment == assignment]
+    if not found:
+        names = sorted({e.assignment for e in EXERCISES.values()})
+        raise UserError(f"unknown assignment {assignment!r}; choose one of: {', '.join(names)}")
+    return found
+
+
+def check_namespace(assignment: str, namespace: dict) -> list[Result]:
+    """Check every exercise of ``assignment`` against the names a notebook defined.
+
+    ``treemdp grade`` calls this inside the student's kernel after running the notebook; it
+    reads ``namespace`` (the notebook's globals) and changes nothing in it.
+    """
+    return [e.check(namespace.get(e.target)) for e in assignment_exercises(assignment)]

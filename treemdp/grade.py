@@ -1,0 +1,204 @@
+"""``treemdp grade``: run a student's assignment notebook and report each exercise's outcome.
+
+``treemdp grade NOTEBOOK`` executes the notebook top to bottom in a fresh kernel (cells that fail
+are recorded, not fatal), then, in that kernel, calls :func:`treemdp.exercises.check_namespace`
+on the names the notebook defined: the checks the student saw, independent of whether the
+notebook still calls them. ``treemdp grade DIR`` does this for every notebook under DIR, prints
+one table row per submission and writes one CSV row per (submission, exercise).
+
+Student code runs with your permissions: grade untrusted submissions in a container.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+MARKER = "TREEMDP-GRADE:"
+SYMBOLS = {"correct": "✓", "incorrect": "✗", "not attempted": "·", "error": "!"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (submission, exercise) outcome, a row of the CSV."""
+
+    notebook: str
+    assignment: str
+    exercise: str
+    outcome: str
+    message: str
+
+
+def add_parsers(subparsers) -> None:
+    """Register ``treemdp grade``."""
+    parser = subparsers.add_parser(
+        "grade", help="run assignment notebooks and report each exercise's outcome",
+        description="Execute an assignment notebook (or every notebook under a folder of "
+                    "submissions) in a fresh kernel and check each exercise against the library: "
+                    "not attempted / incorrect (why) / correct. A folder gets a table and a CSV.")
+    parser.add_argument("path", metavar="NOTEBOOK_OR_DIR", help="an .ipynb file or a folder of them")
+    parser.add_argument("--assignment", default=None,
+                        help="assignment id (a1, a2, a3); default: read from the notebook's metadata "
+                             "or its file name")
+    parser.add_argument("--csv", default=None, metavar="FILE",
+                        help="where a folder's results go (default: DIR/grades.csv)")
+    parser.add_argument("--timeout", type=int, default=600, metavar="SECONDS",
+                        help="limit per cell (default 600)")
+    parser.set_defaults(func=handler)
+
+
+def handler(args) -> int:
+    path = Path(args.path)
+    if args.timeout is not None and args.timeout < 1:
+        raise UserError(f"--timeout must be >= 1 second, got {args.timeout}")
+    if args.assignment is not None:
+        _known_assignment(args.assignment)
+    if path.is_dir():
+        notebooks = sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+        if not notebooks:
+            raise UserError(f"no .ipynb files under {str(path)!r}")
+        csv_path = Path(args.csv) if args.csv else path / "grades.csv"
+        _check_writable(csv_path)
+        rows = []
+        for notebook in notebooks:
+            print(f"grading {notebook.relative_to(path)} ...", file=sys.stderr, flush=True)
+            try:
+                rows += grade_notebook(notebook, assignment=args.assignment, timeout=args.timeout)
+            except UserError as e:  # one unreadable submission must not stop the class
+                rows.append(Row(str(notebook), "?", "", "error", str(e)))
+        print(format_table(rows, root=path))
+        write_csv(rows, csv_path)
+        print(f"wrote {csv_path}")
+        return 0
+    if not path.exists():
+        raise UserError(f"{str(path)!r} does not exist")
+    if path.suffix != ".ipynb":
+        raise UserError(f"{str(path)!r} is not a notebook (.ipynb) or a folder")
+    rows = grade_notebook(path, assignment=args.assignment, timeout=args.timeout)
+    width = max(len(r.exercise) for r in rows)
+    for r in rows:
+        print(f"{SYMBOLS.get(r.outcome, '?')} {r.exercise:<{width}}  {r.outcome}: {r.message}")
+    done = sum(r.outcome == "correct" for r in rows)
+    print(f"{done} of {len(rows)} exercises correct")
+    return 0
+
+
+def _known_assignment(name: str) -> str:
+    from .exercises import assignment_exercises
+    assignment_exercises(name)  # raises UserError listing the valid ones
+    return name
+
+
+def detect_assignment(nb, path: Path) -> str:
+    """The assignment id from the notebook's ``treemdp`` metadata, else from a name like ``a2_...``."""
+    meta = nb.metadata.get("treemdp", {}) if hasattr(nb, "metadata") else {}
+    if isinstance(meta, dict) and meta.get("assignment"):
+        return _known_assignment(str(meta["assignment"]))
+    match = re.search(r"(?:^|[^a-z0-9])(a\d+)(?:[^0-9]|$)", path.stem.lower())
+    if match:
+        return _known_assignment(match.group(1))
+    raise UserError(f"cannot tell which assignment {str(path)!r} is; pass --assignment")
+
+
+def grade_notebook(path: Path, *, assignment: str | None = None, timeout: int = 600) -> list[Row]:
+    """Execute ``path`` in a fresh kernel and check its exercises; one :class:`Row` each."""
+    try:
+        import nbformat
+        from nbclient import NotebookClient
+        from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    except ImportError:
+        raise UserError("grading needs the lessons extra: pip install 'treemdp[lessons]'") from None
+    from .exercises import assignment_exercises
+
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+    except Exception as e:  # nbformat raises several types for a broken file
+        raise UserError(f"{str(path)!r} is not a readable notebook: {type(e).__name__}: {e}".splitlines()[0]) from None
+    assignment = assignment or detect_assignment(nb, path)
+    exercises = assignment_exercises(assignment)
+    code = ("import json as _treemdp_json\n"
+            "from treemdp.exercises import check_namespace as _treemdp_check\n"
+            f"print({MARKER!r} + _treemdp_json.dumps([[r.exercise, r.outcome.value, r.message] "
+            f"for r in _treemdp_check({assignment!r}, dict(globals()))]))")
+    nb.cells.append(nbformat.v4.new_code_cell(code))
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(path.parent.resolve())}})
+    try:
+        client.execute()
+    except (CellTimeoutError, DeadKernelError, RuntimeError) as e:
+        reason = f"the notebook did not finish: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return [Row(str(path), assignment, ex.id, "error", reason) for ex in exercises]
+    found = None
+    for output in nb.cells[-1].get("outputs", []):
+        for line in output.get("text", "").splitlines():
+            if line.startswith(MARKER):
+                found = json.loads(line[len(MARKER):])
+    if found is None:
+        errors = [o for o in nb.cells[-1].get("outputs", []) if o.get("output_type") == "error"]
+        why = f"{errors[0]['ename']}: {errors[0]['evalue']}" if errors else "no result"
+        return [Row(str(path), assignment, ex.id, "error", f"checking failed: {why}") for ex in exercises]
+    failed = [i for i, c in enumerate(nb.cells[:-1]) if c.cell_type == "code"
+              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    rows = [Row(str(path), assignment, exercise, outcome, message) for exercise, outcome, message in found]
+    if failed:
+        note = f" (cells {', '.join(str(i + 1) for i in failed)} raised errors)"
+        rows = [Row(r.notebook, r.assignment, r.exercise, r.outcome,
+                    r.message + note if r.outcome != "correct" else r.message) for r in rows]
+    return rows
+
+
+def format_table(rows: list[Row], root: Path | None = None) -> str:
+    """One line per submission, one column per exercise (✓ correct, ✗ incorrect, · not attempted)."""
+    exercises = list(dict.fromkeys(r.exercise for r in rows if r.exercise))
+    by_notebook: dict[str, dict[str, str]] = {}
+    for r in rows:
+        by_notebook.setdefault(r.notebook, {})[r.exercise] = r.outcome
+
+    def name(nb: str) -> str:
+        try:
+            return str(Path(nb).relative_to(root)) if root is not None else nb
+        except ValueError:
+            return nb
+
+    names = {nb: name(nb) for nb in by_notebook}
+    width = max([len("submission")] + [len(n) for n in names.values()])
+    columns = [e.split(".", 1)[-1] for e in exercises]
+    header = f"{'submission':<{width}}  " + "  ".join(columns) + "  score"
+    lines = [header, "-" * len(header)]
+    for nb, outcomes in by_notebook.items():
+        cells = []
+        for exercise, column in zip(exercises, columns):
+            symbol = SYMBOLS.get(outcomes[exercise], "?") if exercise in outcomes else " "
+            cells.append(f"{symbol:^{len(column)}}")
+        if "" in outcomes:
+            score = "error"
+        else:
+            score = f"{sum(o == 'correct' for o in outcomes.values())}/{len(outcomes)}"
+        lines.append(f"{names[nb]:<{width}}  " + "  ".join(cells) + f"  {score}")
+    lines.append("✓ correct  ✗ incorrect  · not attempted  ! error (blank: not in that assignment)")
+    return "\n".join(lines)
+
+
+def _check_writable(path: Path) -> None:
+    if path.exists() and path.is_dir():
+        raise UserError(f"--csv {str(path)!r} is a folder")
+    if not path.parent.exists():
+        raise UserError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    """One row per (submission, exercise): notebook, assignment, exercise, outcome, message."""
+    try:
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["notebook", "assignment", "exercise", "outcome", "message"])
+            for r in rows:
+                writer.writerow([r.notebook, r.assignment, r.exercise, r.outcome, r.message])
+    except OSError as e:
+        raise UserError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
