@@ -13,9 +13,16 @@ import sys
 from .errors import UserError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives the CONTRACT's single ``error:`` line (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="treemdp",
         description="Exact toy-MDP experiments on why direct alignment algorithms (DPO, IPO, "
                     "SLiC) move probability onto out-of-distribution answers; the same losses "

@@ -134,6 +134,20 @@ class RNNPolicy(TreePolicy):
         h = state[0] if self.cell_type == "lstm" else state
         return torch.log_softmax(self.head(h), dim=-1)
 
+    def expand(self, state):
+        if self.cell_type != "gru":
+            return super().expand(state)
+        # GRU children without repeating the parents: the hidden-side projection is computed
+        # once per parent and broadcast against the b action inputs (same math as nn.GRUCell:
+        # r, z = sigmoid(W_i x + W_h h); n = tanh(W_in x + r * W_hn h); h' = (1 - z) n + z h).
+        cell, b, H = self.cell, self.mdp.branching, self.hidden_size
+        gi = torch.nn.functional.linear(self.embed.weight[:b], cell.weight_ih, cell.bias_ih)  # [b, 3H]
+        gh = torch.nn.functional.linear(state, cell.weight_hh, cell.bias_hh)[:, None]  # [N, 1, 3H]
+        rz = torch.sigmoid(gi[:, : 2 * H] + gh[..., : 2 * H])  # [N, b, 2H]
+        r, z = rz[..., :H], rz[..., H:]
+        n = torch.tanh(gi[:, 2 * H:] + r * gh[..., 2 * H:])  # [N, b, H]
+        return (n + z * (state[:, None] - n)).reshape(-1, H)  # [N*b, H], child j*b + k
+
     def state_size(self, state):
         return (state[0] if self.cell_type == "lstm" else state).shape[0]
 

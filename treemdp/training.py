@@ -146,7 +146,7 @@ class TrainingDiverged(UserError):
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     """The optimiser by name (default hyper-parameters otherwise)."""
-    return OPTIMIZERS[name](params, lr=lr)
+    return OPTIMIZERS[name](params, lr=lr, foreach=True)  # one multi-tensor update, not a Python loop
 
 
 def sft_loss(logp: torch.Tensor, demo_index: torch.Tensor) -> torch.Tensor:
@@ -162,67 +162,71 @@ def daa_loss(logp: torch.Tensor, ref_logp: torch.Tensor, chosen: torch.Tensor,
 
 
 class _Recorder:
-    """Collects per-step scalars (every step) and trajectory probabilities (logged steps)."""
+    """Collects what a run reports.
+
+    Every step: the loss, and either the whole log-prob vector (small trees; reduced to masses
+    once at the end, keeping the loop cheap) or its masses (large trees). Logged steps: KL,
+    entropy, and the probabilities written to the history.
+    """
 
     def __init__(self, mdp: TreeMDP, in_dist: torch.Tensor, chosen, rejected, limit: int):
         self.mdp, self.in_dist, self.chosen, self.rejected = mdp, in_dist, chosen, rejected
-        self.track_all = mdp.n_trajectories <= limit
-        self.rows: list[tuple[str, int, torch.Tensor, torch.Tensor]] = []  # phase, step, index, probs
-        self.scalars: dict[str, list] = {k: [] for k in ("phase", "step", "loss", "ood_mass", "chosen_prob",
-                                                         "rejected_prob", "kl_to_reference", "entropy")}
+        self.small = mdp.n_trajectories <= limit
+        self.phase: list[str] = []
+        self.step: list[int] = []
+        self.loss: list[float] = []
+        self.per_step: list[torch.Tensor] = []  # [b**d] log-probs (small) or [3] masses (large)
+        self.logged: list[tuple[str, int, float, float, torch.Tensor, torch.Tensor]] = []
+
+    def _masses(self, logp: torch.Tensor) -> torch.Tensor:
+        """[..., b**d] log-probs -> [..., 3]: OOD mass, mean chosen prob, mean rejected prob."""
+        probs = logp.exp()
+        nan = probs.new_full(probs.shape[:-1], float("nan"))
+        return torch.stack([probs[..., ~self.in_dist].sum(-1),
+                            probs[..., self.chosen].mean(-1) if len(self.chosen) else nan,
+                            probs[..., self.rejected].mean(-1) if len(self.rejected) else nan], -1)
 
     def record(self, phase: str, step: int, logp: torch.Tensor, loss: float, ref_logp, log: bool):
-        with torch.no_grad():
-            probs = logp.detach().exp().cpu()
-            s = self.scalars
-            s["phase"].append(phase)
-            s["step"].append(step)
-            s["loss"].append(loss)
-            s["ood_mass"].append(probs[~self.in_dist].sum())
-            s["chosen_prob"].append(probs[self.chosen].mean() if len(self.chosen) else torch.tensor(float("nan")))
-            s["rejected_prob"].append(probs[self.rejected].mean() if len(self.rejected) else torch.tensor(float("nan")))
-            if log:
-                s_kl = kl_divergence(logp.detach(), ref_logp).cpu() if ref_logp is not None else torch.tensor(float("nan"))
-                s["kl_to_reference"].append(s_kl)
-                s["entropy"].append(entropy(logp.detach()).cpu())
-                if self.track_all:
-                    index = torch.arange(self.mdp.n_trajectories)
-                else:
-                    ood_probs = probs.masked_fill(self.in_dist, -1.0)
-                    top = torch.topk(ood_probs, min(10, int((~self.in_dist).sum()))).indices
-                    index = torch.cat([self.in_dist.nonzero().squeeze(1), top])
-                self.rows.append((phase, step, index, probs[index]))
-            else:
-                s["kl_to_reference"].append(None)
-                s["entropy"].append(None)
-            if not torch.isfinite(probs).all() or not math.isfinite(loss):
-                raise TrainingDiverged(f"{phase} step {step}: the {'loss' if not math.isfinite(loss) else 'policy'} "
-                                       f"became NaN/inf (learning rate too high for this optimiser?)")
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"{phase} step {step}: the loss became {loss} "
+                                   f"(learning rate too high for this optimiser?); stopped")
+        logp = logp.detach().cpu()
+        self.phase.append(phase)
+        self.step.append(step)
+        self.loss.append(loss)
+        self.per_step.append(logp if self.small else self._masses(logp))
+        if log:
+            if not torch.isfinite(logp).all():
+                raise TrainingDiverged(f"{phase} step {step}: the policy's probabilities became NaN/inf; stopped")
+            kl = float(kl_divergence(logp, ref_logp.cpu())) if ref_logp is not None else float("nan")
+            if self.small:
+                index = torch.arange(self.mdp.n_trajectories)
+            else:  # in-distribution trajectories and the 10 most probable OOD ones at this step
+                top = torch.topk(logp.masked_fill(self.in_dist, -math.inf), min(10, int((~self.in_dist).sum()))).indices
+                index = torch.cat([self.in_dist.nonzero().squeeze(1), top])
+            self.logged.append((phase, step, kl, float(entropy(logp)), index, logp[index].exp()))
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """(history, metrics at logged steps, every-step scalars)."""
-        names = self.mdp.trajectory_names() if self.track_all else None
-        parts = []
-        for phase, step, index, probs in self.rows:
-            parts.append(pd.DataFrame({
-                "phase": phase, "step": step,
-                "trajectory": [names[i] for i in index.tolist()] if names is not None
-                else [self.mdp.trajectory_name(self.mdp.trajectories_row(i)) for i in index.tolist()],
-                "prob": probs.double().numpy(), "in_distribution": self.in_dist[index].numpy()}))
-        history = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-            columns=["phase", "step", "trajectory", "prob", "in_distribution"])
-        s = self.scalars
-        steps = pd.DataFrame({
-            "phase": s["phase"], "step": s["step"], "loss": s["loss"],
-            "ood_mass": torch.stack(s["ood_mass"]).double().numpy(),
-            "chosen_prob": torch.stack(s["chosen_prob"]).double().numpy(),
-            "rejected_prob": torch.stack(s["rejected_prob"]).double().numpy(),
-            "kl_to_reference": [float(v) if v is not None else None for v in s["kl_to_reference"]],
-            "entropy": [float(v) if v is not None else None for v in s["entropy"]],
+        names = self.mdp.trajectory_names() if self.small else None
+        name_of = (lambda i: names[i]) if names else (lambda i: self.mdp.trajectory_name(self.mdp.trajectories_row(i)))
+        history = pd.DataFrame({
+            "phase": [p for p, _, _, _, index, _ in self.logged for _ in range(len(index))],
+            "step": [s for _, s, _, _, index, _ in self.logged for _ in range(len(index))],
+            "trajectory": [name_of(i) for *_, index, _ in self.logged for i in index.tolist()],
+            "prob": torch.cat([p for *_, p in self.logged]).double().numpy() if self.logged else [],
+            "in_distribution": torch.cat([self.in_dist[i] for *_, i, _ in self.logged]).numpy() if self.logged else [],
         })
+        per_step = torch.stack(self.per_step).double()
+        masses = self._masses(per_step) if self.small else per_step
+        steps = pd.DataFrame({"phase": self.phase, "step": self.step, "loss": self.loss,
+                              "ood_mass": masses[:, 0].numpy(), "chosen_prob": masses[:, 1].numpy(),
+                              "rejected_prob": masses[:, 2].numpy()})
         steps["in_distribution_mass"] = 1.0 - steps["ood_mass"]
-        logged = steps[steps["entropy"].notna()].reset_index(drop=True)
-        return history, logged, steps
+        logged = pd.DataFrame([(p, s, kl, h) for p, s, kl, h, _, _ in self.logged],
+                              columns=["phase", "step", "kl_to_reference", "entropy"])
+        metrics = steps.merge(logged, on=["phase", "step"], how="inner")
+        return history, metrics, steps
 
 
 def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,

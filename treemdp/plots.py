@@ -1,0 +1,100 @@
+"""Plots of one run: where the probability mass goes, trajectory by trajectory.
+
+Matplotlib only, with the non-interactive Agg backend unless a notebook chose another.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+IN_DIST_COLORS = ("#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+
+
+def _timeline(history: pd.DataFrame) -> pd.DataFrame:
+    """Add an ``x`` column: SFT steps first, then DAA steps offset to follow them."""
+    sft_end = history.loc[history["phase"] == "sft", "step"].max()
+    sft_end = 0 if pd.isna(sft_end) else int(sft_end)
+    x = history["step"] + (history["phase"] == "daa") * sft_end
+    return history.assign(x=x), sft_end
+
+
+def plot_trajectories(history: pd.DataFrame, ax, *, phase: str | None = None,
+                      label_threshold: float = 0.05, title: str | None = None) -> None:
+    """Draw every trajectory's probability over steps on ``ax``.
+
+    In-distribution trajectories are thick and coloured; OOD ones thin grey, labelled in the
+    paper's notation when they ever exceed ``label_threshold``.
+
+    Args:
+        history: tidy history (phase, step, trajectory, prob, in_distribution).
+        phase: ``"sft"``, ``"daa"`` or None for both, SFT first.
+    """
+    data = history if phase is None else history[history["phase"] == phase]
+    data, sft_end = _timeline(data) if phase is None else (data.assign(x=data["step"]), 0)
+    colors = iter(IN_DIST_COLORS * 100)
+    ood_colors = iter(["#ff7f0e", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#8c564b"] * 100)
+    for name, rows in data.groupby("trajectory", sort=False):
+        in_dist = bool(rows["in_distribution"].iloc[0])
+        peak = rows["prob"].max()
+        if in_dist:
+            ax.plot(rows["x"], rows["prob"], lw=2.4, color=next(colors), label=f"{name} (data)")
+        elif peak >= label_threshold:
+            ax.plot(rows["x"], rows["prob"], lw=1.6, ls="--", color=next(ood_colors), label=f"{name} (OOD)")
+        else:
+            ax.plot(rows["x"], rows["prob"], lw=0.7, color="0.75", zorder=0)
+    if phase is None and sft_end:
+        ax.axvline(sft_end, color="k", lw=0.8, ls=":")
+        ax.text(sft_end, 1.02, " DAA starts", fontsize=8, va="bottom", transform=ax.get_xaxis_transform())
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("training step" if phase is None else f"{phase.upper()} step")
+    ax.set_ylabel("trajectory probability (exact)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="center right", framealpha=0.85)
+
+
+def plot_masses(history: pd.DataFrame, ax, *, phase: str | None = None) -> None:
+    """In-distribution and OOD mass over steps on ``ax``."""
+    data = history if phase is None else history[history["phase"] == phase]
+    data, sft_end = _timeline(data) if phase is None else (data.assign(x=data["step"]), 0)
+    by_step = data.groupby(["x", "in_distribution"])["prob"].sum().unstack(fill_value=0.0)
+    if True in by_step:
+        ax.plot(by_step.index, by_step[True], lw=2, color="#1f77b4", label="in-distribution mass")
+    if False in by_step:
+        ax.plot(by_step.index, by_step[False], lw=2, color="#ff7f0e", label="OOD mass")
+    if phase is None and sft_end:
+        ax.axvline(sft_end, color="k", lw=0.8, ls=":")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mass")
+    ax.legend(fontsize=8)
+
+
+def plot_run(history: pd.DataFrame, summary: dict | None = None, *, path: str | Path | None = None):
+    """The figure of one run: trajectories on top, masses below. Saved to ``path`` if given.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib
+    if path is not None and matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), height_ratios=(3, 1.3), sharex=True)
+    title = None
+    if summary:
+        title = (f"{summary['loss'].upper()}  beta={summary['beta']:g}  seed={summary['seed']}  "
+                 f"({summary.get('policy', 'rnn')}/{summary.get('cell', '')} h={summary.get('hidden_size', '')}, "
+                 f"{summary.get('optimizer', '')})  peak OOD {summary['peak_ood_mass']:.1%} at DAA step "
+                 f"{summary['peak_ood_step']}, final {summary['final_ood_mass']:.1%}")
+    plot_trajectories(history, top, title=title)
+    top.set_xlabel("")
+    plot_masses(history, bottom)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
