@@ -46,7 +46,7 @@ def plot_trajectories(history: pd.DataFrame, ax, *, phase: str | None = None,
             ax.plot(rows["x"], rows["prob"], lw=0.7, color="0.75", zorder=0)
     if phase is None and sft_end:
         ax.axvline(sft_end, color="k", lw=0.8, ls=":")
-        ax.text(sft_end, 1.02, " DAA starts", fontsize=8, va="bottom", transform=ax.get_xaxis_transform())
+        ax.text(sft_end, 0.98, " DAA starts", fontsize=8, va="top", transform=ax.get_xaxis_transform())
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("training step" if phase is None else f"{phase.upper()} step")
     ax.set_ylabel("trajectory probability (exact)")
@@ -72,8 +72,16 @@ def plot_masses(history: pd.DataFrame, ax, *, phase: str | None = None) -> None:
     ax.legend(fontsize=8)
 
 
-def plot_run(history: pd.DataFrame, summary: dict | None = None, *, path: str | Path | None = None):
-    """The figure of one run: trajectories on top, masses below. Saved to ``path`` if given.
+def plot_run(history: pd.DataFrame, summary: dict | None = None, *, path: str | Path | None = None,
+             daa_log_x: bool = True):
+    """The figure of one run: SFT (left) and DAA (right) trajectories on top, masses below.
+
+    Args:
+        history: tidy history of the run.
+        summary: its summary dict (for the title), optional.
+        path: save the figure there (PNG/PDF/SVG by suffix) and close it.
+        daa_log_x: symmetric-log step axis for DAA, where the mass often moves in the first
+            tens of steps and then settles.
 
     Returns:
         The matplotlib Figure.
@@ -83,16 +91,31 @@ def plot_run(history: pd.DataFrame, summary: dict | None = None, *, path: str | 
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), height_ratios=(3, 1.3), sharex=True)
-    title = None
+    phases = [p for p in ("sft", "daa") if (history["phase"] == p).any()]
+    fig, axes = plt.subplots(2, len(phases), figsize=(11 if len(phases) == 2 else 8, 7), squeeze=False,
+                             height_ratios=(3, 1.3), width_ratios=(1, 2)[:len(phases)] if len(phases) == 2 else None,
+                             sharex="col")
+    for column, phase in enumerate(phases):
+        top, bottom = axes[0, column], axes[1, column]
+        plot_trajectories(history, top, phase=phase,
+                          title="SFT on the demonstrations" if phase == "sft" else "DAA on the preference (reference = SFT policy)")
+        plot_masses(history, bottom, phase=phase)
+        top.set_xlabel("")
+        bottom.set_xlabel(f"{phase.upper()} step")
+        if phase == "daa" and daa_log_x:
+            bottom.set_xscale("symlog", linthresh=10)
+            bottom.set_xlim(0, max(1, history.loc[history["phase"] == "daa", "step"].max()))
+        if column:
+            top.set_ylabel("")
+            bottom.set_ylabel("")
+        if phase == "sft" and len(phases) == 2:
+            top.get_legend().remove()
     if summary:
-        title = (f"{summary['loss'].upper()}  beta={summary['beta']:g}  seed={summary['seed']}  "
-                 f"({summary.get('policy', 'rnn')}/{summary.get('cell', '')} h={summary.get('hidden_size', '')}, "
-                 f"{summary.get('optimizer', '')})  peak OOD {summary['peak_ood_mass']:.1%} at DAA step "
-                 f"{summary['peak_ood_step']}, final {summary['final_ood_mass']:.1%}")
-    plot_trajectories(history, top, title=title)
-    top.set_xlabel("")
-    plot_masses(history, bottom)
+        fig.suptitle(f"{summary['loss'].upper()}  beta={summary['beta']:g}  seed={summary['seed']}  "
+                     f"({summary.get('policy', 'rnn')}/{summary.get('cell', '')} h={summary.get('hidden_size', '')}, "
+                     f"{summary.get('optimizer', '')}): OOD mass after SFT {summary.get('sft_ood_mass', float('nan')):.1%}, "
+                     f"peak {summary['peak_ood_mass']:.1%} at DAA step {summary['peak_ood_step']}, "
+                     f"final {summary['final_ood_mass']:.1%}", fontsize=10)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)

@@ -57,7 +57,7 @@ class TrainConfig:
     """Full-batch SFT steps on the demonstrations."""
     daa_steps: int = 1000
     """Full-batch direct alignment steps on the preferences."""
-    log_every: int = 5
+    log_every: int = 1
     """Write every trajectory's probability to the history every this many steps (and the last)."""
     history_limit: int = 4096
     """Trees with more trajectories log only in-distribution and the top-10 OOD ones per logged step."""
@@ -147,6 +147,27 @@ class TrainingDiverged(UserError):
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     """The optimiser by name (default hyper-parameters otherwise)."""
     return OPTIMIZERS[name](params, lr=lr, foreach=True)  # one multi-tensor update, not a Python loop
+
+
+def flatten_parameters(module: torch.nn.Module) -> torch.nn.Parameter:
+    """Make every parameter (and its .grad) a view into one flat tensor; return that tensor.
+
+    The optimiser then updates one tensor instead of one per weight matrix: for these tiny models
+    the per-tensor overhead, not arithmetic, dominates a step. Autograd accumulates into an
+    existing ``.grad`` in place, so gradients land in the flat buffer; zero it with
+    ``flat.grad.zero_()`` (never ``set_to_none``). The update is elementwise, so the numbers are
+    those of per-parameter Adam/RMSprop/SGD.
+    """
+    params = list(module.parameters())
+    flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat.data[offset:offset + n].view_as(p)
+        p.grad = flat.grad[offset:offset + n].view_as(p)
+        offset += n
+    return flat
 
 
 def sft_loss(logp: torch.Tensor, demo_index: torch.Tensor) -> torch.Tensor:
@@ -288,7 +309,8 @@ def _train(config, mdp, dataset, progress, on_log) -> RunResult:
         return step % config.log_every == 0 or step == last
 
     # ----- SFT: maximise the likelihood of the demonstrations --------------------------------
-    optimizer = make_optimizer(config.optimizer, policy.parameters(), config.sft_lr)
+    flat = flatten_parameters(policy)
+    optimizer = make_optimizer(config.optimizer, [flat], config.sft_lr)
     for step in range(config.sft_steps + 1):
         logp = trajectory_log_probs(policy)  # [b**d], exact
         loss = sft_loss(logp, demo_index)
@@ -298,17 +320,19 @@ def _train(config, mdp, dataset, progress, on_log) -> RunResult:
             on_log("sft", step, logp.detach().exp())
         if step == config.sft_steps:
             break
-        optimizer.zero_grad(set_to_none=True)
+        flat.grad.zero_()
         loss.backward()
         optimizer.step()
         bar.update()
 
     # ----- DAA: g(beta * h) on the preferences, SFT policy frozen as the reference ---------------
     reference = copy.deepcopy(policy).requires_grad_(False).eval()
+    for p in reference.parameters():
+        p.grad = None
     with torch.no_grad():
         ref_logp = trajectory_log_probs(reference)
     if config.daa_steps > 0:
-        optimizer = make_optimizer(config.optimizer, policy.parameters(), config.daa_lr)
+        optimizer = make_optimizer(config.optimizer, [flat], config.daa_lr)
         for step in range(config.daa_steps + 1):
             logp = trajectory_log_probs(policy)
             loss = daa_loss(logp, ref_logp, chosen_d, rejected_d, beta=config.beta, loss=config.loss)
@@ -318,7 +342,7 @@ def _train(config, mdp, dataset, progress, on_log) -> RunResult:
                 on_log("daa", step, logp.detach().exp())
             if step == config.daa_steps:
                 break
-            optimizer.zero_grad(set_to_none=True)
+            flat.grad.zero_()
             loss.backward()
             optimizer.step()
             bar.update()
