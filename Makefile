@@ -25,7 +25,7 @@ reproduce: $(VENV)/.installed-base
 	$(VENV)/bin/treemdp reproduce --out figures
 
 test: $(VENV)/.installed-test
-	bash scripts/install-browser.sh
+	@if [ -f scripts/install-browser.sh ]; then bash scripts/install-browser.sh; fi
 	$(VENV)/bin/python -m pytest
 
 lessons: $(VENV)/.installed-lessons
