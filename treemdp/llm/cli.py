@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ..errors import UserError
@@ -121,7 +122,8 @@ def _train(args, phase: str) -> int:
     from .train import train
     result = train(cfg)
     where = result.out / ("final" if result.finished else f"checkpoint-{result.steps}")
-    print(f"{phase}: {result.steps}/{result.total_steps} steps; model in {where}")
+    if os.environ.get("RANK", "0") == "0":  # once under accelerate launch
+        print(f"{phase}: {result.steps}/{result.total_steps} steps; model in {where}")
     return 0
 
 

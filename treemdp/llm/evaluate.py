@@ -167,6 +167,9 @@ def evaluate_model(model_path: str, cfg: EvalConfig, *, ref_model=None, ref_path
     ref_path = ref_path or cfg.ref or run_cfg.get("ref") or run_cfg.get("model")
     if ref_model is None and not ref_path:
         raise UserError(f"no reference model: pass --ref (no config.json beside {model_path})")
+    from .models import check_causal
+    for name in filter(None, (model_path, ref_path if ref_model is None else None)):
+        check_causal(name)
     tokenizer = tokenizer or load_tokenizer(model_path)
     pad_id = tokenizer.pad_token_id
     rows = read_jsonl(cfg.data, PAIR_FIELDS)

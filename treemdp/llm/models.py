@@ -67,9 +67,9 @@ def load_tokenizer(name: str, *, quiet: bool = False):
     return tokenizer
 
 
-def load_model(name: str, *, dtype: torch.dtype = torch.float32):
-    """Load a causal LM; fails with one line if the folder is missing or the model not causal."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def check_causal(name: str):
+    """Load only the config of ``name``; fail with one line if it is missing or not a causal LM."""
+    from transformers import AutoConfig
     name = check_model_path(name)
     try:
         config = AutoConfig.from_pretrained(name)
@@ -80,6 +80,14 @@ def load_model(name: str, *, dtype: torch.dtype = torch.float32):
             archs and not any("CausalLM" in a or "LMHead" in a for a in archs)):
         raise UserError(f"{name} is not a causal language model (architectures: "
                         f"{', '.join(archs) or config.model_type})")
+    return config
+
+
+def load_model(name: str, *, dtype: torch.dtype = torch.float32):
+    """Load a causal LM; fails with one line if the folder is missing or the model not causal."""
+    from transformers import AutoModelForCausalLM
+    check_causal(name)
+    name = check_model_path(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except (OSError, ValueError, KeyError) as e:

@@ -290,9 +290,11 @@ def train(cfg: TrainConfig) -> RunResult:
     """Run SFT or DAA as ``cfg`` says; see the module docstring for what is written."""
     cfg = cfg.resolved()
     from accelerate import Accelerator
-    from .models import load_model, load_tokenizer, resolve_device
+    from .models import check_causal, load_model, load_tokenizer, resolve_device
     _quiet_transformers()
     device = resolve_device(cfg.device)
+    for name in filter(None, (cfg.model, cfg.ref)):
+        check_causal(name)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device == "cuda"
@@ -322,14 +324,14 @@ def train(cfg: TrainConfig) -> RunResult:
     examples, stats = tokenize_rows(rows, tokenizer, kind=kind, max_length=cfg.max_length,
                                     max_prompt_length=cfg.max_prompt_length,
                                     truncation=cfg.truncation, path=cfg.data)
-    if main:
-        print(stats.line(cfg.data), file=sys.stderr)
 
     global_batch = cfg.batch_size * cfg.grad_accum * world
     steps_per_epoch = len(examples) // global_batch
     if steps_per_epoch == 0:
         raise UserError(f"{cfg.data}: {len(examples)} usable rows, fewer than one global batch "
                         f"of {global_batch} (batch size x grad accum x processes)")
+    if main:
+        print(stats.line(cfg.data), file=sys.stderr)
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)

@@ -1,0 +1,1 @@
+"""LLM track tests (CPU, tiny offline model)."""
