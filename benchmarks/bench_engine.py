@@ -23,7 +23,7 @@ branching, depth, hidden, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.arg
 mdp = TreeMDP(branching, depth)
 policy = RNNPolicy(mdp, hidden_size=hidden, seed=0)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-def naive():  # every trajectory evaluated separately: depth RNN steps on a batch of b**d sequences
+def naive(policy):  # every trajectory evaluated separately: depth RNN steps on a batch of b**d sequences
     traj = mdp.trajectories()
     state = policy.repeat_state(policy.root_state(), len(traj))
     logp = torch.zeros(len(traj))
@@ -89,7 +89,9 @@ def main() -> None:
                   f"(+{r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} MB over import), sum of probs {r['sum']:.6f}")
         if n <= 4**10:
             naive, tree = enumeration_case(branching, depth, args.hidden, "naive"), enumeration_case(branching, depth, args.hidden, "tree")
-            if "error" not in naive:
+            if "error" in naive:
+                print(f"  every trajectory separately: failed: {naive['error']}")
+            else:
                 print(f"  every trajectory separately: {naive['seconds']:.3f} s, peak RSS {naive['peak_rss_mb']:.0f} MB "
                       f"-> prefix sharing is {naive['seconds'] / tree['seconds']:.1f}x faster")
 

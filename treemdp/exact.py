@@ -14,23 +14,53 @@ from .policies import TreePolicy
 from .tree import Dataset, TreeMDP
 
 
-def trajectory_log_probs(policy: TreePolicy) -> torch.Tensor:
+#: With gradients on, the last two levels are computed in chunks of at most this many leaves,
+#: each recomputed during backward (activation checkpointing), bounding memory on huge trees.
+CHUNK_LEAVES = 2**20
+
+
+def trajectory_log_probs(policy: TreePolicy, *, chunk_leaves: int = CHUNK_LEAVES) -> torch.Tensor:
     """Exact log-probability of every trajectory, in ``mdp.trajectories()`` order.
 
     Args:
         policy: any :class:`~treemdp.policies.TreePolicy`.
+        chunk_leaves: with autograd on and more leaves than this, the last two levels are
+            evaluated subtree by subtree under activation checkpointing (same numbers, bounded
+            memory, some recomputation in backward).
 
     Returns:
         Tensor [branching**depth]; ``logsumexp`` is 0 up to float error. Differentiable.
     """
+    mdp = policy.mdp
     state = policy.root_state()
     logp = torch.zeros(1, device=policy.device)  # [1]: the root, log 1
-    for t in range(policy.mdp.depth):
+    for t in range(mdp.depth):
+        if (t == mdp.depth - 2 and torch.is_grad_enabled()
+                and mdp.n_trajectories > chunk_leaves):
+            return _last_two_levels_chunked(policy, state, logp, chunk_leaves)
         step = policy.next_log_probs(state)  # [b**t, b]
         logp = (logp[:, None] + step).reshape(-1)  # [b**(t+1)], child j*b + k of node j
-        if t + 1 < policy.mdp.depth:
+        if t + 1 < mdp.depth:
             state = policy.expand(state)
     return logp
+
+
+def _last_two_levels(policy: TreePolicy, state, logp: torch.Tensor) -> torch.Tensor:
+    """From nodes at depth d-2 ([N] states, [N] log-probs) to their N*b*b leaves' log-probs."""
+    logp = (logp[:, None] + policy.next_log_probs(state)).reshape(-1)
+    return (logp[:, None] + policy.next_log_probs(policy.expand(state))).reshape(-1)
+
+
+def _last_two_levels_chunked(policy: TreePolicy, state, logp: torch.Tensor, chunk_leaves: int) -> torch.Tensor:
+    from torch.utils.checkpoint import checkpoint
+    per_node = policy.mdp.branching**2
+    step = max(1, chunk_leaves // per_node)
+    parts = []
+    for start in range(0, len(logp), step):
+        stop = min(start + step, len(logp))
+        parts.append(checkpoint(_last_two_levels, policy, policy.slice_state(state, start, stop),
+                                logp[start:stop], use_reentrant=False))
+    return torch.cat(parts)
 
 
 def sequence_log_probs(logp: torch.Tensor, mdp: TreeMDP, actions: torch.Tensor) -> torch.Tensor:

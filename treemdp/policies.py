@@ -58,6 +58,10 @@ class TreePolicy(nn.Module):
     def state_size(self, state: Any) -> int:
         raise NotImplementedError
 
+    def slice_state(self, state: Any, start: int, stop: int) -> Any:
+        """Rows ``start:stop`` of a batch of states (tensor, or tuple of tensors)."""
+        return tuple(s[start:stop] for s in state) if isinstance(state, tuple) else state[start:stop]
+
     def repeat_state(self, state: Any, times: int) -> Any:
         raise NotImplementedError
 
