@@ -1,0 +1,180 @@
+"""The sweep engine: batched runs equal train() alone; grids resume after a kill; CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from treemdp.batched import can_batch, shape_key, train_batch
+from treemdp.errors import UserError
+from treemdp.exact import trajectory_log_probs
+from treemdp.sweep import grid, parse_seeds, run_names, sweep
+from treemdp.training import TrainConfig, TrainingDiverged, train
+
+SHORT = dict(sft_steps=30, daa_steps=60, log_every=3)
+
+
+def _compare(alone, batched, atol=1e-4):
+    assert list(alone.history.columns) == list(batched.history.columns)
+    assert (alone.history[["phase", "step", "trajectory"]].values == batched.history[["phase", "step", "trajectory"]].values).all()
+    assert (alone.history["in_distribution"].values == batched.history["in_distribution"].values).all()
+    np.testing.assert_allclose(batched.history["prob"], alone.history["prob"], atol=atol)
+    assert set(alone.metrics.columns) == set(batched.metrics.columns)
+    for column in ("loss", "ood_mass", "chosen_prob", "rejected_prob", "kl_to_reference", "entropy"):
+        np.testing.assert_allclose(batched.metrics[column], alone.metrics[column], atol=atol, rtol=1e-4,
+                                   err_msg=column)
+    for key, value in alone.summary.items():
+        if key in ("train_seconds", "top_ood"):
+            continue
+        if isinstance(value, float):
+            assert batched.summary[key] == pytest.approx(value, abs=atol, rel=1e-3), key
+        else:
+            assert batched.summary[key] == value, key
+    # The returned modules are the trained policy and the frozen SFT reference (weights can differ
+    # more than outputs: Adam's step on a near-zero gradient is sign-sensitive).
+    for a, b in ((alone.policy, batched.policy), (alone.reference, batched.reference)):
+        torch.testing.assert_close(trajectory_log_probs(b).exp(), trajectory_log_probs(a).exp(), atol=atol, rtol=0)
+    final = alone.history[alone.history["step"] == alone.history["step"].max()]
+    final = final[final["phase"] == final["phase"].iloc[-1]]
+    np.testing.assert_allclose(trajectory_log_probs(batched.policy).exp(), final["prob"], atol=atol)
+
+
+@pytest.mark.parametrize("shape", [
+    dict(cell="gru", optimizer="adam"),
+    dict(cell="lstm", optimizer="rmsprop", hidden_size=8),
+    dict(cell="rnn", optimizer="sgd", hidden_size=8, sft_lr=0.1, daa_lr=0.05),
+    dict(policy="tabular", optimizer="adam"),
+])
+def test_batched_equals_train_alone(shape):
+    """Runs differing in loss, beta, seed and learning rates, trained together, equal train() alone."""
+    base = TrainConfig(**SHORT, **shape)
+    lr = base.daa_lr
+    configs = [TrainConfig(**{**base.to_dict(), "loss": loss, "beta": beta, "seed": seed, "daa_lr": lr * f})
+               for loss, beta, seed, f in [("dpo", 0.1, 0, 1), ("ipo", 0.5, 1, 2), ("slic", 0.01, 2, 1), ("dpo", 0.5, 3, 0.5)]]
+    results = train_batch(configs)
+    for config, batched in zip(configs, results):
+        _compare(train(config, progress=False), batched)
+
+
+def test_batched_full_length_default_run():
+    """The paper's default length (200 SFT + 1000 DAA steps) stays within float tolerance."""
+    config = TrainConfig(loss="dpo", beta=0.1, seed=0)
+    (batched,) = train_batch([config, TrainConfig(loss="slic", beta=0.5, seed=4)])[:1]
+    _compare(train(config, progress=False), batched, atol=2e-4)
+
+
+def test_runs_in_a_batch_do_not_interact():
+    """A run's numbers do not depend on which other runs share its batch."""
+    config = TrainConfig(**SHORT, loss="ipo", beta=0.1, seed=5)
+    alone = train_batch([config])[0]
+    crowd = train_batch([TrainConfig(**SHORT, loss="dpo", beta=0.01, seed=s) for s in range(6)] + [config])[-1]
+    np.testing.assert_allclose(alone.history["prob"], crowd.history["prob"], atol=1e-6)
+
+
+def test_divergence_is_reported_per_run():
+    """A diverging run comes back as the TrainingDiverged that train() raises; its neighbours finish."""
+    bad = TrainConfig(**SHORT, optimizer="sgd", sft_lr=0.5, daa_lr=100.0, loss="ipo", beta=0.5)
+    good = TrainConfig(**{**bad.to_dict(), "daa_lr": 0.1})
+    out_bad, out_good = train_batch([bad, good])
+    assert isinstance(out_bad, TrainingDiverged)
+    with pytest.raises(TrainingDiverged) as alone:
+        train(bad, progress=False)
+    assert str(out_bad) == str(alone.value)  # same phase, step and message
+    assert not isinstance(out_good, Exception) and out_good.summary["final_chosen_prob"] > 0.5
+
+
+def test_shapes_and_grid():
+    configs = grid(TrainConfig(), loss=["dpo", "ipo"], beta=[0.1, 0.5], seed=parse_seeds(["0-2"]))
+    assert len(configs) == 12 and len({shape_key(c) for c in configs}) == 1
+    assert shape_key(TrainConfig(hidden_size=8)) != shape_key(TrainConfig())
+    assert not can_batch(TrainConfig(branching=4, depth=7))
+    names = run_names(configs)
+    assert names[0] == "loss=dpo,beta=0.1,seed=0" and len(set(names)) == 12
+    assert parse_seeds(["0-2", "7", "9,11"]) == [0, 1, 2, 7, 9, 11]
+    for bad in (["x"], ["3-1"], ["1", "1"]):
+        with pytest.raises(UserError):
+            parse_seeds(bad)
+    with pytest.raises(UserError):
+        grid(TrainConfig(), lerning_rate=[1])
+    with pytest.raises(UserError):
+        grid(TrainConfig(), beta=[0.0])
+
+
+def test_sweep_writes_contract_runs_and_skips_finished(tmp_path):
+    configs = grid(TrainConfig(**SHORT), loss=["dpo", "slic"], beta=[0.1], seed=[0, 1])
+    table = sweep(configs, tmp_path, plot=False, progress=False)
+    assert len(table) == 4 and (tmp_path / "results.csv").is_file()
+    stored = pd.read_csv(tmp_path / "results.csv")
+    assert list(stored["run"]) == run_names(configs)
+    for name in stored["run"]:
+        run = tmp_path / name
+        for file in ("config.json", "history.csv", "metrics.csv", "summary.json", "policy.pt"):
+            assert (run / file).is_file(), file
+        history = pd.read_csv(run / "history.csv")
+        assert list(history.columns) == ["phase", "step", "trajectory", "prob", "in_distribution"]
+        summary = json.loads((run / "summary.json").read_text())
+        alone = train(TrainConfig.from_dict(json.loads((run / "config.json").read_text())), progress=False)
+        assert summary["peak_ood_mass"] == pytest.approx(alone.summary["peak_ood_mass"], abs=1e-4)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/summary.json")}
+    again = sweep(configs, tmp_path, plot=False, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/summary.json")} == before  # nothing retrained
+    pd.testing.assert_frame_equal(again, table, check_dtype=False)
+    changed = grid(TrainConfig(**{**SHORT, "daa_steps": 61}), loss=["dpo"], beta=[0.1], seed=[0])
+    with pytest.raises(UserError, match="other settings"):
+        sweep(changed, tmp_path, progress=False)
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "treemdp", *args], capture_output=True, text=True, **kw)
+
+
+def test_sweep_resumes_after_kill(tmp_path):
+    """Kill a sweep subprocess after some runs landed; rerun: every run exactly once, no partial files."""
+    out = tmp_path / "grid"
+    args = ["sweep", "--loss", "dpo", "ipo", "slic", "--beta", "0.1", "--seeds", "0-1",
+            "--sft-steps", "40", "--daa-steps", "400", "--log-every", "1", "--batch-size", "1",
+            "--out", str(out), "--quiet"]
+    process = subprocess.Popen([sys.executable, "-m", "treemdp", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(out.glob("loss=*/summary.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    landed = len(list(out.glob("loss=*/summary.json")))
+    assert 2 <= landed < 6, f"{landed} runs landed before the kill"
+    finished = _cli(*args)
+    assert finished.returncode == 0, finished.stderr
+    runs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(runs) == 6 and all(not name.startswith(".") for name in runs)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    for run in runs:
+        assert sorted(f.name for f in (out / run).iterdir()) == sorted(
+            ["config.json", "data.json", "history.csv", "metrics.csv", "summary.json", "policy.pt",
+             "reference.pt", "run.png"])
+    table = pd.read_csv(out / "results.csv")
+    assert sorted(table["run"]) == runs and table["run"].is_unique
+
+
+def test_sweep_cli_errors(tmp_path, capsys):
+    from treemdp.cli import main
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for args, needle in [(["--loss", "dpx"], "unknown loss"), (["--beta", "-1"], "beta"),
+                         (["--seeds", "a-b"], "seed"), (["--hidden-size", "0"], "hidden_size"),
+                         (["--out", str(blocker / "grid")], "cannot write")]:
+        code = main(["sweep", "--out", str(tmp_path / "x"), "--daa-steps", "2", "--sft-steps", "2", "--quiet", *args])
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        assert err.startswith("error:") and needle in err and err.count("\n") == 1, (args, err)
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").glob("loss=*"))

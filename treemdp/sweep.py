@@ -1,0 +1,346 @@
+"""Grids of toy runs: expand settings, batch runs that share a shape, write each run atomically.
+
+    configs = grid(TrainConfig(), loss=["dpo", "ipo", "slic"], beta=[0.01, 0.1, 0.5], seed=range(10))
+    table = sweep(configs, "runs/grid")      # one run directory per config, plus runs/grid/results.csv
+
+Runs that share everything but loss, beta, seed and learning rates (:func:`treemdp.batched.shape_key`)
+are trained together by :func:`treemdp.batched.train_batch`; others (big trees) one by one with
+:func:`treemdp.training.train`. Each run lands in its own directory through
+:func:`treemdp.runs.write_run` (write into a hidden folder, then rename) the moment its batch
+finishes, and ``results.csv`` (one row per finished run: every setting and the summary) is
+rewritten atomically after every batch. Rerunning the same sweep skips finished runs, so an
+interrupted sweep loses at most the batch in flight. ``workers > 1`` spreads batches over
+processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import pandas as pd
+
+from .batched import can_batch, shape_key, train_batch
+from .errors import UserError
+from .training import TrainConfig, TrainingDiverged, train
+
+RESULTS = "results.csv"
+#: Fields always in a run directory's name, whether or not the grid varies them.
+NAME_FIELDS = ("loss", "beta", "seed")
+
+
+# ----- the grid ---------------------------------------------------------------------------------
+def parse_seeds(items: Iterable[str]) -> list[int]:
+    """``["0-9"]`` -> 0..9; ``["1", "4-5"]`` -> [1, 4, 5]; also ``"0,2,7"``."""
+    seeds: list[int] = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part:
+                    low, high = (int(x) for x in part.split("-", 1))
+                    if high < low:
+                        raise ValueError
+                    seeds.extend(range(low, high + 1))
+                else:
+                    seeds.append(int(part))
+            except ValueError:
+                raise UserError(f"bad seed list {item!r}: use integers and ranges like 0-9 or 0,3,5") from None
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"seed list {' '.join(map(str, items))!r} repeats a seed")
+    return seeds
+
+
+def grid(base: TrainConfig | None = None, **axes: Sequence) -> list[TrainConfig]:
+    """Every combination of the given values of TrainConfig fields, validated.
+
+    Example: ``grid(loss=["dpo", "ipo"], beta=[0.1, 0.5], seed=range(3))`` gives 12 configs.
+    """
+    base = base or TrainConfig()
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(axes) - known)
+    if unknown:
+        raise UserError(f"unknown setting(s): {', '.join(unknown)}")
+    names = list(axes)
+    values = [list(axes[name]) for name in names]
+    for name, vals in zip(names, values):
+        if not vals:
+            raise UserError(f"--{name.replace('_', '-')} needs at least one value")
+    return [dataclasses.replace(base, **dict(zip(names, combo))).validate()
+            for combo in itertools.product(*values)]
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return repr(value) if not value.is_integer() else f"{value:g}"
+    return str(value)
+
+
+def run_names(configs: Sequence[TrainConfig]) -> list[str]:
+    """A directory name per config: ``loss=dpo,beta=0.1,seed=3`` plus every other field that varies."""
+    dicts = [c.to_dict() for c in configs]
+    fields = list(NAME_FIELDS) + [k for k in dicts[0] if k not in NAME_FIELDS
+                                  and len({json.dumps(d[k]) for d in dicts}) > 1] if dicts else []
+    names = [",".join(f"{k}={_format(d[k])}" for k in fields).replace(os.sep, "_") for d in dicts]
+    if len(set(names)) != len(names):
+        raise UserError("the grid repeats a configuration")
+    return names
+
+
+# ----- results table ----------------------------------------------------------------------------
+def result_row(name: str, config: dict, summary: dict) -> dict:
+    """One row of results.csv: run name, every setting, every scalar of the summary."""
+    row = {"run": name, **config}
+    for key, value in summary.items():
+        if key == "top_ood":
+            for i, item in enumerate(value, start=1):
+                row[f"top{i}_ood_trajectory"] = item["trajectory"]
+                row[f"top{i}_ood_prob"] = item["prob"]
+        elif not isinstance(value, (list, dict)):
+            row[key] = value
+    return row
+
+
+def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            frame.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_results(out: str | Path) -> pd.DataFrame:
+    """The grid's results.csv (one row per finished run)."""
+    path = Path(out) / RESULTS
+    if not path.is_file():
+        raise UserError(f"{str(out)!r} holds no sweep results ({RESULTS} missing)")
+    return pd.read_csv(path)
+
+
+# ----- writing runs -----------------------------------------------------------------------------
+def _json(obj) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=True) + "\n"
+
+
+def _write_small(out: Path, config: TrainConfig, summary: dict) -> None:
+    """A light run directory (config.json, summary.json only), written then renamed into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "config.json").write_text(_json(config.to_dict()))
+        (tmp / "summary.json").write_text(_json(summary))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _diverged_summary(config: TrainConfig, error: Exception) -> dict:
+    return {"loss": config.loss, "beta": config.beta, "seed": config.seed, "diverged": str(error)}
+
+
+def _write_result(out: Path, config: TrainConfig, result, *, light: bool, plot: bool) -> dict:
+    """Write one finished run (or its divergence) and return its summary."""
+    if isinstance(result, TrainingDiverged):
+        summary = _diverged_summary(config, result)
+        _write_small(out, config, summary)
+        return summary
+    if light:
+        _write_small(out, config, result.summary)
+    else:
+        from .runs import write_run
+        write_run(result, out, plot=plot)
+    return result.summary
+
+
+def _clean_partial(out: Path) -> None:
+    """Remove hidden temp folders/files that an interrupted write left behind."""
+    for path in out.glob(".*"):
+        if ".tmp-" in path.name or ".old-" in path.name:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _stored_config(run_dir: Path) -> Optional[dict]:
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _train_and_write(batch: list[tuple[str, TrainConfig]], out: Path, light: bool, plot: bool,
+                     on_step=None) -> list[tuple[str, dict, dict]]:
+    """Train one batch (or one unbatchable run) and write every run of it; returns result rows."""
+    configs = [c for _, c in batch]
+    if len(configs) > 1 or can_batch(configs[0]):
+        results = train_batch(configs, on_step=on_step)
+    else:
+        try:
+            results = [train(configs[0], progress=False)]
+        except TrainingDiverged as e:
+            results = [e]
+    rows = []
+    for (name, config), result in zip(batch, results):
+        summary = _write_result(out / name, config, result, light=light, plot=plot)
+        rows.append((name, config.to_dict(), summary))
+    return rows
+
+
+def _worker(batch, out, light, plot, threads):
+    import torch
+    torch.set_num_threads(threads)
+    return _train_and_write(batch, Path(out), light, plot)
+
+
+@dataclasses.dataclass
+class Job:
+    """One grid directory to fill: configs, their run names, how to write them."""
+
+    configs: list
+    out: Path
+    names: list
+    light: bool = False
+    plot: bool = True
+    replace_changed: bool = False
+
+
+def sweep(configs: Sequence[TrainConfig], out: str | Path, *, names: Optional[Sequence[str]] = None,
+          light: bool = False, plot: bool = True, batch_size: int = 512, workers: int = 1,
+          progress: bool = True, replace_changed: bool = False) -> pd.DataFrame:
+    """Train every config (skipping finished ones) and write run directories plus results.csv.
+
+    Args:
+        configs: the runs (see :func:`grid`).
+        out: the grid directory; run ``names[i]`` goes to ``out/names[i]``.
+        names: directory names (default :func:`run_names`).
+        light: write only config.json and summary.json per run (no history, weights, plot).
+        plot: draw each run's run.png (full runs only).
+        batch_size: most runs trained as one computation.
+        workers: processes training batches in parallel (1: this process).
+        progress: a tqdm bar across the grid.
+        replace_changed: retrain a finished run whose stored settings differ from its config
+            (default: refuse, naming it).
+
+    Returns:
+        The results table (also in ``out/results.csv``), one row per config, in ``configs`` order.
+    """
+    configs = list(configs)
+    job = Job(configs, Path(out), list(names) if names is not None else run_names(configs), light, plot,
+              replace_changed)
+    return sweep_many([job], batch_size=batch_size, workers=workers, progress=progress)[0]
+
+
+def sweep_many(jobs: Sequence[Job], *, batch_size: int = 512, workers: int = 1, progress: bool = True,
+               desc: str | None = None) -> list[pd.DataFrame]:
+    """:func:`sweep` for several grid directories at once, sharing one pool of workers."""
+    from .runs import check_writable
+    if batch_size < 1 or workers < 1:
+        raise UserError("batch size and workers must be >= 1")
+    rows: list[dict[str, tuple]] = []
+    batches: list[tuple[int, list[tuple[str, TrainConfig]]]] = []
+    for j, job in enumerate(jobs):
+        if len(job.names) != len(job.configs) or len(set(job.names)) != len(job.names):
+            raise UserError("sweep needs one distinct name per config")
+        job.out = check_writable(job.out)
+        job.out.mkdir(parents=True, exist_ok=True)
+        _clean_partial(job.out)
+        done, todo = _split_finished(job)
+        rows.append(done)
+        groups: dict[tuple, list[tuple[str, TrainConfig]]] = {}
+        for name, config in todo:
+            key = shape_key(config) if can_batch(config) else ("single", name)
+            groups.setdefault(key, []).append((name, config))
+        batches += [(j, group[i:i + batch_size]) for group in groups.values()
+                    for i in range(0, len(group), batch_size)]
+    # Largest computations first, so parallel workers finish together.
+    batches.sort(key=lambda jb: -len(jb[1]) * jb[1][0][1].hidden_size ** 2)
+
+    def save_table(j):
+        job = jobs[j]
+        ordered = [rows[j][n] for n in job.names if n in rows[j]]
+        _write_csv_atomic(pd.DataFrame([result_row(*r) for r in ordered]), job.out / RESULTS)
+
+    for j in range(len(jobs)):
+        if rows[j]:
+            save_table(j)
+    total = sum(len(b) for _, b in batches)
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, disable=not progress or not total, unit="run",
+               desc=desc or f"sweep {jobs[0].out.name}" if jobs else "sweep",
+               bar_format="{l_bar}{bar}| {n:.0f}/{total} runs [{elapsed}<{remaining}]")
+    try:
+        if workers == 1 or len(batches) == 1:
+            for j, batch in batches:
+                job = jobs[j]
+                steps = max(1, batch[0][1].sft_steps + batch[0][1].daa_steps)
+                done_before = bar.n
+                on_step = lambda n, k=len(batch), s=steps: bar.update(n * k / s)  # noqa: E731
+                for row in _train_and_write(batch, job.out, job.light, job.plot, on_step=on_step):
+                    rows[j][row[0]] = row
+                bar.n = done_before + len(batch)
+                bar.refresh()
+                save_table(j)
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            import multiprocessing
+            context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = {pool.submit(_worker, batch, str(jobs[j].out), jobs[j].light, jobs[j].plot, threads):
+                           (j, batch) for j, batch in batches}
+                for future in as_completed(futures):
+                    j, batch = futures[future]
+                    for row in future.result():
+                        rows[j][row[0]] = row
+                    bar.update(len(batch))
+                    save_table(j)
+    finally:
+        bar.close()
+    return [pd.DataFrame([result_row(*rows[j][n]) for n in job.names]) for j, job in enumerate(jobs)]
+
+
+def _split_finished(job: Job) -> tuple[dict, list]:
+    """(rows of runs already finished with the same settings, (name, config) pairs to do)."""
+    done, todo = {}, []
+    for name, config in zip(job.names, job.configs):
+        run_dir = job.out / name
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file():
+            stored = _stored_config(run_dir)
+            if stored == config.to_dict():
+                done[name] = (name, stored, json.loads(summary_path.read_text()))
+                continue
+            if not job.replace_changed:
+                changed = sorted(k for k in config.to_dict() if (stored or {}).get(k) != getattr(config, k))
+                raise UserError(f"{str(run_dir)!r} holds a run with other settings "
+                                f"({', '.join(changed) or 'config.json'}); use another --out or remove it")
+        todo.append((name, config))
+    return done, todo
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """A short text summary of a results table: peak and final OOD mass per (loss, beta)."""
+    if table.empty or "peak_ood_mass" not in table:
+        return "(no finished runs)"
+    grouped = table.groupby(["loss", "beta"])[["peak_ood_mass", "final_ood_mass"]]
+    stats = grouped.agg(["mean", "min", "max"])
+    lines = ["loss  beta     peak OOD mass (mean [min, max])   final OOD mass (mean [min, max])"]
+    for (loss, beta), row in stats.iterrows():
+        p, f = row["peak_ood_mass"], row["final_ood_mass"]
+        lines.append(f"{loss:<5} {beta:<8g} {p['mean']:.3f} [{p['min']:.3f}, {p['max']:.3f}]"
+                     f"{'':14}{f['mean']:.3f} [{f['min']:.3f}, {f['max']:.3f}]")
+    return "\n".join(lines)
+
+
+__all__ = ["grid", "parse_seeds", "run_names", "sweep", "sweep_many", "Job", "read_results", "result_row", "format_table"]
