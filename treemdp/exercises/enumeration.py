@@ -86,7 +86,8 @@ def check_enumerate_log_probs(enumerate_log_probs) -> Result:
                                          "(their logsumexp is 0)"),
                         (raw, "the log-probs are not normalised: apply log_softmax to each state's "
                               "logits before adding them along the path")]
-            if got.shape == expected.shape and close(got.sort().values, expected.sort().values):
+            if (got.shape == expected.shape and not close(got, expected)
+                    and close(got.sort().values, expected.sort().values)):
                 raise Incorrect(f"on {mdp!r} the values are right but in the wrong order: row i must be "
                                 f"trajectory mdp.trajectories()[i] (lexicographic, first action slowest)")
             try:

@@ -1,0 +1,78 @@
+"""Every lesson and every assignment solution runs top to bottom, fast, with live widgets."""
+
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from conftest import LESSONS, ROOT
+from notebook_runner import run_notebook
+
+LESSON_FILES = sorted(LESSONS.glob("0*.ipynb"))
+SOLUTION_FILES = sorted((LESSONS / "solutions").glob("a*.ipynb"))
+SECONDS_PER_LESSON = 60
+
+
+def test_there_are_six_lessons_and_three_assignments():
+    assert [p.name[:2] for p in LESSON_FILES] == ["01", "02", "03", "04", "05", "06"]
+    assert len(SOLUTION_FILES) >= 3
+    assert sorted(p.name for p in (LESSONS / "assignments").glob("a*.ipynb")) == [p.name for p in SOLUTION_FILES]
+
+
+def test_committed_notebooks_have_no_outputs():
+    tracked = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    paths = [ROOT / p for p in tracked] or list(LESSONS.rglob("*.ipynb"))
+    dirty = []
+    for path in paths:
+        nb = nbformat.read(str(path), as_version=4)
+        if any(c.cell_type == "code" and (c.outputs or c.execution_count is not None) for c in nb.cells):
+            dirty.append(str(path.relative_to(ROOT)))
+    assert not dirty, f"notebooks committed with outputs (clear them, or rebuild with lessons/_build.py): {dirty}"
+
+
+def test_notebooks_match_their_builder():
+    done = subprocess.run([sys.executable, str(LESSONS / "_build.py"), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_lesson_has_the_skeleton():
+    for path in LESSON_FILES:
+        text = "\n".join(c.source for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "markdown")
+        for heading in ("**Goal.**", "## Summary", "## Exercises", "## Glossary"):
+            assert heading in text, f"{path.name} lacks {heading}"
+
+
+def test_lessons_import_the_library_instead_of_reimplementing_it():
+    for path in LESSON_FILES:
+        code = "\n".join(c.source for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "code")
+        assert "from treemdp" in code
+        for name in ("def trajectory_log_probs", "def preference_loss", "def train(", "class RNNPolicy"):
+            assert name not in code, f"{path.name} re-implements {name}"
+
+
+@pytest.mark.parametrize("path", LESSON_FILES, ids=lambda p: p.stem)
+def test_lesson_runs_and_its_widgets_redraw(path):
+    _, report, seconds = run_notebook(path)
+    assert seconds <= SECONDS_PER_LESSON, f"{path.name} took {seconds:.0f} s (limit {SECONDS_PER_LESSON} s)"
+    controls = report["controls"]
+    assert controls, f"{path.name} has no widget controls"
+    stuck = [name for name, changed in controls.items() if not changed]
+    assert not stuck, f"{path.name}: moving these controls did not change any plot: {stuck}"
+
+
+CHECK_ALL = """
+import json
+from treemdp.exercises import check_namespace
+print("RESULTS:" + json.dumps([[r.exercise, r.outcome.value, r.message] for r in check_namespace({!r}, dict(globals()))]))
+"""
+
+
+@pytest.mark.parametrize("path", SOLUTION_FILES, ids=lambda p: p.stem)
+def test_solution_runs_and_passes_every_check(path):
+    assignment = nbformat.read(str(path), as_version=4).metadata["treemdp"]["assignment"]
+    nb, report, _ = run_notebook(path, extra=CHECK_ALL.format(assignment))
+    lines = [l for o in nb.cells[-1].outputs for l in o.get("text", "").splitlines() if l.startswith("RESULTS:")]
+    results = json.loads(lines[0][len("RESULTS:"):])
+    assert results and all(outcome == "correct" for _, outcome, _ in results), results
+    assert all(report["controls"].values()), report
