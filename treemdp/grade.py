@@ -147,7 +147,8 @@ def grade_notebook(path: Path, *, assignment: str | None = None, timeout: int = 
               and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     rows = [Row(str(path), assignment, exercise, outcome, message) for exercise, outcome, message in found]
     if failed:
-        note = f" (cells {', '.join(str(i + 1) for i in failed)} raised errors)"
+        cells = ", ".join(str(i + 1) for i in failed)
+        note = f" (cell {cells} raised an error)" if len(failed) == 1 else f" (cells {cells} raised errors)"
         rows = [Row(r.notebook, r.assignment, r.exercise, r.outcome,
                     r.message + note if r.outcome != "correct" else r.message) for r in rows]
     return rows

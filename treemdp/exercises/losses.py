@@ -110,7 +110,10 @@ def check_preference_loss(preference_loss) -> Result:
                                     inputs=[("pi_w", pi_w), ("pi_l", pi_l), ("ref_w", ref_w), ("ref_l", ref_l)],
                                     mistakes=mistakes)
                 except Incorrect as e:
-                    raise Incorrect(f"for loss={loss!r}, beta={beta}, batch={batch}: {e}") from None
+                    why = str(e)
+                    if "values differ" in why:  # no named mistake: perhaps the student's own g is wrong
+                        why += f"; if it calls your {loss}_g, make sure check_{loss}_g passes first"
+                    raise Incorrect(f"for loss={loss!r}, beta={beta}, batch={batch}: {why}") from None
                 worst, cases = max(worst, error), cases + 1
         return (f"matches treemdp.preference_loss for dpo, ipo and slic at 4 betas "
                 f"({cases} random batches, max error {worst:.1e})")

@@ -1,0 +1,95 @@
+"""`treemdp grade`: one notebook, a folder of submissions (table + CSV), bad input."""
+
+import csv
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from conftest import LESSONS
+
+from treemdp.cli import main
+
+
+def grade(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "treemdp", "grade", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_grade_a_starter_notebook_reports_not_attempted(tmp_path):
+    notebook = tmp_path / "a2_enumeration.ipynb"
+    shutil.copy(LESSONS / "assignments" / "a2_enumeration.ipynb", notebook)
+    done = grade(notebook)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for exercise in ("a2.sequence_log_prob", "a2.enumerate_log_probs", "a2.ood_mass"):
+        assert any(exercise in l and "not attempted" in l for l in lines), done.stdout
+    assert "0 of 3 exercises correct" in done.stdout
+    assert not (tmp_path / "grades.csv").exists()
+
+
+def test_grade_a_folder_prints_a_table_and_writes_a_csv(tmp_path):
+    submissions = tmp_path / "submissions"
+    submissions.mkdir()
+    shutil.copy(LESSONS / "assignments" / "a1_losses.ipynb", submissions / "ann_a1.ipynb")
+    shutil.copy(LESSONS / "solutions" / "a1_losses.ipynb", submissions / "bob_a1.ipynb")
+    # carol: a correct notebook with one wrong function, renamed so only the metadata says a1
+    wrong = nbformat.read(str(LESSONS / "solutions" / "a1_losses.ipynb"), as_version=4)
+    for cell in wrong.cells:
+        cell.source = cell.source.replace("return torch.relu(1 - x)", "return 1 - x")
+    nbformat.write(wrong, str(submissions / "carol.ipynb"))
+    (submissions / "dave_a1.ipynb").write_text("{ not a notebook")
+    done = grade(submissions)
+    assert done.returncode == 0, done.stderr
+    table = done.stdout
+    rows = {line.split()[0]: line for line in table.splitlines() if line.split() and line.split()[0].endswith(".ipynb")}
+    assert set(rows) == {"ann_a1.ipynb", "bob_a1.ipynb", "carol.ipynb", "dave_a1.ipynb"}
+    assert rows["ann_a1.ipynb"].endswith("0/4") and rows["bob_a1.ipynb"].endswith("4/4")
+    assert rows["carol.ipynb"].endswith("2/4") and "✗" in rows["carol.ipynb"]  # slic_g and, through it, preference_loss
+    assert rows["dave_a1.ipynb"].endswith("error")
+    with open(submissions / "grades.csv", newline="") as f:
+        records = list(csv.DictReader(f))
+    assert set(records[0]) == {"notebook", "assignment", "exercise", "outcome", "message"}
+    by_key = {(r["notebook"].rsplit("/", 1)[-1], r["exercise"]): r for r in records}
+    assert by_key["carol.ipynb", "a1.slic_g"]["outcome"] == "incorrect"
+    assert "hinge is missing" in by_key["carol.ipynb", "a1.slic_g"]["message"]
+    assert "check_slic_g passes first" in by_key["carol.ipynb", "a1.preference_loss"]["message"]
+    assert by_key["carol.ipynb", "a1.dpo_g"]["outcome"] == "correct"
+    assert by_key["ann_a1.ipynb", "a1.dpo_g"]["outcome"] == "not attempted"
+    assert all(by_key["bob_a1.ipynb", e]["outcome"] == "correct"
+               for e in ("a1.dpo_g", "a1.ipo_g", "a1.slic_g", "a1.preference_loss"))
+    assert by_key["dave_a1.ipynb", ""]["outcome"] == "error"
+
+
+@pytest.mark.parametrize("make, args, message", [
+    (None, ["missing.ipynb"], "does not exist"),
+    ("text", ["notes.txt"], "is not a notebook"),
+    ("broken", ["a1_broken.ipynb"], "is not a readable notebook"),
+    ("noname", ["homework.ipynb"], "cannot tell which assignment"),
+    ("empty_dir", ["empty"], "no .ipynb files"),
+    ("starter", ["a1_x.ipynb", "--assignment", "a7"], "unknown assignment 'a7'"),
+    ("starter", ["a1_x.ipynb", "--timeout", "0"], "--timeout must be >= 1"),
+    ("dir", ["subs", "--csv", "nowhere/grades.csv"], "does not exist"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path, monkeypatch, capsys, make, args, message):
+    if make == "text":
+        (tmp_path / "notes.txt").write_text("hello")
+    elif make == "broken":
+        (tmp_path / "a1_broken.ipynb").write_text("{")
+    elif make == "noname":
+        nb = nbformat.v4.new_notebook()
+        nbformat.write(nb, str(tmp_path / "homework.ipynb"))
+    elif make == "empty_dir":
+        (tmp_path / "empty").mkdir()
+    elif make == "starter":
+        shutil.copy(LESSONS / "assignments" / "a1_losses.ipynb", tmp_path / "a1_x.ipynb")
+    elif make == "dir":
+        (tmp_path / "subs").mkdir()
+        shutil.copy(LESSONS / "assignments" / "a1_losses.ipynb", tmp_path / "subs" / "a1.ipynb")
+    monkeypatch.chdir(tmp_path)
+    code = main(["grade", *args])  # in-process: these fail before any kernel starts
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert err.startswith("error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
