@@ -23,7 +23,7 @@ DPI = 100
 SIZES = {
     "fig06_tree_mdp": (10, 5.5),
     "fig07_mass_summary": (13, 7),
-    "fig_trajectories": (10, 6),  # figs 09-17, one per (loss, beta)
+    "fig_trajectories": (14, 6),  # figs 09-17, one per (loss, beta)
     "fig18_dpo_seeds": (15, 5),
     "atlas_peak_ood": (13, 10),
     "atlas_final_ood": (13, 10),
@@ -241,13 +241,20 @@ def figure_trajectories(folder: str | Path, out: str | Path, *, loss: str, beta:
     history, config = _history(run), _config(run)
     summary = json.loads((run / "summary.json").read_text())
     fig = _figure("fig_trajectories")
-    ax = fig.add_subplot()
+    whole, daa = fig.subplots(1, 2, width_ratios=(1, 1.6))
     label = f"Figure {number}: " if number else ""
-    plot_trajectories(history, ax, label_threshold=0.05,
-                      title=f"{label}{loss.upper()}, beta={beta:g}, seed {seed}: every trajectory's probability "
-                            f"(peak OOD mass {summary['peak_ood_mass']:.0%} at DAA step {summary['peak_ood_step']}, "
-                            f"final {summary['final_ood_mass']:.1%})")
-    _footer(fig, settings_text(config), fontsize=8, color="0.3")
+    plot_trajectories(history, whole, label_threshold=0.05, title="SFT then DAA (linear steps)")
+    whole.get_legend().remove()
+    plot_trajectories(history, daa, phase="daa", label_threshold=0.05,
+                      title="DAA phase, log-scaled steps (the action is in the first ~100)")
+    daa.set_xscale("symlog", linthresh=10)
+    daa.set_xlim(0, max(1, int(history.loc[history["phase"] == "daa", "step"].max())))
+    daa.set_xlabel("DAA step (linear to 10, then log)")
+    daa.legend(fontsize=7, loc="best", framealpha=0.85)
+    fig.suptitle(f"{label}{loss.upper()}, beta={beta:g}, seed {seed}: every trajectory's probability; peak OOD "
+                 f"mass {summary['peak_ood_mass']:.0%} at DAA step {summary['peak_ood_step']}, final "
+                 f"{summary['final_ood_mass']:.1%}", fontsize=11)
+    _footer(fig, settings_text(config))
     return _save(fig, out)
 
 
@@ -269,7 +276,10 @@ def figure_dpo_seeds(folder: str | Path, out: str | Path, *, beta: float, seeds=
                           title=f"seed {seed}: peak OOD {summary['peak_ood_mass']:.0%} (step "
                                 f"{summary['peak_ood_step']}), final {summary['final_ood_mass']:.1%}\n"
                                 f"top OOD at the end: {top}")
-        ax.legend(fontsize=6, loc="center right", framealpha=0.85)
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(0, config["daa_steps"])
+        ax.set_xlabel("DAA step (linear to 10, then log)")
+        ax.legend(fontsize=6, loc="best", framealpha=0.85)
     fig.suptitle(f"Figure 18: DPO, beta={beta:g}, three more seeds (DAA phase)", fontsize=11)
     _footer(fig, settings_text(config), fontsize=8, color="0.3")
     return _save(fig, out)
@@ -309,7 +319,7 @@ def figure_atlas(folder: str | Path, out: str | Path, *, metric: str = "peak_ood
     seeds = table.groupby(["loss", "beta", "hidden_size", "daa_lr"]).size()
     config = _config(Path(table.iloc[0]["_dir"]))
     what = "PEAK (max over DAA steps)" if metric == "peak_ood_mass" else "FINAL (after the last DAA step)"
-    fig.suptitle(f"Sensitivity atlas: {what} OOD mass, mean over {seeds.min()}-{seeds.max()} seeds per cell",
+    fig.suptitle(f"Sensitivity atlas: {what} OOD mass, mean over {_seeds_text(seeds)} per cell",
                  fontsize=11)
     _footer(fig, settings_text(config, omit=("policy", "lr")) +
              f"; SFT lr {config['sft_lr']:g} x {config['sft_steps']}, DAA {config['daa_steps']} steps",
@@ -317,7 +327,23 @@ def figure_atlas(folder: str | Path, out: str | Path, *, metric: str = "peak_ood
     return _save(fig, out)
 
 
-def _bars(folder: str | Path, out: str | Path, *, by: str, labels: dict, name: str, title: str) -> Path:
+def _seeds_text(counts: pd.Series) -> str:
+    low, high = int(counts.min()), int(counts.max())
+    return f"{low} seeds" if low == high else f"{low}-{high} seeds"
+
+
+def _diverged_text(folder, by: str, labels: dict) -> str:
+    """'; diverged (not shown): SGD IPO beta=0.5 x5' for runs that stopped on NaN/inf."""
+    folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
+    table = pd.concat([read_results(f) for f in folders], ignore_index=True)
+    if "diverged" not in table or table["diverged"].isna().all():
+        return ""
+    bad = table[table["diverged"].notna()].groupby([by, "loss", "beta"]).size()
+    items = [f"{labels.get(k, k)} {loss.upper()} beta={beta:g} x{n}" for (k, loss, beta), n in bad.items()]
+    return "; diverged, not shown: " + ", ".join(items)
+
+
+def _bars(folder, out: str | Path, *, by: str, labels: dict, name: str, title: str) -> Path:
     """Peak and final OOD mass per (loss, beta), one bar per value of ``by`` (mean, seeds as dots)."""
     table = _results(folder)
     fig = _figure(name)
@@ -345,7 +371,7 @@ def _bars(folder: str | Path, out: str | Path, *, by: str, labels: dict, name: s
     axes[0].set_ylabel("OOD mass (bars: mean; dots: seeds)")
     axes[0].legend(fontsize=9)
     seeds = table.groupby(["loss", "beta", by]).size()
-    fig.suptitle(f"{title} ({seeds.min()} seeds per bar)", fontsize=11)
+    fig.suptitle(f"{title} ({_seeds_text(seeds)} per bar{_diverged_text(folder, by, labels)})", fontsize=11)
     footer = []
     for key in keys:
         config = _config(Path(table[table[by] == key].iloc[0]["_dir"]))

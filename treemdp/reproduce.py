@@ -26,7 +26,7 @@ BETAS = (0.01, 0.1, 0.5)
 #: The paper-style figures (7, 9-17, 18): chosen from the atlas because the effect shows there
 #: (a larger DAA step than SFT's); stated on every figure.
 PAPER = dict(policy="rnn", cell="gru", hidden_size=32, optimizer="adam", sft_lr=1e-2, daa_lr=3e-2,
-             sft_steps=200, daa_steps=1000, log_every=5, branching=3, depth=3, threads=1, device="cpu",
+             sft_steps=200, daa_steps=1000, log_every=1, branching=3, depth=3, threads=1, device="cpu",
              data=None)
 
 
