@@ -129,10 +129,10 @@ def test_stop_kill_and_resume_equal_uninterrupted(sft_run, prefs_small, llm_tmp)
     for run in (parts, killed):
         b = read_metrics(run / "metrics.csv")
         assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
-        for ra, rb in zip(a, b):
-            assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6)
+        for ra, rb in zip(a, b):  # same seed, same threads: identical numbers on CPU
+            assert ra["loss"] == rb["loss"] and ra["logp_chosen"] == rb["logp_chosen"]
         wb = weights(run / "final")
-        assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @pytest.mark.slow

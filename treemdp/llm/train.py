@@ -402,7 +402,8 @@ def train(cfg: TrainConfig) -> RunResult:
                file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
     per_process = cfg.batch_size * cfg.grad_accum
     stop_at = min(total_steps, step + cfg.stop_after) if cfg.stop_after else total_steps
-    t_last, tok_since = time.perf_counter(), 0
+    t_start = t_last = time.perf_counter()
+    tok_since = 0
     sums: dict[str, float] = {}
     while step < stop_at:
         epoch, pos = divmod(step, steps_per_epoch)
@@ -474,6 +475,7 @@ def train(cfg: TrainConfig) -> RunResult:
                    "lr": scheduler.get_last_lr()[0]}
             row.update({k: (v if k == "tokens" else v / n_logged) for k, v in sums.items()})
             row["tokens_per_s"] = tok_since / max(now - t_last, 1e-9)
+            row["time_s"] = now - t_start  # wall time in this invocation
             sums, tok_since, t_last = {}, 0, now
             if main:
                 log.add(row)

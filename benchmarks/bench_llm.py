@@ -1,0 +1,191 @@
+"""Benchmark: our DAA (DPO) step against TRL's DPOTrainer on the same tiny GPT-NeoX, on CPU.
+
+    .venv/bin/python benchmarks/bench_llm.py [--steps 40] [--repeats 2]
+
+Same random-init GPT-NeoX (hidden 64, 2 layers, 4 heads, vocab 512), same pairs (synthetic
+prompts with completions of 32-64 tokens), 8 pairs per step, AdamW lr 1e-4 constant, fp32,
+2 torch threads, no gradient checkpointing, no checkpoints written during the timed steps.
+Variants: ``ours`` (``treemdp.llm.train``, reference log-probs precomputed once),
+``trl-precompute`` (DPOTrainer, loss_type sigmoid, precompute_ref_log_probs=True) and
+``trl-ref`` (the reference model run every step). Each run is a fresh subprocess (so peak RSS is
+its own), and the variants alternate A B C A B C in one invocation. Steps/s is 1 / the median step time
+over the steps after the first ``--warmup`` ones (the mean is printed too) (setup, reference precomputation and the first steps are
+excluded for everyone); tokens/s counts the real (unpadded) tokens of those steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = ("ours", "trl-precompute", "trl-ref")
+WORDS = ("my car broke and i am sad so i called my friend who said it was fine but the landlord "
+         "yelled at the team while the cat slept in the kitchen and the phone crashed again").split()
+
+
+def make_data(workdir: Path, n_pairs: int, seed: int = 0) -> Path:
+    """Pairs whose chosen/rejected completions have 32-64 tokens under the tiny tokenizer."""
+    from treemdp.llm.models import build_tiny_model, load_tokenizer
+    from treemdp.llm.synthetic import make_prompt
+    model_dir = build_tiny_model(workdir / "tiny", hidden_size=64, num_layers=2, num_heads=4,
+                                 vocab_size=512, max_positions=512, seed=seed)
+    tok = load_tokenizer(str(model_dir), quiet=True)
+    rng = random.Random(seed)
+
+    def completion() -> str:
+        target, text = rng.randint(32, 63), ""  # + EOS = 33..64 tokens
+        while len(tok(text, add_special_tokens=False)["input_ids"]) < target:
+            text += " " + rng.choice(WORDS)
+        ids = tok(text, add_special_tokens=False)["input_ids"][:target]
+        return tok.decode(ids)
+
+    rows = []
+    for _ in range(n_pairs):
+        prompt, _ = make_prompt(rng)
+        chosen, rejected = completion(), completion()
+        while rejected == chosen:
+            rejected = completion()
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    path = workdir / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tokens_per_step(data: Path, model_dir: Path, batch: int, steps: list[list[int]] | None = None):
+    from treemdp.llm.data import PAIR_FIELDS, read_jsonl, tokenize_rows
+    from treemdp.llm.models import load_tokenizer
+    tok = load_tokenizer(str(model_dir), quiet=True)
+    ex, _ = tokenize_rows(read_jsonl(data, PAIR_FIELDS), tok, kind="pairs", max_length=512,
+                          max_prompt_length=384)
+    per_pair = [2 * len(e.prompt_ids) + len(e.completions[0]) + len(e.completions[1]) for e in ex]
+    return batch * statistics.mean(per_pair)
+
+
+def worker_ours(data: Path, model_dir: Path, out: Path, steps: int, warmup: int) -> dict:
+    import csv
+    from treemdp.llm.train import TrainConfig, train
+    train(TrainConfig(phase="daa", model=str(model_dir), data=str(data), out=str(out),
+                      loss="dpo", beta=0.1, optimizer="adamw", lr=1e-4, warmup_steps=0,
+                      batch_size=8, grad_accum=1, max_steps=steps, save_every=10 ** 9,
+                      max_length=512, max_prompt_length=384, device="cpu", precision="fp32",
+                      progress=False, threads=2))
+    with open(out / "metrics.csv", newline="") as f:
+        times = [float(r["time_s"]) for r in csv.DictReader(f)]
+    return {"step_times": times}
+
+
+def worker_trl(data: Path, model_dir: Path, out: Path, steps: int, warmup: int,
+               precompute: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers.utils import logging
+    from trl import DPOConfig, DPOTrainer
+    logging.set_verbosity_error()
+    torch.set_num_threads(2)
+    rows = [json.loads(l) for l in data.read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    args = DPOConfig(output_dir=str(out), loss_type=["sigmoid"], beta=0.1, learning_rate=1e-4,
+                     lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+                     per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                     max_steps=steps, bf16=False, fp16=False, gradient_checkpointing=False,
+                     precompute_ref_log_probs=precompute, max_length=512, save_strategy="no",
+                     logging_steps=10 ** 6, report_to=[], use_cpu=True, seed=0,
+                     dataloader_num_workers=0, disable_tqdm=True)
+    trainer = DPOTrainer(model=model, ref_model=ref, args=args,
+                         train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         callbacks=[Clock()])
+    trainer.train()
+    return {"step_times": times}
+
+
+def run_worker(args) -> None:
+    data, model_dir, out = Path(args.data), Path(args.model), Path(args.out)
+    if args.worker == "ours":
+        result = worker_ours(data, model_dir, out, args.steps, args.warmup)
+    else:
+        result = worker_trl(data, model_dir, out, args.steps, args.warmup,
+                            precompute=args.worker == "trl-precompute")
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
+    parser.add_argument("--repeats", type=int, default=2, help="A B C rounds")
+    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(args)
+        return
+    env = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = make_data(work, n_pairs=8 * args.steps)
+        model_dir = work / "tiny"
+        tok_step = tokens_per_step(data, model_dir, 8)
+        results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+        for rep in range(args.repeats):
+            for variant in VARIANTS:
+                out = work / f"{variant}-{rep}"
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--worker", variant, "--data", str(data),
+                     "--model", str(model_dir), "--out", str(out), "--steps", str(args.steps),
+                     "--warmup", str(args.warmup)], env=env, capture_output=True, text=True)
+                line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+                if proc.returncode != 0 or not line:
+                    sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
+                r = json.loads(line[0][7:])
+                t = r["step_times"]
+                # median step time: robust to bursts of other load on a shared machine
+                durations = [b - a for a, b in zip(t[args.warmup - 1:], t[args.warmup:])]
+                r["steps_per_s"] = 1.0 / statistics.median(durations)
+                r["steps_per_s_mean"] = len(durations) / sum(durations)
+                r["tokens_per_s"] = r["steps_per_s"] * tok_step
+                results[variant].append(r)
+                print(f"round {rep + 1} {variant:15s} {r['steps_per_s']:7.2f} steps/s "
+                      f"(mean {r['steps_per_s_mean']:6.2f}) "
+                      f"{r['tokens_per_s']:9.0f} tokens/s  peak RSS {r['peak_rss_mib']:6.0f} MiB",
+                      flush=True)
+        print(f"\nmedian over {args.repeats} rounds, {args.steps} steps of 8 pairs "
+              f"({tok_step:.0f} tokens/step), first {args.warmup} steps excluded:")
+        print(f"{'variant':15s} {'steps/s':>8s} {'tokens/s':>9s} {'peak RSS MiB':>13s}")
+        med = {}
+        for variant, rs in results.items():
+            med[variant] = {k: statistics.median(r[k] for r in rs)
+                            for k in ("steps_per_s", "tokens_per_s", "peak_rss_mib")}
+            m = med[variant]
+            print(f"{variant:15s} {m['steps_per_s']:8.2f} {m['tokens_per_s']:9.0f} "
+                  f"{m['peak_rss_mib']:13.0f}")
+        speedup = med["ours"]["steps_per_s"] / med["trl-precompute"]["steps_per_s"]
+        print(f"\nours / trl-precompute: {speedup:.2f}x steps/s; peak RSS "
+              f"{med['ours']['peak_rss_mib']:.0f} vs {med['trl-precompute']['peak_rss_mib']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
