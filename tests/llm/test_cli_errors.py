@@ -146,3 +146,16 @@ def test_import_and_help_stay_light():
     code = ("import sys; from treemdp.cli import build_parser; build_parser(); "
             "sys.exit(int('transformers' in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without GPU")
+def test_cuda_without_gpu(capsys, tiny, prefs_small, tmp_path):
+    code, err = run(capsys, "llm", "daa", "--model", tiny, "--data", prefs_small, "--out",
+                    tmp_path / "o", "--device", "cuda")
+    assert_user_error(code, err, "no CUDA GPU")
+
+
+def test_unknown_judge(capsys, tiny, prefs_small):
+    code, err = run(capsys, "llm", "eval", "--model", tiny, "--ref", tiny, "--data", prefs_small,
+                    "--judge", "nonsense")
+    assert_user_error(code, err, "unknown judge")

@@ -336,6 +336,14 @@ def train(cfg: TrainConfig) -> RunResult:
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     save_every = cfg.save_every or max(1, steps_per_epoch // cfg.checkpoints_per_epoch)
+    final_state = out / "final" / "trainer_state.pt"
+    if cfg.resume and final_state.is_file():
+        done = torch.load(final_state, weights_only=False)["step"]
+        if done >= total_steps:
+            if main:
+                print(f"note: {out} already finished ({done} steps); nothing to resume",
+                      file=sys.stderr)
+            return RunResult(out=out, steps=done, total_steps=total_steps, finished=True)
 
     dtype = torch.float32
     model = load_model(str(resume_from) if resume_from else cfg.model, dtype=dtype)
@@ -366,8 +374,10 @@ def train(cfg: TrainConfig) -> RunResult:
         if cfg.average_logps:
             ref_sums = ref_sums / ref_counts.clamp(min=1)
 
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # transformers 5 renamed it activation_checkpointing_enable
+        enable = getattr(model, "activation_checkpointing_enable", None) or \
+            model.gradient_checkpointing_enable
+        enable()
     model.train()
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     scheduler = warmup_schedule(optimizer, cfg.warmup_steps)
