@@ -25,10 +25,7 @@ SHORT = dict(sft_steps=30, daa_steps=60, log_every=3)
 
 
 def _compare(alone, batched, atol=1e-4):
-    assert list(alone.history.columns) == list(batched.history.columns)
-    assert (alone.history[["phase", "step", "trajectory"]].values == batched.history[["phase", "step", "trajectory"]].values).all()
-    assert (alone.history["in_distribution"].values == batched.history["in_distribution"].values).all()
-    np.testing.assert_allclose(batched.history["prob"], alone.history["prob"], atol=atol)
+    pd.testing.assert_frame_equal(batched.history, alone.history, check_exact=False, atol=atol, rtol=0)
     assert set(alone.metrics.columns) == set(batched.metrics.columns)
     for column in ("loss", "ood_mass", "chosen_prob", "rejected_prob", "kl_to_reference", "entropy"):
         np.testing.assert_allclose(batched.metrics[column], alone.metrics[column], atol=atol, rtol=1e-4,
@@ -63,6 +60,15 @@ def test_batched_equals_train_alone(shape):
                for loss, beta, seed, f in [("dpo", 0.1, 0, 1), ("ipo", 0.5, 1, 2), ("slic", 0.01, 2, 1), ("dpo", 0.5, 3, 0.5)]]
     results = train_batch(configs)
     for config, batched in zip(configs, results):
+        _compare(train(config, progress=False), batched)
+
+
+def test_runs_sharing_a_seed_share_sft_correctly():
+    """Same seed, several losses / DAA lrs and two SFT lrs in one batch: each equals train() alone."""
+    configs = [TrainConfig(**SHORT, loss=loss, beta=0.1, seed=7, sft_lr=sft_lr, daa_lr=daa_lr)
+               for loss, sft_lr, daa_lr in [("dpo", 1e-2, 1e-2), ("slic", 1e-2, 3e-2), ("ipo", 3e-2, 1e-2),
+                                            ("dpo", 3e-2, 3e-2)]] + [TrainConfig(**SHORT, seed=8)]
+    for config, batched in zip(configs, train_batch(configs)):
         _compare(train(config, progress=False), batched)
 
 

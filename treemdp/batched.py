@@ -1,19 +1,19 @@
 """Many toy runs as one computation: stacked per-run weights, batched cells, per-run optimisers.
 
 :func:`train_batch` runs R configurations that share a *shape* (tree, policy class, cell, hidden
-size, optimiser, step counts, logging) together. Each run keeps its own parameters, one row of a
-flat tensor ``theta`` [R, P]; the runs may differ in ``loss``, ``beta``, ``seed``, ``sft_lr`` and
-``daa_lr``. Every step does, for all runs at once, what :func:`treemdp.training.train` does for
-one:
+size, optimiser, step counts, logging) together; they may differ in ``loss``, ``beta``, ``seed``,
+``sft_lr`` and ``daa_lr``. Each parameter is stacked over runs, ``W`` -> [R, *shape], and every
+step does for all runs at once what :func:`treemdp.training.train` does for one:
 
-    logp  = enumerate(theta)               # [R, T], exact, level by level (prefix sharing)
-    loss  = per-run SFT NLL or g(beta * h)   # [R]; runs never mix: d loss_r / d theta_s = 0
-    theta = optimiser step with lr [R, 1]  # Adam / RMSprop / SGD, torch.optim's default math
+    logp = enumerate(W)                     # [R, T], exact, level by level (prefix sharing)
+    loss = per-run SFT NLL or g(beta * h)   # [R]; runs never mix: d loss_r / d W_s = 0 for s != r
+    W    = optimiser step, lr per run       # torch's fused Adam / SGD kernels, RMSprop by hand
 
-The recurrent cells are written out by hand with batched matrix products (``baddbmm``), following
-PyTorch's GRUCell/LSTMCell/RNNCell equations, so a run gives the same numbers (to float
-tolerance) alone through ``train()`` or inside a batch: each run's weights come from
-:func:`treemdp.policies.make_policy` with its own seed, stacked. ``tests/test_sweep.py`` checks it.
+The recurrent cells are written out with batched matrix products (``baddbmm``), following
+PyTorch's GRUCell/LSTMCell/RNNCell equations, and each run's initial weights come from
+:func:`treemdp.policies.make_policy` with its own seed, so a run gives the same numbers (to float
+tolerance) alone through ``train()`` or inside a batch; ``tests/test_sweep.py`` checks it. Runs
+with the same seed and SFT lr share one SFT phase (it does not depend on the loss, beta or DAA lr).
 
 The result for each run is an ordinary :class:`~treemdp.training.RunResult` (history, metrics,
 summary built by :func:`treemdp.training.summarize`, policy and reference modules), so
@@ -269,9 +269,13 @@ def _train_batch(configs, mdp, dataset, on_step):
     first = configs[0]
     device = torch.device(first.device)
     R = len(configs)
-    policies = [make_policy(mdp, c.policy, seed=c.seed, hidden_size=c.hidden_size, cell=c.cell)
-                for c in configs]
-    params = {name: p.to(device) for name, p in _stack(policies).items()}  # name -> [R, *shape]
+    # Runs with the same seed and SFT lr share their whole SFT phase (the loss, beta and DAA lr
+    # only act later): train each distinct SFT once, then copy it into every run that uses it.
+    sft_keys = list(dict.fromkeys((c.sft_lr, c.seed) for c in configs))  # sorted by sft_lr already
+    sft_of_run = torch.tensor([sft_keys.index((c.sft_lr, c.seed)) for c in configs])
+    sft_configs = [configs[int((sft_of_run == u).nonzero()[0])] for u in range(len(sft_keys))]
+    make = lambda c: make_policy(mdp, c.policy, seed=c.seed, hidden_size=c.hidden_size, cell=c.cell)  # noqa: E731
+    params = {name: p.to(device) for name, p in _stack([make(c) for c in sft_configs]).items()}  # [U, ...]
     names = list(params)
 
     def log_probs(leaves):
@@ -289,12 +293,13 @@ def _train_batch(configs, mdp, dataset, on_step):
     loss_of_run = torch.tensor([loss_names.index(c.loss) for c in configs], device=device)[:, None]
 
     n_sft, n_daa = first.sft_steps, first.daa_steps
-    n_records = n_sft + 1 + (n_daa + 1 if n_daa > 0 else 0)
-    record_logp = torch.empty(n_records, R, mdp.n_trajectories)  # every step's log-probs
-    record_loss = torch.empty(n_records, R)
+    T = mdp.n_trajectories
+    sft_logp, sft_loss = torch.empty(n_sft + 1, len(sft_keys), T), torch.empty(n_sft + 1, len(sft_keys))
+    n_daa_records = n_daa + 1 if n_daa > 0 else 0
+    daa_logp, daa_loss = torch.empty(n_daa_records, R, T), torch.empty(n_daa_records, R)
     started = time.perf_counter()
 
-    def run_phase(n_steps, lrs, loss_fn, offset):
+    def run_phase(n_steps, lrs, loss_fn, record_logp, record_loss, runs_per_row):
         weights = [params[name] for name in names]
         optimizer = OPTIMIZER_STEPS[first.optimizer](weights, lrs)
         pending = 0
@@ -302,8 +307,8 @@ def _train_batch(configs, mdp, dataset, on_step):
             leaves = [w.detach().requires_grad_(True) for w in weights]  # share storage with weights
             logp = log_probs(leaves)  # [R, T]
             loss = loss_fn(logp)  # [R]
-            record_logp[offset + step] = logp.detach()
-            record_loss[offset + step] = loss.detach()
+            record_logp[step] = logp.detach()
+            record_loss[step] = loss.detach()
             if step == n_steps:
                 break
             grads = torch.autograd.grad(loss.sum(), leaves)  # run r's loss reaches only row r
@@ -311,10 +316,10 @@ def _train_batch(configs, mdp, dataset, on_step):
                 optimizer.step(weights, [g.contiguous() for g in grads])  # no-op copies
             pending += 1
             if on_step is not None and pending >= 25:
-                on_step(pending)
+                on_step(pending * runs_per_row)
                 pending = 0
         if on_step is not None and pending:
-            on_step(pending)
+            on_step(pending * runs_per_row)
 
     def sft(logp):  # behaviour cloning, as training.sft_loss, per run
         return -logp[:, demo_index].mean(-1)
@@ -328,16 +333,20 @@ def _train_batch(configs, mdp, dataset, on_step):
             out = torch.where(loss_of_run == k, get_g(name)(x), out)
         return out.mean(-1)
 
-    run_phase(n_sft, [c.sft_lr for c in configs], sft, 0)
+    run_phase(n_sft, [k[0] for k in sft_keys], sft, sft_logp, sft_loss, R / len(sft_keys))
+    params = {name: p[sft_of_run.to(device)].contiguous() for name, p in params.items()}  # [U] -> [R]
     reference = {name: p.detach().cpu().clone() for name, p in params.items()}
-    ref_logp = record_logp[n_sft].to(device)  # the frozen SFT policy's exact log-probs, [R, T]
+    ref_logp = sft_logp[n_sft][sft_of_run].to(device)  # the frozen SFT policy's exact log-probs, [R, T]
     if n_daa > 0:
-        run_phase(n_daa, [c.daa_lr for c in configs], daa, n_sft + 1)
+        run_phase(n_daa, [c.daa_lr for c in configs], daa, daa_logp, daa_loss, 1)
     elapsed = time.perf_counter() - started
 
     final = {name: p.detach().cpu() for name, p in params.items()}
+    names_array = pd.array(mdp.trajectory_names(), dtype="str")  # built once per batch
     results = [_run_result(r, configs[r], mdp, dataset, in_dist, chosen, rejected,
-                           record_logp[:, r], record_loss[:, r], policies[r], final, reference, elapsed / R)
+                           torch.cat([sft_logp[:, sft_of_run[r]], daa_logp[:, r]]),
+                           torch.cat([sft_loss[:, sft_of_run[r]], daa_loss[:, r]]),
+                           make(configs[r]), final, reference, elapsed / R, names_array)
                for r in range(R)]
     unsorted = [None] * R
     for position, i in enumerate(order):
@@ -346,7 +355,7 @@ def _train_batch(configs, mdp, dataset, on_step):
 
 
 def _run_result(r, config, mdp, dataset, in_dist, chosen, rejected, logp, loss, policy, final,
-                reference, seconds):
+                reference, seconds, names_array):
     """Build run r's RunResult (history, metrics, summary) from its recorded log-probs [n, T]."""
     n_sft, n_daa = config.sft_steps, config.daa_steps
     phase = np.array(["sft"] * (n_sft + 1) + ["daa"] * (n_daa + 1 if n_daa > 0 else 0))
@@ -386,11 +395,13 @@ def _run_result(r, config, mdp, dataset, in_dist, chosen, rejected, logp, loss, 
     metrics["kl_to_reference"] = kl[torch.as_tensor(logged)].numpy()
     metrics["entropy"] = entropy[torch.as_tensor(logged)].numpy()
 
-    names = np.array(mdp.trajectory_names(), dtype=object)
     T, L = mdp.n_trajectories, int(logged.sum())
+    phases = pd.array(["sft", "daa"], dtype="str")
     history = pd.DataFrame({
-        "phase": np.repeat(phase[logged], T), "step": np.repeat(step[logged], T),
-        "trajectory": np.tile(names, L), "prob": probs[torch.as_tensor(logged)].double().numpy().ravel(),
+        "phase": phases.take(np.repeat((phase[logged] == "daa").astype(np.int64), T)),
+        "step": np.repeat(step[logged], T),
+        "trajectory": names_array.take(np.tile(np.arange(T), L)),
+        "prob": probs[torch.as_tensor(logged)].double().numpy().ravel(),
         "in_distribution": np.tile(in_dist.numpy(), L)})
 
     summary = summarize(config, mdp, steps, logp[-1], ref_logp, in_dist, seconds)
