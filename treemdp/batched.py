@@ -22,8 +22,6 @@ summary built by :func:`treemdp.training.summarize`, policy and reference module
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from typing import Callable, Optional, Sequence
 
@@ -409,12 +407,3 @@ def _run_result(r, config, mdp, dataset, in_dist, chosen, rejected, logp, loss, 
                                    cell=config.cell)
     return RunResult(config, history, metrics, summary, _load(policy, final, r),
                      _load(reference_policy, reference, r), dataset)
-
-
-def with_fields(config: TrainConfig, **fields) -> TrainConfig:
-    """``dataclasses.replace`` that names unknown fields in a UserError."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(fields) - known
-    if unknown:
-        raise UserError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    return dataclasses.replace(config, **fields)

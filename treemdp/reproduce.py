@@ -74,7 +74,6 @@ def _names(configs: list[TrainConfig], extra: tuple[str, ...]) -> list[str]:
 def run_reproduce(out: str | Path = "figures", *, runs: str | Path | None = None, quick: bool = False,
                   workers: int | None = None, fresh: bool = False, progress: bool = True) -> list[Path]:
     """Run (or resume) every sweep, then draw every figure. Returns the PNG paths."""
-    from . import figures as F
     from .runs import check_writable
     from .sweep import Job, sweep_many
     plan = QUICK if quick else FULL
@@ -94,25 +93,31 @@ def run_reproduce(out: str | Path = "figures", *, runs: str | Path | None = None
     trained = time.perf_counter() - started
 
     paper, atlas = runs / "paper", runs / "atlas"
-    made = [F.figure_tree(out / "fig06_tree_mdp"),
-            F.figure_mass_summary(paper, out / "fig07_mass_summary")]
+    jobs = [("figure_tree", (out / "fig06_tree_mdp",), {}),
+            ("figure_mass_summary", (paper, out / "fig07_mass_summary"), {})]
     number = 9
     for loss in LOSSES:
         for beta in BETAS:
-            made.append(F.figure_trajectories(paper, out / f"fig{number:02d}_{loss}_beta{beta:g}", loss=loss,
-                                              beta=beta, seed=plan.seeds[0], number=number))
+            jobs.append(("figure_trajectories", (paper, out / f"fig{number:02d}_{loss}_beta{beta:g}"),
+                         dict(loss=loss, beta=beta, seed=plan.seeds[0], number=number)))
             number += 1
-    made += [F.figure_dpo_seeds(paper, out / "fig18_dpo_seeds", beta=0.1, seeds=plan.dpo_seeds),
-             F.figure_atlas(atlas, out / "atlas_peak_ood", metric="peak_ood_mass"),
-             F.figure_atlas(atlas, out / "atlas_final_ood", metric="final_ood_mass"),
-             F.figure_optimizers([paper, runs / "optimizers"], out / "optimizers"),
-             F.figure_tabular([paper, runs / "policies"], out / "tabular_vs_gru")]
+    jobs += [("figure_dpo_seeds", (paper, out / "fig18_dpo_seeds"), dict(beta=0.1, seeds=plan.dpo_seeds)),
+             ("figure_atlas", (atlas, out / "atlas_peak_ood"), dict(metric="peak_ood_mass")),
+             ("figure_atlas", (atlas, out / "atlas_final_ood"), dict(metric="final_ood_mass")),
+             ("figure_optimizers", ([paper, runs / "optimizers"], out / "optimizers"), {}),
+             ("figure_tabular", ([paper, runs / "policies"], out / "tabular_vs_gru"), {})]
+    made = [_draw_one(*job) for job in jobs]  # (a process pool for drawing measured no faster here)
     if progress:
         total = time.perf_counter() - started
         n_runs = sum(len(c) for c in exps.values())
         print(f"reproduce: {n_runs} runs in {trained:.1f} s, {len(made)} figures; {total:.1f} s in all "
               f"-> {out}/ (runs in {runs}/)", file=sys.stderr)
     return made
+
+
+def _draw_one(name: str, args: tuple, kwargs: dict) -> Path:
+    from . import figures
+    return getattr(figures, name)(*args, **kwargs)
 
 
 # ----- command line -------------------------------------------------------------------------------
