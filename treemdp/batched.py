@@ -297,7 +297,7 @@ def _train_batch(configs, mdp, dataset, on_step):
     daa_logp, daa_loss = torch.empty(n_daa_records, R, T), torch.empty(n_daa_records, R)
     started = time.perf_counter()
 
-    def run_phase(n_steps, lrs, loss_fn, record_logp, record_loss, runs_per_row):
+    def run_phase(n_steps, lrs, loss_fn, record_logp, record_loss):
         weights = [params[name] for name in names]
         optimizer = OPTIMIZER_STEPS[first.optimizer](weights, lrs)
         pending = 0
@@ -314,10 +314,10 @@ def _train_batch(configs, mdp, dataset, on_step):
                 optimizer.step(weights, [g.contiguous() for g in grads])  # no-op copies
             pending += 1
             if on_step is not None and pending >= 25:
-                on_step(pending * runs_per_row)
+                on_step(pending)
                 pending = 0
         if on_step is not None and pending:
-            on_step(pending * runs_per_row)
+            on_step(pending)
 
     def sft(logp):  # behaviour cloning, as training.sft_loss, per run
         return -logp[:, demo_index].mean(-1)
@@ -331,12 +331,12 @@ def _train_batch(configs, mdp, dataset, on_step):
             out = torch.where(loss_of_run == k, get_g(name)(x), out)
         return out.mean(-1)
 
-    run_phase(n_sft, [k[0] for k in sft_keys], sft, sft_logp, sft_loss, R / len(sft_keys))
+    run_phase(n_sft, [k[0] for k in sft_keys], sft, sft_logp, sft_loss)
     params = {name: p[sft_of_run.to(device)].contiguous() for name, p in params.items()}  # [U] -> [R]
     reference = {name: p.detach().cpu().clone() for name, p in params.items()}
     ref_logp = sft_logp[n_sft][sft_of_run].to(device)  # the frozen SFT policy's exact log-probs, [R, T]
     if n_daa > 0:
-        run_phase(n_daa, [c.daa_lr for c in configs], daa, daa_logp, daa_loss, 1)
+        run_phase(n_daa, [c.daa_lr for c in configs], daa, daa_logp, daa_loss)
     elapsed = time.perf_counter() - started
 
     final = {name: p.detach().cpu() for name, p in params.items()}

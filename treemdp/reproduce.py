@@ -160,7 +160,8 @@ def add_parsers(subparsers) -> None:
                        help="write only config.json and summary.json per run (no history, weights, plot)")
     sweep.add_argument("--no-plots", dest="plot", action="store_false", help="skip each run's run.png")
     sweep.add_argument("--batch-size", type=int, default=512, help="most runs computed together (default 512)")
-    sweep.add_argument("--workers", type=int, default=1, help="processes training batches in parallel (default 1)")
+    sweep.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                       help="processes training and writing batches in parallel (default: up to 2)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar or table")
     sweep.set_defaults(func=_sweep_command)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -262,8 +263,13 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = 512, workers: int = 1, 
         for name, config in todo:
             key = shape_key(config) if can_batch(config) else ("single", name)
             groups.setdefault(key, []).append((name, config))
-        batches += [(j, group[i:i + batch_size]) for group in groups.values()
-                    for i in range(0, len(group), batch_size)]
+        for group in groups.values():
+            size = batch_size
+            if workers > 1 and len(group) > 1:
+                # Fewer shapes than workers: split a shape so every worker gets a share (batched
+                # cost hardly grows with runs, but writing run directories does).
+                size = min(batch_size, math.ceil(len(group) / max(1, workers // len(groups))))
+            batches += [(j, group[i:i + size]) for i in range(0, len(group), size)]
     # Largest computations first, so parallel workers finish together.
     batches.sort(key=lambda jb: -len(jb[1]) * jb[1][0][1].hidden_size ** 2)
 
@@ -307,6 +313,15 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = 512, workers: int = 1, 
                     save_table(j)
     finally:
         bar.close()
+        # Runs that workers finished while this process was interrupted are on disk: list them too.
+        for j, job in enumerate(jobs):
+            try:
+                finished, _ = _split_finished(dataclasses.replace(job, replace_changed=True))
+            except OSError:
+                continue
+            if finished.keys() - rows[j].keys():
+                rows[j].update(finished)
+                save_table(j)
     return [pd.DataFrame([result_row(*rows[j][n]) for n in job.names]) for j, job in enumerate(jobs)]
 
 
