@@ -79,8 +79,9 @@ def worker_ours(data: Path, model_dir: Path, out: Path, steps: int, warmup: int)
                       max_length=512, max_prompt_length=384, device="cpu", precision="fp32",
                       progress=False, threads=2))
     with open(out / "metrics.csv", newline="") as f:
-        times = [float(r["time_s"]) for r in csv.DictReader(f)]
-    return {"step_times": times}
+        rows = list(csv.DictReader(f))
+    return {"step_times": [float(r["time_s"]) for r in rows],
+            "cpu_times": [float(r["cpu_s"]) for r in rows]}
 
 
 def worker_trl(data: Path, model_dir: Path, out: Path, steps: int, warmup: int,
@@ -97,13 +98,15 @@ def worker_trl(data: Path, model_dir: Path, out: Path, steps: int, warmup: int,
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     times: list[float] = []
+    cpu_times: list[float] = []
 
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter() - self.t0)
+            cpu_times.append(time.process_time() - self.c0)
 
     args = DPOConfig(output_dir=str(out), loss_type=["sigmoid"], beta=0.1, learning_rate=1e-4,
                      lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
@@ -116,7 +119,7 @@ def worker_trl(data: Path, model_dir: Path, out: Path, steps: int, warmup: int,
                          train_dataset=Dataset.from_list(rows), processing_class=tok,
                          callbacks=[Clock()])
     trainer.train()
-    return {"step_times": times}
+    return {"step_times": times, "cpu_times": cpu_times}
 
 
 def run_worker(args) -> None:
@@ -166,24 +169,29 @@ def main() -> None:
                 durations = [b - a for a, b in zip(t[args.warmup - 1:], t[args.warmup:])]
                 r["steps_per_s"] = 1.0 / statistics.median(durations)
                 r["steps_per_s_mean"] = len(durations) / sum(durations)
+                c = r["cpu_times"]  # CPU seconds per step: the work, whatever else the machine runs
+                r["steps_per_cpu_s"] = (len(c) - args.warmup) / (c[-1] - c[args.warmup - 1])
                 r["tokens_per_s"] = r["steps_per_s"] * tok_step
                 results[variant].append(r)
                 print(f"round {rep + 1} {variant:15s} {r['steps_per_s']:7.2f} steps/s "
-                      f"(mean {r['steps_per_s_mean']:6.2f}) "
+                      f"(mean {r['steps_per_s_mean']:6.2f}, per CPU-s {r['steps_per_cpu_s']:6.2f}) "
                       f"{r['tokens_per_s']:9.0f} tokens/s  peak RSS {r['peak_rss_mib']:6.0f} MiB",
                       flush=True)
         print(f"\nmedian over {args.repeats} rounds, {args.steps} steps of 8 pairs "
               f"({tok_step:.0f} tokens/step), first {args.warmup} steps excluded:")
-        print(f"{'variant':15s} {'steps/s':>8s} {'tokens/s':>9s} {'peak RSS MiB':>13s}")
+        print(f"{'variant':15s} {'steps/s':>8s} {'tokens/s':>9s} {'peak RSS MiB':>13s} "
+              f"{'steps/CPU-s':>14s}")
         med = {}
         for variant, rs in results.items():
-            med[variant] = {k: statistics.median(r[k] for r in rs)
-                            for k in ("steps_per_s", "tokens_per_s", "peak_rss_mib")}
+            med[variant] = {k: statistics.median(r[k] for r in rs) for k in
+                            ("steps_per_s", "tokens_per_s", "peak_rss_mib", "steps_per_cpu_s")}
             m = med[variant]
             print(f"{variant:15s} {m['steps_per_s']:8.2f} {m['tokens_per_s']:9.0f} "
-                  f"{m['peak_rss_mib']:13.0f}")
+                  f"{m['peak_rss_mib']:13.0f} {m['steps_per_cpu_s']:14.2f}")
         speedup = med["ours"]["steps_per_s"] / med["trl-precompute"]["steps_per_s"]
-        print(f"\nours / trl-precompute: {speedup:.2f}x steps/s; peak RSS "
+        cpu_speedup = med["ours"]["steps_per_cpu_s"] / med["trl-precompute"]["steps_per_cpu_s"]
+        print(f"\nours / trl-precompute: {speedup:.2f}x steps/s ({cpu_speedup:.2f}x per CPU-s); "
+              f"peak RSS "
               f"{med['ours']['peak_rss_mib']:.0f} vs {med['trl-precompute']['peak_rss_mib']:.0f} MiB")
 
 

@@ -7,6 +7,8 @@ padding contribute nothing (``completion_mask``). Kept apart from the loss, whic
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -31,22 +33,46 @@ def token_log_probs(logits: torch.Tensor, input_ids: torch.Tensor,
     return torch.where(mask, -nll, torch.zeros_like(nll))
 
 
+def _accepts_logits_to_keep(model) -> bool:
+    forward = getattr(model, "module", model).forward  # look through a DDP wrapper
+    try:
+        return "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def sequence_log_probs(model, batch: dict[str, torch.Tensor], *, average: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(y|x) for every row of a collated batch, in one forward pass.
 
+    Two savings, neither changing a number: logits are computed only from the first position
+    that predicts a completion token on (``logits_to_keep``, where the model supports it), and
+    a right-padded batch is run without an attention mask, since under causal attention no real
+    token can see the padding after it (the tests compare with unpadded single-row passes).
+
     Args:
         model: a causal LM returning ``.logits``.
-        batch: ``input_ids``, ``attention_mask``, ``completion_mask``, each [N, T].
+        batch: ``input_ids``, ``attention_mask``, ``completion_mask``, each [N, T], right-padded.
         average: return the per-token mean instead of the sum.
 
     Returns:
         (log-probs [N], completion token counts [N]).
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   use_cache=False).logits  # [N, T, V]
-    per_token = token_log_probs(logits, batch["input_ids"], batch["completion_mask"])
-    n_tokens = batch["completion_mask"][:, 1:].sum(dim=1)
+    input_ids, completion_mask = batch["input_ids"], batch["completion_mask"]
+    attention_mask = batch["attention_mask"]
+    t = input_ids.shape[1]
+    kwargs = {}
+    start = 0
+    if _accepts_logits_to_keep(model):
+        first = int(completion_mask.float().argmax(dim=1).min())  # earliest completion token
+        start = max(first - 1, 0)  # the position that predicts it
+        kwargs["logits_to_keep"] = t - start
+    # right padding <=> every row's mask is a prefix of ones (non-increasing along T)
+    right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+    logits = model(input_ids=input_ids, attention_mask=None if right_padded else attention_mask,
+                   use_cache=False, **kwargs).logits  # [N, T - start, V]
+    per_token = token_log_probs(logits, input_ids[:, start:], completion_mask[:, start:])
+    n_tokens = completion_mask[:, 1:].sum(dim=1)
     logps = per_token.sum(dim=1)
     if average:
         logps = logps / n_tokens.clamp(min=1)

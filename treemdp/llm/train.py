@@ -413,6 +413,7 @@ def train(cfg: TrainConfig) -> RunResult:
     per_process = cfg.batch_size * cfg.grad_accum
     stop_at = min(total_steps, step + cfg.stop_after) if cfg.stop_after else total_steps
     t_start = t_last = time.perf_counter()
+    cpu_start = time.process_time()
     tok_since = 0
     sums: dict[str, float] = {}
     while step < stop_at:
@@ -486,6 +487,7 @@ def train(cfg: TrainConfig) -> RunResult:
             row.update({k: (v if k == "tokens" else v / n_logged) for k, v in sums.items()})
             row["tokens_per_s"] = tok_since / max(now - t_last, 1e-9)
             row["time_s"] = now - t_start  # wall time in this invocation
+            row["cpu_s"] = time.process_time() - cpu_start  # CPU time (all threads) of this process
             sums, tok_since, t_last = {}, 0, now
             if main:
                 log.add(row)
