@@ -147,7 +147,7 @@ def test_sweep_resumes_after_kill(tmp_path):
     """Kill a sweep subprocess after some runs landed; rerun: every run exactly once, no partial files."""
     out = tmp_path / "grid"
     args = ["sweep", "--loss", "dpo", "ipo", "slic", "--beta", "0.1", "--seeds", "0-1",
-            "--sft-steps", "40", "--daa-steps", "400", "--log-every", "1", "--batch-size", "1",
+            "--sft-steps", "40", "--daa-steps", "400", "--log-every", "1", "--batch-size", "1", "--workers", "1",
             "--out", str(out), "--quiet"]
     process = subprocess.Popen([sys.executable, "-m", "treemdp", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, start_new_session=True)
