@@ -75,6 +75,22 @@ def jupyter_lab(tmp_path):
         log.close()
 
 
+def _wait_for_idle_kernel(base: str, token: str, seconds: float = 120) -> None:
+    """Until the server reports the notebook's kernel started and idle."""
+    import json
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/api/kernels?token={token}", timeout=5) as response:
+                kernels = json.load(response)
+            if kernels and all(k.get("execution_state") == "idle" for k in kernels):
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail("the notebook's kernel did not start")
+
+
 def _png_sources(page) -> list[str]:
     return page.eval_on_selector_all(".widget-output img", "images => images.map(i => i.src)")
 
@@ -95,13 +111,17 @@ def test_lesson_3_beta_slider_redraws_the_plot_in_chromium(jupyter_lab, tmp_path
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="attached")
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached")
 
-            for attempt in range(4):  # the kernel may not be connected yet: retry until a cell runs
+            _wait_for_idle_kernel(base, token)
+            page.wait_for_function("() => document.querySelector('.jp-StatusBar-Item') !== null"
+                                   " && document.body.innerText.includes('| Idle')", timeout=120_000)
+            for attempt in range(3):  # the page may not be connected to the kernel yet: retry until a cell runs
+                page.keyboard.press("Escape")  # close a menu left open by a previous attempt
                 page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
                 page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
                 try:
                     page.wait_for_function(
                         "() => Array.from(document.querySelectorAll('.jp-InputPrompt'))"
-                        ".some(p => /\\[[0-9*]+\\]/.test(p.innerText))", timeout=15_000)
+                        ".some(p => /\\[[0-9*]+\\]/.test(p.innerText))", timeout=30_000)
                     break
                 except sync_api.TimeoutError:
                     continue
