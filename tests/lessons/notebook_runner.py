@@ -16,6 +16,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+ROOT = Path(__file__).resolve().parents[2]
+LESSONS = ROOT / "lessons"
 MARKER = "WIDGET-PROBE:"
 
 PROBE = r'''

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import LESSONS
+from notebook_runner import LESSONS
 
 CHROMIUM = Path("/usr/bin/chromium")
 LESSON = "03_three_losses.ipynb"

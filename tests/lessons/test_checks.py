@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import LESSONS
+from notebook_runner import LESSONS
 
 from treemdp import TabularPolicy, TreeMDP, losses, trajectory_log_probs
 from treemdp import exercises as ex

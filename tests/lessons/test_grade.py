@@ -7,7 +7,7 @@ import sys
 
 import nbformat
 import pytest
-from conftest import LESSONS
+from notebook_runner import LESSONS
 
 from treemdp.cli import main
 

@@ -6,8 +6,7 @@ import sys
 
 import nbformat
 import pytest
-from conftest import LESSONS, ROOT
-from notebook_runner import run_notebook
+from notebook_runner import LESSONS, ROOT, run_notebook
 
 LESSON_FILES = sorted(LESSONS.glob("0*.ipynb"))
 SOLUTION_FILES = sorted((LESSONS / "solutions").glob("a*.ipynb"))
