@@ -210,8 +210,8 @@ OPTIMIZER_STEPS = {"adam": _Adam, "rmsprop": _RMSprop, "sgd": _SGD}
 
 
 # ----- the batched run --------------------------------------------------------------------------
-def _resolve_dataset(config: TrainConfig, mdp: TreeMDP, dataset: Optional[Dataset]) -> Dataset:
-    """The same data ``train()`` would use for this config."""
+def resolve_dataset(config: TrainConfig, mdp: TreeMDP, dataset: Optional[Dataset]) -> Dataset:
+    """The data ``train()`` would use for this config (validated; UserError when bad)."""
     if dataset is not None:
         return make_dataset(mdp, dataset.demonstrations, list(dataset.preferences))
     if config.data is not None:
@@ -248,7 +248,7 @@ def train_batch(configs: Sequence[TrainConfig], dataset: Optional[Dataset] = Non
         raise ValueError(f"the batched engine does not handle this configuration ({first.policy}, "
                          f"{first.branching}x{first.depth}, {first.optimizer}); use train()")
     mdp = TreeMDP(first.branching, first.depth)
-    dataset = _resolve_dataset(first, mdp, dataset)
+    dataset = resolve_dataset(first, mdp, dataset)
     if first.daa_steps > 0 and not dataset.preferences:
         raise UserError("the data have no preferences; set daa_steps to 0 for SFT only")
     previous_threads = torch.get_num_threads()

@@ -315,7 +315,7 @@ def figure_atlas(folder: str | Path, out: str | Path, *, metric: str = "peak_ood
                 ax.set_xlabel("DAA learning rate (Adam)")
             if j == 0:
                 ax.set_ylabel("GRU hidden size")
-    fig.colorbar(image, ax=axes, shrink=0.6, label=f"mean {metric.replace('_', ' ')}")
+    fig.colorbar(image, ax=axes, shrink=0.6, label=f"mean {metric.split('_')[0]} OOD mass")
     seeds = table.groupby(["loss", "beta", "hidden_size", "daa_lr"]).size()
     config = _config(Path(table.iloc[0]["_dir"]))
     what = "PEAK (max over DAA steps)" if metric == "peak_ood_mass" else "FINAL (after the last DAA step)"

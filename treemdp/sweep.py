@@ -254,6 +254,7 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = 512, workers: int = 1, 
     for j, job in enumerate(jobs):
         if len(job.names) != len(job.configs) or len(set(job.names)) != len(job.names):
             raise UserError("sweep needs one distinct name per config")
+        _check_data(job.configs)
         job.out = check_writable(job.out)
         job.out.mkdir(parents=True, exist_ok=True)
         _clean_partial(job.out)
@@ -323,6 +324,15 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = 512, workers: int = 1, 
                 rows[j].update(finished)
                 save_table(j)
     return [pd.DataFrame([result_row(*rows[j][n]) for n in job.names]) for j, job in enumerate(jobs)]
+
+
+def _check_data(configs: Sequence[TrainConfig]) -> None:
+    """Load every data file once before any work, so bad input fails first (UserError)."""
+    from .batched import resolve_dataset
+    from .tree import TreeMDP
+    for data, branching, depth in {(c.data, c.branching, c.depth) for c in configs}:
+        config = next(c for c in configs if (c.data, c.branching, c.depth) == (data, branching, depth))
+        resolve_dataset(config, TreeMDP(branching, depth), None)
 
 
 def _split_finished(job: Job) -> tuple[dict, list]:
