@@ -394,8 +394,8 @@ figure = plot_run(run.history, run.summary)
 """),
 ("md", """
 The rejected trajectory is pushed to zero, as the loss asks. But its mass does not all go to the
-chosen one: for a while a large share sits on `s1-a1-s3-a1-s9-a1-s∞` and `…-a2-s∞` — the chosen
-prefix with a last action nobody demonstrated.
+chosen one: for a while a large share sits on `s1-a1-s3-a1-s9-a1-s∞` — the chosen prefix with a
+last action nobody demonstrated — before it drains back.
 
 ## 3. Three losses, three betas (figures 7 and 9–17)
 
@@ -955,8 +955,8 @@ from treemdp.training import TrainConfig, train
 ("md", """
 ## 1. Six seeds (figure 18)
 
-Small hidden size and a larger learning rate make the runs differ most (issue notes: hidden size
-4 at lr 3e-2). The seed changes only the initial weights.
+A small hidden size (4) and a larger learning rate (3e-2) make the runs differ most. The seed
+changes only the initial weights.
 """),
 ("code", """
 seeds = list(range(6))
