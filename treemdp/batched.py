@@ -172,7 +172,7 @@ class _Adam:
         self.segments = _segments(lrs)
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
-        self.t = torch.zeros((), dtype=torch.float32)
+        self.t = torch.zeros((), dtype=torch.float32, device=params[0].device)  # fused kernels want it beside the weights
 
     def step(self, params, grads):
         beta1, beta2 = ADAM_BETAS
