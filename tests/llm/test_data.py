@@ -70,3 +70,9 @@ def test_collate_pairs_masks_prompt_and_padding():
     assert b["completion_mask"][2].tolist() == [0, 0, 0, 1, 0]
     assert b["attention_mask"][3].tolist() == [1, 1, 1, 0, 0]
     assert torch.equal(b["completion_mask"] <= b["attention_mask"], torch.ones(4, 5, dtype=torch.bool))
+
+
+def test_shipped_data_regenerates_bit_for_bit(tmp_path):
+    from treemdp.llm.synthetic import write_dataset
+    for path in write_dataset(tmp_path):
+        assert path.read_bytes() == (DATA / path.name).read_bytes(), path.name

@@ -191,7 +191,7 @@ def evaluate_model(model_path: str, cfg: EvalConfig, *, ref_model=None, ref_path
 
     # samples at temperature 1 on the first n distinct prompts
     seen, picks = set(), []
-    for ex, row in zip(examples, [rw for rw in rows]):
+    for ex in examples:
         key = tuple(ex.prompt_ids)
         if key not in seen:
             seen.add(key)

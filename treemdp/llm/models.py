@@ -73,8 +73,9 @@ def check_causal(name: str):
     name = check_model_path(name)
     try:
         config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model config from {name}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - hub/network errors come in many types; one line each
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot load model config from {name}: {first}") from None
     archs = list(getattr(config, "architectures", None) or [])
     if getattr(config, "is_encoder_decoder", False) or (
             archs and not any("CausalLM" in a or "LMHead" in a for a in archs)):
