@@ -184,11 +184,14 @@ def check_sanity_check(sanity_check) -> Result:
 register(Exercise(
     "a3.diagnosis", "which trainer has which bug", "diagnosis", check_diagnosis,
     ("Plot the probability of the chosen and the rejected trajectory during the DAA phase for each "
-     "variant. Which direction should each move?",
-     "A trainer whose DAA phase changes nothing, one whose loss never leaves g(0), and one that "
+     "variant. Which direction should each move? Then compare DPO with IPO at beta = 0.5, a loss "
+     "that should stop once h = 1/beta.",
+     "A trainer whose DAA phase barely moves, one whose loss never leaves g(0), and one that "
      "raises the rejected answer all have something wrong with h.",
-     "If h is identically 0 there is no gradient; if the reference moves with the policy h is 0 "
-     "but the gradient is not; if chosen and rejected are swapped, the rejected probability rises.")))
+     "If the reference is the policy object itself, h is identically 0 and the gradient is only "
+     "rounding noise (Adam turns it into a slow random drift); if the reference is re-read from the "
+     "policy every step, h is 0 but the gradient is not, so nothing ever stops the push (IPO does "
+     "not settle); if chosen and rejected are swapped, the rejected probability rises.")))
 register(Exercise(
     "a3.sanity_check", "a check that catches the bugs", "sanity_check", check_sanity_check,
     ("Look at result.metrics (phase 'daa'): chosen_prob, rejected_prob and loss at the first and "
