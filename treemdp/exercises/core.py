@@ -134,7 +134,14 @@ def get_exercise(exercise_id: str) -> Exercise:
         raise UserError(f"unknown exercise {exercise_id!r}; choose one of: {', '.join(EXERCISES)}") from None
 
 
-def hint(exercise_id: str, level: int = 1) -> str:
+class Hint(str):
+    """A hint's text; shown in a notebook as plain text, not as a quoted string."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def hint(exercise_id: str, level: int = 1) -> Hint:
     """Hint number ``level`` (1 = gentlest) for an exercise; asking past the last gives the last.
 
     Example: ``hint("a1.dpo_g")``, then ``hint("a1.dpo_g", 2)`` if still stuck.
@@ -143,8 +150,7 @@ def hint(exercise_id: str, level: int = 1) -> str:
     if isinstance(level, bool) or not isinstance(level, int) or level < 1:
         raise UserError(f"hint level must be an integer >= 1, got {level!r}")
     text = hints[min(level, len(hints)) - 1]
-    more = f" (hint {min(level, len(hints))} of {len(hints)})"
-    return text + more
+    return Hint(f"{text} (hint {min(level, len(hints))} of {len(hints)})")
 
 
 def assignment_exercises(assignment: str) -> list[Exercise]:
