@@ -71,45 +71,50 @@ def _names(configs: list[TrainConfig], extra: tuple[str, ...]) -> list[str]:
     return [",".join(f"{k}={_format(getattr(c, k))}" for k in ("loss", "beta", "seed") + extra) for c in configs]
 
 
+def reproduce_jobs(plan: Plan, runs: Path) -> list:
+    """One :class:`treemdp.sweep.Job` per experiment folder under ``runs``."""
+    from .sweep import Job
+    extras = {"paper": (), "atlas": ("hidden_size", "daa_lr"), "optimizers": ("optimizer",),
+              "policies": ("policy",)}
+    return [Job(configs, runs / name, _names(configs, extras[name]), light=(name != "paper"), plot=False,
+                replace_changed=True) for name, configs in experiments(plan).items()]
+
+
 def run_reproduce(out: str | Path = "figures", *, runs: str | Path | None = None, quick: bool = False,
                   workers: int | None = None, fresh: bool = False, progress: bool = True) -> list[Path]:
     """Run (or resume) every sweep, then draw every figure. Returns the PNG paths."""
     from .runs import check_writable
-    from .sweep import Job, sweep_many
+    from .sweep import sweep_many
     plan = QUICK if quick else FULL
     out = check_writable(out)
     runs = Path(runs) if runs is not None else Path("runs") / ("reproduce-quick" if quick else "reproduce")
     check_writable(runs)
     if fresh and runs.exists():
         shutil.rmtree(runs)
-    exps = experiments(plan)
-    extras = {"paper": (), "atlas": ("hidden_size", "daa_lr"), "optimizers": ("optimizer",),
-              "policies": ("policy",)}
-    jobs = [Job(configs, runs / name, _names(configs, extras[name]), light=(name != "paper"), plot=False,
-                replace_changed=True) for name, configs in exps.items()]
+    jobs = reproduce_jobs(plan, runs)
     workers = workers or min(2, os.cpu_count() or 1)
     started = time.perf_counter()
     sweep_many(jobs, workers=workers, progress=progress, desc="reproduce: runs")
     trained = time.perf_counter() - started
 
     paper, atlas = runs / "paper", runs / "atlas"
-    jobs = [("figure_tree", (out / "fig06_tree_mdp",), {}),
-            ("figure_mass_summary", (paper, out / "fig07_mass_summary"), {})]
+    drawings = [("figure_tree", (out / "fig06_tree_mdp",), {}),
+                ("figure_mass_summary", (paper, out / "fig07_mass_summary"), {})]
     number = 9
     for loss in LOSSES:
         for beta in BETAS:
-            jobs.append(("figure_trajectories", (paper, out / f"fig{number:02d}_{loss}_beta{beta:g}"),
-                         dict(loss=loss, beta=beta, seed=plan.seeds[0], number=number)))
+            drawings.append(("figure_trajectories", (paper, out / f"fig{number:02d}_{loss}_beta{beta:g}"),
+                             dict(loss=loss, beta=beta, seed=plan.seeds[0], number=number)))
             number += 1
-    jobs += [("figure_dpo_seeds", (paper, out / "fig18_dpo_seeds"), dict(beta=0.1, seeds=plan.dpo_seeds)),
-             ("figure_atlas", (atlas, out / "atlas_peak_ood"), dict(metric="peak_ood_mass")),
-             ("figure_atlas", (atlas, out / "atlas_final_ood"), dict(metric="final_ood_mass")),
-             ("figure_optimizers", ([paper, runs / "optimizers"], out / "optimizers"), {}),
-             ("figure_tabular", ([paper, runs / "policies"], out / "tabular_vs_gru"), {})]
-    made = [_draw_one(*job) for job in jobs]  # (a process pool for drawing measured no faster here)
+    drawings += [("figure_dpo_seeds", (paper, out / "fig18_dpo_seeds"), dict(beta=0.1, seeds=plan.dpo_seeds)),
+                 ("figure_atlas", (atlas, out / "atlas_peak_ood"), dict(metric="peak_ood_mass")),
+                 ("figure_atlas", (atlas, out / "atlas_final_ood"), dict(metric="final_ood_mass")),
+                 ("figure_optimizers", ([paper, runs / "optimizers"], out / "optimizers"), {}),
+                 ("figure_tabular", ([paper, runs / "policies"], out / "tabular_vs_gru"), {})]
+    made = [_draw_one(*drawing) for drawing in drawings]  # a process pool measured no faster here
     if progress:
         total = time.perf_counter() - started
-        n_runs = sum(len(c) for c in exps.values())
+        n_runs = sum(len(job.configs) for job in jobs)
         print(f"reproduce: {n_runs} runs in {trained:.1f} s, {len(made)} figures; {total:.1f} s in all "
               f"-> {out}/ (runs in {runs}/)", file=sys.stderr)
     return made
