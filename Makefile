@@ -29,7 +29,7 @@ test: $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest
 
 lessons: $(VENV)/.installed-lessons
-	$(VENV)/bin/jupyter lab lessons/
+	$(VENV)/bin/jupyter lab lessons/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 benchmark: $(VENV)/.installed-base
 	$(VENV)/bin/python benchmarks/bench_engine.py

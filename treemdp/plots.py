@@ -21,7 +21,7 @@ def _timeline(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_trajectories(history: pd.DataFrame, ax, *, phase: str | None = None,
-                      label_threshold: float = 0.05, title: str | None = None) -> None:
+                      label_threshold: float = 0.05, title: str | None = None, legend: bool = True) -> None:
     """Draw every trajectory's probability over steps on ``ax``.
 
     In-distribution trajectories are thick and coloured; OOD ones thin grey, labelled in the
@@ -30,6 +30,7 @@ def plot_trajectories(history: pd.DataFrame, ax, *, phase: str | None = None,
     Args:
         history: tidy history (phase, step, trajectory, prob, in_distribution).
         phase: ``"sft"``, ``"daa"`` or None for both, SFT first.
+        legend: draw the legend of labelled trajectories.
     """
     data = history if phase is None else history[history["phase"] == phase]
     data, sft_end = _timeline(data) if phase is None else (data.assign(x=data["step"]), 0)
@@ -52,7 +53,8 @@ def plot_trajectories(history: pd.DataFrame, ax, *, phase: str | None = None,
     ax.set_ylabel("trajectory probability (exact)")
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="center right", framealpha=0.85)
+    if legend:
+        ax.legend(fontsize=7, loc="center right", framealpha=0.85)
 
 
 def plot_masses(history: pd.DataFrame, ax, *, phase: str | None = None) -> None:
@@ -67,7 +69,7 @@ def plot_masses(history: pd.DataFrame, ax, *, phase: str | None = None) -> None:
     if phase is None and sft_end:
         ax.axvline(sft_end, color="k", lw=0.8, ls=":")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("training step")
+    ax.set_xlabel("training step" if phase is None else f"{phase.upper()} step")
     ax.set_ylabel("mass")
     ax.legend(fontsize=8)
 
@@ -108,7 +110,7 @@ def plot_run(history: pd.DataFrame, summary: dict | None = None, *, path: str | 
         if column:
             top.set_ylabel("")
             bottom.set_ylabel("")
-        if phase == "sft" and len(phases) == 2:
+        if phase == "sft" and len(phases) == 2 and top.get_legend() is not None:
             top.get_legend().remove()
     if summary:
         fig.suptitle(f"{summary['loss'].upper()}  beta={summary['beta']:g}  seed={summary['seed']}  "
