@@ -4,7 +4,7 @@ VENV := .venv
 PIP := $(VENV)/bin/pip install --constraint constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test lessons benchmark clean
+.PHONY: reproduce test lessons benchmark benchmark-llm clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ lessons: $(VENV)/.installed-lessons
 
 benchmark: $(VENV)/.installed-base
 	$(VENV)/bin/python benchmarks/bench_engine.py
+	$(VENV)/bin/python benchmarks/bench_sweep.py
+
+benchmark-llm: $(VENV)/.installed-test
+	$(VENV)/bin/python benchmarks/bench_llm.py --steps 60 --repeats 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .plots import pyplot
 from .sweep import read_results
 from .tree import Dataset, TreeMDP, paper_dataset
 
@@ -34,16 +35,8 @@ LOSS_ORDER = ("dpo", "ipo", "slic")
 BETA_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e")
 
 
-def _plt():
-    import matplotlib
-    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _figure(name: str):
-    plt = _plt()
+    plt = pyplot()
     return plt.figure(figsize=SIZES[name], dpi=DPI, layout="constrained")
 
 
@@ -55,7 +48,7 @@ def _save(fig, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI)
     fig.savefig(stem.parent / (stem.name + ".pdf"))
-    _plt().close(fig)
+    pyplot().close(fig)
     return out
 
 
