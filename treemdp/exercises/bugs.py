@@ -19,7 +19,7 @@ import torch
 
 from ..exact import in_distribution_mask, kl_divergence, trajectory_log_probs
 from ..training import RunResult, TrainConfig, daa_loss, make_optimizer, summarize, train
-from ..tree import TreeMDP, paper_dataset
+from ..tree import TreeMDP
 from .core import Exercise, Incorrect, NotAttempted, Result, call_student, register, run_check
 
 #: What each bug does to the DAA phase (the answer choices).

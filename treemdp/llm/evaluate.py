@@ -33,7 +33,7 @@ import torch
 
 from ..errors import UserError
 from ..losses import check_beta
-from .data import PAIR_FIELDS, Example, collate_sft, read_jsonl, tokenize_rows
+from .data import PAIR_FIELDS, Example, read_jsonl, tokenize_rows
 
 Judge = Callable[[list[str], list[str], list[str]], list[float]]
 
