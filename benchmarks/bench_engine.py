@@ -13,7 +13,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 
 CASE = r"""
 import json, resource, sys, time, torch
