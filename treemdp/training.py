@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -183,21 +184,24 @@ def daa_loss(logp: torch.Tensor, ref_logp: torch.Tensor, chosen: torch.Tensor,
 
 
 class _Recorder:
-    """Collects what a run reports.
+    """Collects what a run reports, keeping the per-step work in the training loop minimal.
 
-    Every step: the loss, and either the whole log-prob vector (small trees; reduced to masses
-    once at the end, keeping the loop cheap) or its masses (large trees). Logged steps: KL,
-    entropy, and the probabilities written to the history.
+    Small trees (<= ``history_limit`` trajectories): every step's log-prob vector is kept and
+    everything (masses, KL, entropy, the history) is computed once, vectorised, at the end.
+    Large trees: masses every step; KL, entropy and the probabilities of the in-distribution and
+    the 10 most probable OOD trajectories at logged steps only.
     """
 
-    def __init__(self, mdp: TreeMDP, in_dist: torch.Tensor, chosen, rejected, limit: int):
+    def __init__(self, mdp: TreeMDP, in_dist: torch.Tensor, chosen, rejected, limit: int, log_every: int):
         self.mdp, self.in_dist, self.chosen, self.rejected = mdp, in_dist, chosen, rejected
         self.small = mdp.n_trajectories <= limit
+        self.log_every = log_every
         self.phase: list[str] = []
         self.step: list[int] = []
         self.loss: list[float] = []
         self.per_step: list[torch.Tensor] = []  # [b**d] log-probs (small) or [3] masses (large)
-        self.logged: list[tuple[str, int, float, float, torch.Tensor, torch.Tensor]] = []
+        self.logged: list[tuple[str, int, float, float, torch.Tensor, torch.Tensor]] = []  # large trees
+        self.ref_logp: Optional[torch.Tensor] = None
 
     def _masses(self, logp: torch.Tensor) -> torch.Tensor:
         """[..., b**d] log-probs -> [..., 3]: OOD mass, mean chosen prob, mean rejected prob."""
@@ -207,30 +211,67 @@ class _Recorder:
                             probs[..., self.chosen].mean(-1) if len(self.chosen) else nan,
                             probs[..., self.rejected].mean(-1) if len(self.rejected) else nan], -1)
 
-    def record(self, phase: str, step: int, logp: torch.Tensor, loss: float, ref_logp, log: bool):
+    def record(self, phase: str, step: int, logp: torch.Tensor, loss: float, ref_logp, last: int):
         if not math.isfinite(loss):
             raise TrainingDiverged(f"{phase} step {step}: the loss became {loss} "
                                    f"(learning rate too high for this optimiser?); stopped")
-        logp = logp.detach().cpu()
+        logp = logp.detach()
         self.phase.append(phase)
         self.step.append(step)
         self.loss.append(loss)
-        self.per_step.append(logp if self.small else self._masses(logp))
-        if log:
+        if ref_logp is not None and self.ref_logp is None:
+            self.ref_logp = ref_logp.detach().cpu()
+        if self.small:
+            self.per_step.append(logp)
+            return
+        logp = logp.cpu()
+        self.per_step.append(self._masses(logp))
+        if step % self.log_every == 0 or step == last:
             if not torch.isfinite(logp).all():
                 raise TrainingDiverged(f"{phase} step {step}: the policy's probabilities became NaN/inf; stopped")
-            kl = float(kl_divergence(logp, ref_logp.cpu())) if ref_logp is not None else float("nan")
-            if self.small:
-                index = torch.arange(self.mdp.n_trajectories)
-            else:  # in-distribution trajectories and the 10 most probable OOD ones at this step
-                top = torch.topk(logp.masked_fill(self.in_dist, -math.inf), min(10, int((~self.in_dist).sum()))).indices
-                index = torch.cat([self.in_dist.nonzero().squeeze(1), top])
+            kl = float(kl_divergence(logp, self.ref_logp)) if ref_logp is not None else float("nan")
+            top = torch.topk(logp.masked_fill(self.in_dist, -math.inf), min(10, int((~self.in_dist).sum()))).indices
+            index = torch.cat([self.in_dist.nonzero().squeeze(1), top])
             self.logged.append((phase, step, kl, float(entropy(logp)), index, logp[index].exp()))
+
+    def _logged_mask(self) -> np.ndarray:
+        steps = np.asarray(self.step)
+        phases = np.asarray(self.phase)
+        last = {p: steps[phases == p].max() for p in set(self.phase)}
+        return (steps % self.log_every == 0) | (steps == np.vectorize(last.get)(phases))
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """(history, metrics at logged steps, every-step scalars)."""
-        names = self.mdp.trajectory_names() if self.small else None
-        name_of = (lambda i: names[i]) if names else (lambda i: self.mdp.trajectory_name(self.mdp.trajectories_row(i)))
+        per_step = torch.stack(self.per_step).cpu().double()  # [S, b**d] or [S, 3]
+        masses = self._masses(per_step) if self.small else per_step
+        steps = pd.DataFrame({"phase": self.phase, "step": self.step, "loss": self.loss,
+                              "ood_mass": masses[:, 0].numpy(), "chosen_prob": masses[:, 1].numpy(),
+                              "rejected_prob": masses[:, 2].numpy()})
+        steps["in_distribution_mass"] = 1.0 - steps["ood_mass"]
+        if self.small:
+            logged = self._logged_mask()
+            logp = per_step[torch.from_numpy(logged)]  # [L, b**d]
+            if not torch.isfinite(logp).all():
+                bad = int(torch.isfinite(logp).all(1).logical_not().nonzero()[0])
+                raise TrainingDiverged(f"{np.asarray(self.phase)[logged][bad]} step {np.asarray(self.step)[logged][bad]}: "
+                                       "the policy's probabilities became NaN/inf; stopped")
+            probs = logp.exp()
+            is_daa = torch.from_numpy(np.asarray(self.phase)[logged] == "daa")
+            kl = ((probs * (logp - self.ref_logp.double())).sum(1) if self.ref_logp is not None
+                  else torch.full((len(logp),), float("nan"), dtype=torch.float64))
+            metrics = steps[logged].assign(
+                kl_to_reference=torch.where(is_daa, kl, torch.tensor(float("nan"), dtype=torch.float64)).numpy(),
+                entropy=(-(probs * logp).sum(1)).numpy()).reset_index(drop=True)
+            n = self.mdp.n_trajectories
+            history = pd.DataFrame({
+                "phase": np.repeat(metrics["phase"].to_numpy(), n),
+                "step": np.repeat(metrics["step"].to_numpy(), n),
+                "trajectory": np.tile(np.asarray(self.mdp.trajectory_names(), dtype=object), len(metrics)),
+                "prob": probs.reshape(-1).numpy(),
+                "in_distribution": np.tile(self.in_dist.numpy(), len(metrics)),
+            })
+            return history, metrics, steps
+        name_of = lambda i: self.mdp.trajectory_name(self.mdp.trajectories_row(i))  # noqa: E731
         history = pd.DataFrame({
             "phase": [p for p, _, _, _, index, _ in self.logged for _ in range(len(index))],
             "step": [s for _, s, _, _, index, _ in self.logged for _ in range(len(index))],
@@ -238,12 +279,6 @@ class _Recorder:
             "prob": torch.cat([p for *_, p in self.logged]).double().numpy() if self.logged else [],
             "in_distribution": torch.cat([self.in_dist[i] for *_, i, _ in self.logged]).numpy() if self.logged else [],
         })
-        per_step = torch.stack(self.per_step).double()
-        masses = self._masses(per_step) if self.small else per_step
-        steps = pd.DataFrame({"phase": self.phase, "step": self.step, "loss": self.loss,
-                              "ood_mass": masses[:, 0].numpy(), "chosen_prob": masses[:, 1].numpy(),
-                              "rejected_prob": masses[:, 2].numpy()})
-        steps["in_distribution_mass"] = 1.0 - steps["ood_mass"]
         logged = pd.DataFrame([(p, s, kl, h) for p, s, kl, h, _, _ in self.logged],
                               columns=["phase", "step", "kl_to_reference", "entropy"])
         metrics = steps.merge(logged, on=["phase", "step"], how="inner")
@@ -297,7 +332,7 @@ def _train(config, mdp, dataset, progress, on_log) -> RunResult:
     demo_index = mdp.trajectory_index(dataset.demonstrations).to(device)
     chosen = mdp.trajectory_index(dataset.chosen()) if dataset.preferences else torch.zeros(0, dtype=torch.long)
     rejected = mdp.trajectory_index(dataset.rejected()) if dataset.preferences else torch.zeros(0, dtype=torch.long)
-    recorder = _Recorder(mdp, in_dist, chosen, rejected, config.history_limit)
+    recorder = _Recorder(mdp, in_dist, chosen, rejected, config.history_limit, config.log_every)
     chosen_d, rejected_d = chosen.to(device), rejected.to(device)
 
     from tqdm.auto import tqdm
@@ -315,7 +350,7 @@ def _train(config, mdp, dataset, progress, on_log) -> RunResult:
         logp = trajectory_log_probs(policy)  # [b**d], exact
         loss = sft_loss(logp, demo_index)
         log = log_now(step, config.sft_steps)
-        recorder.record("sft", step, logp, loss.item(), None, log)
+        recorder.record("sft", step, logp, loss.item(), None, config.sft_steps)
         if log and on_log is not None:
             on_log("sft", step, logp.detach().exp())
         if step == config.sft_steps:
@@ -337,7 +372,7 @@ def _train(config, mdp, dataset, progress, on_log) -> RunResult:
             logp = trajectory_log_probs(policy)
             loss = daa_loss(logp, ref_logp, chosen_d, rejected_d, beta=config.beta, loss=config.loss)
             log = log_now(step, config.daa_steps)
-            recorder.record("daa", step, logp, loss.item(), ref_logp, log)
+            recorder.record("daa", step, logp, loss.item(), ref_logp, config.daa_steps)
             if log and on_log is not None:
                 on_log("daa", step, logp.detach().exp())
             if step == config.daa_steps:
