@@ -47,7 +47,7 @@ def _save(fig, out: str | Path) -> Path:
     out = stem.parent / (stem.name + ".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI)
-    fig.savefig(stem.parent / (stem.name + ".pdf"))
+    fig.savefig(stem.parent / (stem.name + ".pdf"), metadata={"CreationDate": None})  # reproducible bytes
     pyplot().close(fig)
     return out
 
