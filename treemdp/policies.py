@@ -117,7 +117,7 @@ class RNNPolicy(TreePolicy):
         self.cell = CELLS[cell](embed_size, self.hidden_size)
         self.head = nn.Linear(self.hidden_size, mdp.branching)
         generator = _generator(seed)
-        with torch.no_grad():  # PyTorch's default init schemes, drawn from our own generator
+        with torch.no_grad():  # uniform(+-1/sqrt(fan)) as PyTorch initialises, N(0,1) embeddings; local generator
             for name, p in self.named_parameters():
                 if name.startswith("embed"):
                     p.normal_(0.0, 1.0, generator=generator)
