@@ -9,7 +9,6 @@ committed figures.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import shutil
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .train_cli import add_config_flags
 from .training import TrainConfig
 
 LOSSES = ("dpo", "ipo", "slic")
@@ -126,23 +126,6 @@ def _draw_one(name: str, args: tuple, kwargs: dict) -> Path:
 
 
 # ----- command line -------------------------------------------------------------------------------
-def _value_parser(field: dataclasses.Field):
-    default = field.default
-    if isinstance(default, bool):
-        def parse_bool(text):
-            if text.lower() in ("true", "1", "yes"):
-                return True
-            if text.lower() in ("false", "0", "no"):
-                return False
-            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-        return parse_bool
-    if isinstance(default, int):
-        return int
-    if isinstance(default, float):
-        return float
-    return str
-
-
 def add_parsers(subparsers) -> None:
     """Register ``sweep`` and ``reproduce``."""
     sweep = subparsers.add_parser(
@@ -154,13 +137,7 @@ def add_parsers(subparsers) -> None:
     sweep.add_argument("--out", required=True, help="grid directory")
     sweep.add_argument("--seeds", nargs="+", default=["0"], metavar="SEEDS",
                        help="seeds: integers and ranges, e.g. 0-9 or 0 3 5 (default 0)")
-    for field in dataclasses.fields(TrainConfig):
-        if field.name == "seed":
-            continue
-        doc = _field_doc(field.name)
-        sweep.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, nargs="+",
-                           type=_value_parser(field), metavar=field.name.upper(),
-                           help=f"{doc} (default {field.default!r})")
+    add_config_flags(sweep, nargs="+", skip=("seed",))  # every TrainConfig field, one or more values
     sweep.add_argument("--light", action="store_true",
                        help="write only config.json and summary.json per run (no history, weights, plot)")
     sweep.add_argument("--no-plots", dest="plot", action="store_false", help="skip each run's run.png")
@@ -182,21 +159,6 @@ def add_parsers(subparsers) -> None:
     reproduce.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bar")
     reproduce.set_defaults(func=_reproduce_command)
-
-
-def _field_doc(name: str) -> str:
-    """The one-line docstring under a TrainConfig field (read from the source)."""
-    import inspect
-    try:
-        lines = inspect.getsource(TrainConfig).splitlines()
-    except (OSError, TypeError):
-        return name
-    for i, line in enumerate(lines):
-        if line.strip().startswith(f"{name}:") and i + 1 < len(lines):
-            doc = lines[i + 1].strip()
-            if doc.startswith('"""'):
-                return doc.strip('"').replace("%", "%%")
-    return name
 
 
 def _sweep_command(args) -> int:

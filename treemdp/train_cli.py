@@ -47,9 +47,11 @@ def add_config_flags(parser: argparse.ArgumentParser, *, nargs=None, skip=()) ->
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{docs.get(f.name, '')} (default: {f.default})"
+        help_text = f"{docs.get(f.name, '')} (default: {f.default})".replace("%", "%%")
         kwargs = {"type": _type_of(f), "default": None, "help": help_text, "dest": f.name}
-        if f.name in ("loss", "policy", "cell", "optimizer"):
+        if f.name in ("loss", "policy", "cell", "optimizer") and not nargs:
+            # single-valued flags let argparse list the choices; value lists are checked
+            # per run by TrainConfig.validate, which names the bad value
             from .losses import LOSSES
             from .policies import CELLS, POLICIES
             from .training import OPTIMIZERS
