@@ -340,25 +340,26 @@ def _train(config, mdp, dataset, progress, on_log) -> RunResult:
                desc=f"{config.loss} beta={config.beta:g} seed={config.seed}", unit="step", leave=False)
     started = time.perf_counter()
 
-    def log_now(step: int, last: int) -> bool:
-        return step % config.log_every == 0 or step == last
+    flat = flatten_parameters(policy)
+
+    def run_phase(phase: str, steps: int, lr: float, objective, ref_logp=None) -> None:
+        """``steps`` full-batch updates of ``objective(logp)``, recording steps 0..steps."""
+        optimizer = make_optimizer(config.optimizer, [flat], lr)
+        for step in range(steps + 1):
+            logp = trajectory_log_probs(policy)  # [b**d], exact
+            loss = objective(logp)
+            recorder.record(phase, step, logp, loss.item(), ref_logp, steps)
+            if on_log is not None and (step % config.log_every == 0 or step == steps):
+                on_log(phase, step, logp.detach().exp())
+            if step == steps:
+                return
+            flat.grad.zero_()
+            loss.backward()
+            optimizer.step()
+            bar.update()
 
     # ----- SFT: maximise the likelihood of the demonstrations --------------------------------
-    flat = flatten_parameters(policy)
-    optimizer = make_optimizer(config.optimizer, [flat], config.sft_lr)
-    for step in range(config.sft_steps + 1):
-        logp = trajectory_log_probs(policy)  # [b**d], exact
-        loss = sft_loss(logp, demo_index)
-        log = log_now(step, config.sft_steps)
-        recorder.record("sft", step, logp, loss.item(), None, config.sft_steps)
-        if log and on_log is not None:
-            on_log("sft", step, logp.detach().exp())
-        if step == config.sft_steps:
-            break
-        flat.grad.zero_()
-        loss.backward()
-        optimizer.step()
-        bar.update()
+    run_phase("sft", config.sft_steps, config.sft_lr, lambda logp: sft_loss(logp, demo_index))
 
     # ----- DAA: g(beta * h) on the preferences, SFT policy frozen as the reference ---------------
     reference = copy.deepcopy(policy).requires_grad_(False).eval()
@@ -367,20 +368,9 @@ def _train(config, mdp, dataset, progress, on_log) -> RunResult:
     with torch.no_grad():
         ref_logp = trajectory_log_probs(reference)
     if config.daa_steps > 0:
-        optimizer = make_optimizer(config.optimizer, [flat], config.daa_lr)
-        for step in range(config.daa_steps + 1):
-            logp = trajectory_log_probs(policy)
-            loss = daa_loss(logp, ref_logp, chosen_d, rejected_d, beta=config.beta, loss=config.loss)
-            log = log_now(step, config.daa_steps)
-            recorder.record("daa", step, logp, loss.item(), ref_logp, config.daa_steps)
-            if log and on_log is not None:
-                on_log("daa", step, logp.detach().exp())
-            if step == config.daa_steps:
-                break
-            flat.grad.zero_()
-            loss.backward()
-            optimizer.step()
-            bar.update()
+        run_phase("daa", config.daa_steps, config.daa_lr,
+                  lambda logp: daa_loss(logp, ref_logp, chosen_d, rejected_d, beta=config.beta, loss=config.loss),
+                  ref_logp)
     bar.close()
     elapsed = time.perf_counter() - started
 
