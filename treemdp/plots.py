@@ -23,6 +23,41 @@ def pyplot():
     return plt
 
 
+def live_plot(draw, *rows, figsize=(10, 5)):
+    """A figure that redraws itself whenever one of the ipywidgets controls in ``rows`` changes.
+
+    Args:
+        draw: ``draw(figure)`` fills a cleared matplotlib ``Figure`` (it reads the controls' values
+            itself, typically re-running a library function).
+        rows: lists of controls, one ``HBox`` per list, shown above the figure.
+        figsize: the figure size in inches.
+
+    Returns:
+        The widget to ``display``. The picture is swapped inside an ``ipywidgets.Output`` with
+        ``clear_output(wait=True)``, so it changes only once the new one is ready (no flicker).
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    output = widgets.Output()
+
+    def redraw(change=None):
+        figure.clear()
+        draw(figure)
+        figure.tight_layout()
+        with output:
+            output.clear_output(wait=True)
+            display(figure)
+
+    for row in rows:
+        for control in row:
+            control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox(list(row)) for row in rows] + [output])
+
+
 def _timeline(history: pd.DataFrame) -> pd.DataFrame:
     """Add an ``x`` column: SFT steps first, then DAA steps offset to follow them."""
     sft_end = history.loc[history["phase"] == "sft", "step"].max()

@@ -393,26 +393,16 @@ Does the picture change with the loss or β? Try the trainers on other settings 
 variant = widgets.Dropdown(options=list(VARIANTS), value="A", description="trainer")
 loss = widgets.Dropdown(options=["dpo", "ipo", "slic"], value="dpo", description="loss")
 beta = widgets.SelectionSlider(options=[0.01, 0.1, 0.5], value=0.1, description="beta")
-bug_figure = Figure(figsize=(10, 6))
-bug_output = widgets.Output()
 
 
-def redraw(change=None):
+def draw(fig):
     result = mystery_train(variant.value, loss=loss.value, beta=beta.value, daa_steps=150)
-    bug_figure.clear()
-    top, bottom = bug_figure.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
     plot_trajectories(result.history, top, phase="daa", title=f"trainer {variant.value}, {loss.value} beta={beta.value}")
     plot_masses(result.history, bottom, phase="daa")
-    bug_figure.tight_layout()
-    with bug_output:
-        bug_output.clear_output(wait=True)
-        display(bug_figure)
 
 
-for control in (variant, loss, beta):
-    control.observe(redraw, names="value")
-redraw()
-display(widgets.VBox([widgets.HBox([variant, loss, beta]), bug_output]))
+display(live_plot(draw, [variant, loss, beta], figsize=(10, 6)))
 """),
 ("md", """
 ## Exercise 1 — the diagnosis

@@ -112,17 +112,14 @@ the exact one and the total variation distance shrinks (roughly like 1/√episod
 ("code", """
 episodes = widgets.SelectionSlider(options=[10, 30, 100, 300, 1000, 3000], value=100, description="episodes")
 seed = widgets.IntSlider(value=0, min=0, max=9, description="seed")
-sampling_figure = Figure(figsize=(10, 3.6))
-sampling_output = widgets.Output()
 
 
-def redraw_sampling(change=None):
+def draw_sampling(fig):
     samples = rollout(env, policy, seed=seed.value, episodes=episodes.value)  # int array [episodes, 3]
     counts = torch.bincount(mdp.trajectory_index(samples.tolist()), minlength=mdp.n_trajectories)
     sampled = counts / counts.sum()
     distance = 0.5 * float((sampled - probs).abs().sum())
-    sampling_figure.clear()
-    ax = sampling_figure.subplots()
+    ax = fig.subplots()
     x = torch.arange(mdp.n_trajectories)
     ax.bar(x - 0.2, probs, width=0.4, label="exact (enumeration)")
     ax.bar(x + 0.2, sampled, width=0.4, label=f"sampled ({episodes.value} episodes, seed {seed.value})")
@@ -130,16 +127,9 @@ def redraw_sampling(change=None):
     ax.set_ylabel("probability")
     ax.set_title(f"total variation distance {distance:.3f}")
     ax.legend(fontsize=8)
-    sampling_figure.tight_layout()
-    with sampling_output:
-        sampling_output.clear_output(wait=True)
-        display(sampling_figure)
 
 
-for control in (episodes, seed):
-    control.observe(redraw_sampling, names="value")
-redraw_sampling()
-display(widgets.VBox([widgets.HBox([episodes, seed]), sampling_output]))
+display(live_plot(draw_sampling, [episodes, seed], figsize=(10, 3.6)))
 """),
 ("md", """
 ## Summary
@@ -278,16 +268,13 @@ policy_kind = widgets.Dropdown(options=["rnn", "tabular"], value="rnn", descript
 hidden_size = widgets.Dropdown(options=[4, 8, 32, 64], value=32, description="hidden size")
 sft_steps = widgets.IntSlider(value=200, min=0, max=400, step=50, description="SFT steps")
 sft_lr = widgets.SelectionSlider(options=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1], value=1e-2, description="SFT lr")
-sft_figure = Figure(figsize=(11, 5))
-sft_output = widgets.Output()
 
 
-def redraw_sft(change=None):
+def draw_sft(fig):
     run = train(policy=policy_kind.value, hidden_size=hidden_size.value, sft_steps=sft_steps.value,
                 sft_lr=sft_lr.value, daa_steps=0, progress=False)
     final = run.history[run.history["step"] == run.history["step"].max()]
-    sft_figure.clear()
-    left, right = sft_figure.subplots(1, 2, width_ratios=(1, 2.2))
+    left, right = fig.subplots(1, 2, width_ratios=(1, 2.2))
     draw_table(left, next_action_table(run.policy), f"{policy_kind.value}: pi(a | s)")
     colors = ["tab:blue" if d else "0.6" for d in final["in_distribution"]]
     right.bar(range(mdp.n_trajectories), final["prob"], color=colors)
@@ -296,16 +283,9 @@ def redraw_sft(change=None):
     right.set_ylim(0, 1)
     right.set_title(f"after {sft_steps.value} SFT steps: OOD mass {run.summary['final_ood_mass']:.3f} "
                     "(blue: demonstrations)", fontsize=10)
-    sft_figure.tight_layout()
-    with sft_output:
-        sft_output.clear_output(wait=True)
-        display(sft_figure)
 
 
-for control in (policy_kind, hidden_size, sft_steps, sft_lr):
-    control.observe(redraw_sft, names="value")
-redraw_sft()
-display(widgets.VBox([widgets.HBox([policy_kind, hidden_size]), widgets.HBox([sft_steps, sft_lr]), sft_output]))
+display(live_plot(draw_sft, [policy_kind, hidden_size], [sft_steps, sft_lr], figsize=(11, 5)))
 """),
 ("md", """
 ## Summary
@@ -440,29 +420,19 @@ loss = widgets.Dropdown(options=["dpo", "ipo", "slic"], value="dpo", description
 beta = widgets.SelectionSlider(options=[0.01, 0.05, 0.1, 0.2, 0.5, 1.0], value=0.1, description="beta")
 seed = widgets.IntSlider(value=0, min=0, max=9, description="seed")
 daa_steps = widgets.IntSlider(value=150, min=50, max=400, step=50, description="DAA steps")
-live_figure = Figure(figsize=(10, 6.5))
-live_output = widgets.Output()
 
 
-def redraw(change=None):
+def draw(fig):
     run = train(loss=loss.value, beta=beta.value, seed=seed.value, daa_steps=daa_steps.value, progress=False)
     s = run.summary
-    live_figure.clear()
-    top, bottom = live_figure.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
     plot_trajectories(run.history, top, phase="daa",
                       title=f"{loss.value.upper()} beta={beta.value} seed={seed.value}: peak OOD "
                             f"{s['peak_ood_mass']:.1%} at step {s['peak_ood_step']}, final {s['final_ood_mass']:.1%}")
     plot_masses(run.history, bottom, phase="daa")
-    live_figure.tight_layout()
-    with live_output:
-        live_output.clear_output(wait=True)
-        display(live_figure)
 
 
-for control in (loss, beta, seed, daa_steps):
-    control.observe(redraw, names="value")
-redraw()
-display(widgets.VBox([widgets.HBox([loss, beta]), widgets.HBox([seed, daa_steps]), live_output]))
+display(live_plot(draw, [loss, beta], [seed, daa_steps], figsize=(10, 6.5)))
 """),
 ("md", """
 ## Summary
@@ -549,8 +519,6 @@ rejected = mdp.trajectory_index(data.rejected())  # [1]
 
 g_loss = widgets.Dropdown(options=["dpo", "ipo", "slic"], value="ipo", description="loss")
 g_beta = widgets.SelectionSlider(options=[0.05, 0.1, 0.2, 0.5, 1.0], value=0.5, description="beta")
-g_figure = Figure(figsize=(7, 3.8))
-g_output = widgets.Output()
 
 
 def margin_path(run):
@@ -562,13 +530,12 @@ def margin_path(run):
     return preference_h(logp[:, chosen[0]], logp[:, rejected[0]], ref[:, chosen[0]], ref[:, rejected[0]])
 
 
-def redraw_g(change=None):
+def draw_g(fig):
     run = train(loss=g_loss.value, beta=g_beta.value, daa_steps=150, log_every=5, progress=False)
     h_path = margin_path(run)
     h = torch.linspace(-2, max(25.0, float(h_path.max()) + 2), 400)
     g = LOSSES[g_loss.value]
-    g_figure.clear()
-    ax = g_figure.subplots()
+    ax = fig.subplots()
     ax.plot(h, g(g_beta.value * h), color="k", lw=1.5, label=f"g(beta*h), beta={g_beta.value}")
     ax.scatter(h_path, g(g_beta.value * h_path), c=range(len(h_path)), cmap="viridis", s=12, zorder=3,
                label="h during training")
@@ -578,16 +545,9 @@ def redraw_g(change=None):
     ax.set_ylabel("loss")
     ax.set_title(f"{g_loss.value.upper()}: final h = {float(h_path[-1]):.2f}", fontsize=10)
     ax.legend(fontsize=8)
-    g_figure.tight_layout()
-    with g_output:
-        g_output.clear_output(wait=True)
-        display(g_figure)
 
 
-for control in (g_loss, g_beta):
-    control.observe(redraw_g, names="value")
-redraw_g()
-display(widgets.VBox([widgets.HBox([g_loss, g_beta]), g_output]))
+display(live_plot(draw_g, [g_loss, g_beta], figsize=(7, 3.8)))
 """),
 ("md", """
 ## 2. The data matrix Q and its null space
@@ -669,16 +629,13 @@ def state_shift(run):
 kind = widgets.Dropdown(options=["rnn", "tabular"], value="rnn", description="policy")
 hidden = widgets.Dropdown(options=[4, 8, 32, 64], value=32, description="hidden size")
 lr = widgets.SelectionSlider(options=[3e-3, 1e-2, 3e-2, 1e-1], value=1e-2, description="DAA lr")
-share_figure = Figure(figsize=(12, 3.8))
-share_output = widgets.Output()
 
 
-def redraw_sharing(change=None):
+def draw_sharing(fig):
     run = train(policy=kind.value, hidden_size=hidden.value, daa_lr=lr.value, daa_steps=100, progress=False)
     shift = state_shift(run)
     daa = run.metrics.query("phase == 'daa'")
-    share_figure.clear()
-    left, right = share_figure.subplots(1, 2, width_ratios=(1.6, 1))
+    left, right = fig.subplots(1, 2, width_ratios=(1.6, 1))
     left.bar(range(mdp.n_states), shift, color=["tab:red" if s in path_states else "0.6" for s in range(mdp.n_states)])
     left.set_xticks(range(mdp.n_states), [mdp.state_name(s) for s in range(mdp.n_states)], fontsize=8)
     left.set_ylabel("TV(pi(.|s), ref(.|s))")
@@ -687,16 +644,9 @@ def redraw_sharing(change=None):
     right.set_ylim(-0.02, 1.02)
     right.set_xlabel("DAA step")
     right.set_title(f"OOD mass (peak {run.summary['peak_ood_mass']:.1%})", fontsize=10)
-    share_figure.tight_layout()
-    with share_output:
-        share_output.clear_output(wait=True)
-        display(share_figure)
 
 
-for control in (kind, hidden, lr):
-    control.observe(redraw_sharing, names="value")
-redraw_sharing()
-display(widgets.VBox([widgets.HBox([kind, hidden, lr]), share_output]))
+display(live_plot(draw_sharing, [kind, hidden, lr], figsize=(12, 3.8)))
 """),
 ("md", """
 ## Summary
@@ -822,21 +772,18 @@ above, and V as the temperature β varies.
 ("code", """
 q_s3, ref_s3 = Q[1][1], ref_step[1][1].exp()  # state s3 = prefix (a1,), row 1 of depth 1
 temperature = widgets.FloatLogSlider(value=0.1, base=10, min=-3, max=1, step=0.25, description="beta")
-softmax_figure = Figure(figsize=(11, 3.5))
-softmax_output = widgets.Output()
 
 
 def soft_value(q, ref, b):
     return b * torch.logsumexp(ref.log() + q / b, dim=-1)
 
 
-def redraw_softmax(change=None):
+def draw_softmax(fig):
     b = temperature.value
     grid = torch.logspace(-3, 1, 200)
     values = torch.stack([soft_value(q_s3, ref_s3, float(x)) for x in grid])
     induced = ref_s3 * torch.exp((q_s3 - soft_value(q_s3, ref_s3, b)) / b)
-    softmax_figure.clear()
-    left, right = softmax_figure.subplots(1, 2)
+    left, right = fig.subplots(1, 2)
     left.semilogx(grid, values, label="V = soft max of Q")
     left.axhline(float(q_s3.max()), color="tab:red", ls="--", label="max Q")
     left.axhline(float((ref_s3 * q_s3).sum()), color="0.5", ls=":", label="ref-average of Q")
@@ -847,15 +794,9 @@ def redraw_softmax(change=None):
     right.bar(["a0", "a1", "a2"], induced, color="tab:purple")
     right.set_ylim(0, 1)
     right.set_title("ref(a|s3) exp((Q - V)/beta): the policy these Q-values give", fontsize=10)
-    softmax_figure.tight_layout()
-    with softmax_output:
-        softmax_output.clear_output(wait=True)
-        display(softmax_figure)
 
 
-temperature.observe(redraw_softmax, names="value")
-redraw_softmax()
-display(widgets.VBox([temperature, softmax_output]))
+display(live_plot(draw_softmax, [temperature], figsize=(11, 3.5)))
 """),
 ("md", """
 ## 4. Q-values after training, live
@@ -868,34 +809,24 @@ bootstrapped V, a soft maximum that can be pulled up by those unconstrained leav
 ("code", """
 train_loss = widgets.Dropdown(options=["dpo", "ipo", "slic"], value="dpo", description="loss")
 train_beta = widgets.SelectionSlider(options=[0.01, 0.05, 0.1, 0.5, 1.0], value=0.1, description="beta")
-q_figure = Figure(figsize=(12, 3.6))
-q_output = widgets.Output()
 chosen_path = [(0, 0, "s1"), (1, 1, "s3"), (2, 4, "s9")]  # (depth, row at that depth, name)
 
 
-def redraw_q(change=None):
+def draw_q(fig):
     b = train_beta.value
     trained = train(loss=train_loss.value, beta=b, daa_steps=150, progress=False)
     Q_t, V_t, _ = soft_backup(trained, b)
-    q_figure.clear()
-    axes = q_figure.subplots(1, 3)
+    axes = fig.subplots(1, 3)
     for ax, (t, row, name) in zip(axes, chosen_path):
         ax.bar(["a0", "a1", "a2"], Q_t[t][row], color=["0.6", "tab:blue", "0.6"] if t < 2 else ["tab:green", "tab:orange", "tab:orange"])
         ax.axhline(float(V_t[t][row]), color="k", ls="--", label=f"V({name})")
         ax.set_title(f"Q({name}, a)", fontsize=10)
         ax.legend(fontsize=8)
-    q_figure.suptitle(f"{train_loss.value.upper()} beta={b}: OOD mass {trained.summary['final_ood_mass']:.1%} "
+    fig.suptitle(f"{train_loss.value.upper()} beta={b}: OOD mass {trained.summary['final_ood_mass']:.1%} "
                       f"(at s9: green = chosen leaf, orange = OOD leaves)", fontsize=10)
-    q_figure.tight_layout()
-    with q_output:
-        q_output.clear_output(wait=True)
-        display(q_figure)
 
 
-for control in (train_loss, train_beta):
-    control.observe(redraw_q, names="value")
-redraw_q()
-display(widgets.VBox([widgets.HBox([train_loss, train_beta]), q_output]))
+display(live_plot(draw_q, [train_loss, train_beta], figsize=(12, 3.6)))
 """),
 ("md", """
 ## Summary
@@ -1016,28 +947,18 @@ fig.colorbar(image, label="peak OOD mass");
 seed = widgets.IntSlider(value=0, min=0, max=19, description="seed")
 hidden_size = widgets.Dropdown(options=[4, 8, 32], value=4, description="hidden size")
 daa_lr = widgets.SelectionSlider(options=[3e-3, 1e-2, 3e-2, 1e-1], value=3e-2, description="DAA lr")
-seed_figure = Figure(figsize=(10, 6))
-seed_output = widgets.Output()
 
 
-def redraw_seed(change=None):
+def draw_seed(fig):
     run = train(loss="dpo", beta=0.1, seed=seed.value, hidden_size=hidden_size.value, daa_lr=daa_lr.value,
                 daa_steps=200, progress=False)
     top_ood = ", ".join(f"{t['trajectory']} {t['prob']:.0%}" for t in run.summary["top_ood"][:2])
-    seed_figure.clear()
-    top, bottom = seed_figure.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
     plot_trajectories(run.history, top, phase="daa", title=f"seed {seed.value}: final top OOD: {top_ood}")
     plot_masses(run.history, bottom, phase="daa")
-    seed_figure.tight_layout()
-    with seed_output:
-        seed_output.clear_output(wait=True)
-        display(seed_figure)
 
 
-for control in (seed, hidden_size, daa_lr):
-    control.observe(redraw_seed, names="value")
-redraw_seed()
-display(widgets.VBox([widgets.HBox([seed, hidden_size, daa_lr]), seed_output]))
+display(live_plot(draw_seed, [seed, hidden_size, daa_lr], figsize=(10, 6)))
 """),
 ("md", """
 ## Summary
