@@ -29,12 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import UserError
 from .exact import in_distribution_mask
 from .losses import get_g
 from .policies import make_policy
-from .training import RunResult, TrainConfig, TrainingDiverged, summarize
-from .tree import Dataset, TreeMDP, make_dataset, paper_dataset
+from .training import RunResult, TrainConfig, TrainingDiverged, resolve_dataset, summarize
+from .tree import Dataset, TreeMDP
 
 #: Fields that may differ between the runs of one batch; every other field is part of the shape.
 PER_RUN_FIELDS = ("loss", "beta", "seed", "sft_lr", "daa_lr")
@@ -210,18 +209,6 @@ OPTIMIZER_STEPS = {"adam": _Adam, "rmsprop": _RMSprop, "sgd": _SGD}
 
 
 # ----- the batched run --------------------------------------------------------------------------
-def resolve_dataset(config: TrainConfig, mdp: TreeMDP, dataset: Optional[Dataset]) -> Dataset:
-    """The data ``train()`` would use for this config (validated; UserError when bad)."""
-    if dataset is not None:
-        return make_dataset(mdp, dataset.demonstrations, list(dataset.preferences))
-    if config.data is not None:
-        from .tree import load_dataset
-        return load_dataset(config.data, mdp)
-    if (config.branching, config.depth) == (3, 3):
-        return paper_dataset()
-    raise UserError("the paper's data fit only the 3 x 3 tree; give a data file for other shapes")
-
-
 def train_batch(configs: Sequence[TrainConfig], dataset: Optional[Dataset] = None, *,
                 on_step: Optional[Callable[[int], None]] = None,
                 ) -> list[RunResult | TrainingDiverged]:
@@ -249,8 +236,6 @@ def train_batch(configs: Sequence[TrainConfig], dataset: Optional[Dataset] = Non
                          f"{first.branching}x{first.depth}, {first.optimizer}); use train()")
     mdp = TreeMDP(first.branching, first.depth)
     dataset = resolve_dataset(first, mdp, dataset)
-    if first.daa_steps > 0 and not dataset.preferences:
-        raise UserError("the data have no preferences; set daa_steps to 0 for SFT only")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(first.threads)
     try:

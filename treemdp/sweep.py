@@ -328,7 +328,7 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = 512, workers: int = 1, 
 
 def _check_data(configs: Sequence[TrainConfig]) -> None:
     """Load every data file once before any work, so bad input fails first (UserError)."""
-    from .batched import resolve_dataset
+    from .training import resolve_dataset
     from .tree import TreeMDP
     for data, branching, depth in {(c.data, c.branching, c.depth) for c in configs}:
         config = next(c for c in configs if (c.data, c.branching, c.depth) == (data, branching, depth))

@@ -92,18 +92,11 @@ def default_out(config: TrainConfig) -> Path:
 
 def run_train(args: argparse.Namespace) -> int:
     from .runs import check_writable, write_run
-    from .training import train
-    from .tree import TreeMDP, load_dataset, paper_dataset
+    from .training import resolve_dataset, train
+    from .tree import TreeMDP
 
     config = config_from_args(args)
-    mdp = TreeMDP(config.branching, config.depth)
-    if config.data is not None:
-        dataset = load_dataset(config.data, mdp)
-    elif (config.branching, config.depth) == (3, 3):
-        dataset = paper_dataset()
-    else:
-        raise UserError(f"the paper's data fit only the 3 x 3 tree; give --data FILE for branching="
-                        f"{config.branching}, depth={config.depth}")
+    dataset = resolve_dataset(config, TreeMDP(config.branching, config.depth))
     out = check_writable(args.out or default_out(config))
     result = train(config, dataset, progress=not args.quiet)
     write_run(result, out, plot=not args.no_plot)

@@ -23,7 +23,7 @@ from .errors import UserError
 from .exact import entropy, in_distribution_mask, kl_divergence, trajectory_log_probs
 from .losses import LOSSES, check_beta, preference_loss
 from .policies import CELLS, POLICIES, TreePolicy, make_policy
-from .tree import Dataset, TreeMDP, paper_dataset
+from .tree import Dataset, TreeMDP, load_dataset, make_dataset, paper_dataset
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 
@@ -285,6 +285,23 @@ class _Recorder:
         return history, metrics, steps
 
 
+def resolve_dataset(config: TrainConfig, mdp: TreeMDP, dataset: Dataset | None = None) -> Dataset:
+    """The data a run uses, validated against ``mdp``: ``dataset`` if given, else the file
+    ``config.data``, else the paper's (3 x 3 tree only). Raises UserError naming the problem."""
+    if dataset is not None:
+        dataset = make_dataset(mdp, dataset.demonstrations, list(dataset.preferences))
+    elif config.data is not None:
+        dataset = load_dataset(config.data, mdp)
+    elif (config.branching, config.depth) == (3, 3):
+        dataset = paper_dataset()
+    else:
+        raise UserError(f"the paper's data fit only the 3 x 3 tree; give --data FILE (TrainConfig.data) for "
+                        f"branching={config.branching}, depth={config.depth}")
+    if config.daa_steps > 0 and not dataset.preferences:
+        raise UserError("the data have no preferences; set daa_steps to 0 for SFT only")
+    return dataset
+
+
 def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,
           progress: bool = True, on_log: Optional[Callable[[str, int, torch.Tensor], None]] = None,
           **overrides) -> RunResult:
@@ -302,19 +319,7 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,
     """
     config = dataclasses.replace(config or TrainConfig(), **overrides).validate()
     mdp = TreeMDP(config.branching, config.depth)
-    if dataset is None:
-        if config.data is not None:
-            from .tree import load_dataset
-            dataset = load_dataset(config.data, mdp)
-        elif (config.branching, config.depth) == (3, 3):
-            dataset = paper_dataset()
-        else:
-            raise UserError("the paper's data fit only the 3 x 3 tree; give a data file for other shapes")
-    else:
-        from .tree import make_dataset
-        dataset = make_dataset(mdp, dataset.demonstrations, list(dataset.preferences))
-    if config.daa_steps > 0 and not dataset.preferences:
-        raise UserError("the data have no preferences; set daa_steps to 0 for SFT only")
+    dataset = resolve_dataset(config, mdp, dataset)
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
