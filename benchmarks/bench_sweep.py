@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from treemdp.batched import train_batch
+from treemdp.training import train_batch
 from treemdp.sweep import grid
 from treemdp.training import TrainConfig, train
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from treemdp.batched import train_batch
+from treemdp.training import train_batch
 from treemdp.reproduce import BETAS, LOSSES, PAPER
 from treemdp.sweep import grid
 from treemdp.training import TrainConfig

@@ -91,7 +91,7 @@ def test_bad_data_exits_2_with_one_error_line(treemdp_cmd, tmp_path, name):
 
 @pytest.mark.parametrize("args,message", [
     (["--beta", "0"], "beta"), (["--beta", "-0.5"], "beta"), (["--beta", "nan"], "beta"), (["--beta", "inf"], "beta"),
-    (["--loss", "kto"], "--loss"), (["--cell", "transformer"], "--cell"), (["--branching", "1"], "branching"),
+    (["--loss", "nonsense"], "unknown loss"), (["--cell", "transformer"], "--cell"), (["--branching", "1"], "branching"),
     (["--depth", "0"], "depth"), (["--policy", "mlp"], "--policy"), (["--beta", "abc"], "--beta"),
     (["--data", "/nonexistent/d.json"], "does not exist"), (["--config", "/nonexistent/c.json"], "does not exist"),
     (["--branching", "4"], "give --data"),

@@ -53,14 +53,31 @@ def test_enumeration_property(branching, depth, seed, hidden, cell):
         assert abs(logp.exp().sum().item() - 1) < 1e-5
 
 
-def test_fast_gru_expand_equals_generic_cell_path():
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+def test_fast_children_equal_generic_advance_path(cell):
+    """The broadcast children of RNNPolicy equal repeating each parent and advancing one action."""
     mdp = TreeMDP(4, 3)
-    policy = RNNPolicy(mdp, hidden_size=16, seed=5)
-    state = policy.root_state()
+    policy = RNNPolicy(mdp, hidden_size=16, cell=cell, seed=5)
+    prep = policy.prepare({n: torch.stack([p, p * 0.5]) for n, p in policy.named_parameters()})  # R = 2
+    state = policy.root(prep)
     for _ in range(2):
-        fast, generic = policy.expand(state), TreePolicy.expand(policy, state)
-        torch.testing.assert_close(fast, generic, atol=1e-6, rtol=1e-6)
+        fast, generic = policy.expand(prep, state), TreePolicy.expand(policy, prep, state)
+        for a, b in zip(fast if cell == "lstm" else (fast,), generic if cell == "lstm" else (generic,)):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
         state = fast
+
+
+@pytest.mark.parametrize("make", POLICIES, ids=POLICY_IDS)
+def test_stacked_runs_equal_runs_alone(make):
+    """R stacked parameter sets give each run's own enumeration (rows never mix)."""
+    mdp = TreeMDP(3, 4)
+    policies = [make(mdp, seed) for seed in range(3)]
+    params = {name: torch.stack([dict(p.named_parameters())[name] for p in policies])
+              for name, _ in policies[0].named_parameters()}
+    with torch.no_grad():
+        stacked = policies[0].stacked_log_probs(params)
+        for r, policy in enumerate(policies):
+            torch.testing.assert_close(stacked[r], trajectory_log_probs(policy), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("branching,depth,make", [(3, 3, POLICIES[0]), (2, 4, POLICIES[3]), (4, 2, POLICIES[1])])

@@ -94,12 +94,12 @@ def test_large_tree_logs_in_distribution_and_top_ood_only():
 
 def test_divergence_stops_with_the_step():
     with pytest.raises(TrainingDiverged, match="sft step 1"):
-        train(sft_lr=1e30, optimizer="sgd", sft_steps=5, daa_steps=0, progress=False)
+        train(sft_lr=1e38, optimizer="sgd", sft_steps=5, daa_steps=0, progress=False)
 
 
 @pytest.mark.parametrize("field,value,message", [
     ("beta", 0.0, "beta"), ("beta", -1.0, "beta"), ("beta", float("nan"), "beta"), ("beta", float("inf"), "beta"),
-    ("loss", "kto", "unknown loss"), ("cell", "transformer", "unknown cell"), ("optimizer", "lion", "unknown optimizer"),
+    ("loss", "nonsense", "unknown loss"), ("cell", "transformer", "unknown cell"), ("optimizer", "lion", "unknown optimizer"),
     ("policy", "mlp", "unknown policy"), ("branching", 1, "branching"), ("depth", 0, "depth"),
     ("sft_lr", 0.0, "sft_lr"), ("daa_steps", -1, "daa_steps"),
 ])

@@ -18,6 +18,10 @@ from .tree import Dataset, TreeMDP
 #: each recomputed during backward (activation checkpointing), bounding memory on huge trees.
 CHUNK_LEAVES = 2**20
 
+#: Up to this many (run x node) states, every level's states are kept and the policy's head runs
+#: once over all of them (fewer, larger operations: faster for the small trees of most runs).
+ONE_HEAD_STATES = 2**17
+
 
 def trajectory_log_probs(policy: TreePolicy, *, chunk_leaves: int = CHUNK_LEAVES) -> torch.Tensor:
     """Exact log-probability of every trajectory, in ``mdp.trajectories()`` order.
@@ -31,36 +35,66 @@ def trajectory_log_probs(policy: TreePolicy, *, chunk_leaves: int = CHUNK_LEAVES
     Returns:
         Tensor [branching**depth]; ``logsumexp`` is 0 up to float error. Differentiable.
     """
+    return policy.trajectory_log_probs(chunk_leaves=chunk_leaves)
+
+
+def walk_log_probs(policy: TreePolicy, params: dict[str, torch.Tensor], *,
+                   chunk_leaves: int = CHUNK_LEAVES) -> torch.Tensor:
+    """The tree walk behind every policy's enumeration: [R, branching**depth] log-probs.
+
+    At depth t the walk holds the state of all ``b**t`` nodes (of every stacked run), asks the
+    policy for their next-action log-probs once, and adds them to the prefix log-probs: each node
+    is evaluated exactly once (prefix sharing) and everything stays in log space.
+
+    Args:
+        policy: a policy with the step interface (``prepare``, ``root``, ``expand``,
+            ``next_log_probs``).
+        params: its parameters stacked over R runs, ``name -> [R, *shape]``.
+        chunk_leaves: see :func:`trajectory_log_probs`.
+    """
     mdp = policy.mdp
-    state = policy.root_state()
-    logp = torch.zeros(1, device=policy.device)  # [1]: the root, log 1
+    prep = policy.prepare(params)
+    state = policy.root(prep)
+    R = next(iter(params.values())).shape[0]
+    if R * mdp.n_states <= ONE_HEAD_STATES:
+        levels = [state]
+        for _ in range(1, mdp.depth):
+            state = policy.expand(prep, state)
+            levels.append(state)
+        step = policy.next_log_probs(prep, policy.cat_states(levels) if len(levels) > 1 else state)  # [R, n_states, b]
+        edges = mdp.edge_index().to(step.device).reshape(1, -1).expand(R, -1)  # [R, T*depth]
+        per_edge = step.reshape(R, -1).gather(1, edges)  # the edge each trajectory takes at each depth
+        return per_edge.reshape(R, mdp.n_trajectories, mdp.depth).sum(-1)  # log p(y) = sum_t log pi(a_t | s_t)
+    logp = None
     for t in range(mdp.depth):
-        if (t == mdp.depth - 2 and torch.is_grad_enabled()
-                and mdp.n_trajectories > chunk_leaves):
-            return _last_two_levels_chunked(policy, state, logp, chunk_leaves)
-        step = policy.next_log_probs(state)  # [b**t, b]
-        logp = (logp[:, None] + step).reshape(-1)  # [b**(t+1)], child j*b + k of node j
+        if t == mdp.depth - 2 and torch.is_grad_enabled() and R * mdp.n_trajectories > chunk_leaves:
+            return _last_two_levels_chunked(policy, prep, state, logp, R, chunk_leaves)
+        step = policy.next_log_probs(prep, state)  # [R, b**t, b]
+        logp = step.reshape(R, -1) if logp is None else (logp[:, :, None] + step).reshape(R, -1)
         if t + 1 < mdp.depth:
-            state = policy.expand(state)
+            state = policy.expand(prep, state)
     return logp
 
 
-def _last_two_levels(policy: TreePolicy, state, logp: torch.Tensor) -> torch.Tensor:
-    """From nodes at depth d-2 ([N] states, [N] log-probs) to their N*b*b leaves' log-probs."""
-    logp = (logp[:, None] + policy.next_log_probs(state)).reshape(-1)
-    return (logp[:, None] + policy.next_log_probs(policy.expand(state))).reshape(-1)
+def _last_two_levels(policy: TreePolicy, prep, state, logp: torch.Tensor) -> torch.Tensor:
+    """From nodes at depth d-2 (states, [R, N] log-probs) to their N*b*b leaves' log-probs."""
+    R = logp.shape[0]
+    logp = (logp[:, :, None] + policy.next_log_probs(prep, state)).reshape(R, -1)
+    return (logp[:, :, None] + policy.next_log_probs(prep, policy.expand(prep, state))).reshape(R, -1)
 
 
-def _last_two_levels_chunked(policy: TreePolicy, state, logp: torch.Tensor, chunk_leaves: int) -> torch.Tensor:
+def _last_two_levels_chunked(policy: TreePolicy, prep, state, logp, R: int, chunk_leaves: int) -> torch.Tensor:
     from torch.utils.checkpoint import checkpoint
+    if logp is None:  # depth 2: the root is the only node at depth d-2
+        logp = torch.zeros(R, 1, device=policy.device)
     per_node = policy.mdp.branching**2
-    step = max(1, chunk_leaves // per_node)
+    step = max(1, chunk_leaves // (per_node * R))
     parts = []
-    for start in range(0, len(logp), step):
-        stop = min(start + step, len(logp))
-        parts.append(checkpoint(_last_two_levels, policy, policy.slice_state(state, start, stop),
-                                logp[start:stop], use_reentrant=False))
-    return torch.cat(parts)
+    for start in range(0, logp.shape[1], step):
+        stop = min(start + step, logp.shape[1])
+        parts.append(checkpoint(_last_two_levels, policy, prep, policy.slice_state(state, start, stop),
+                                logp[:, start:stop], use_reentrant=False))
+    return torch.cat(parts, 1)
 
 
 def sequence_log_probs(logp: torch.Tensor, mdp: TreeMDP, actions: torch.Tensor) -> torch.Tensor:

@@ -1,22 +1,31 @@
-"""Policies over the tree: an RNN over the action prefix (shared parameters) and a table.
+"""Policies over the tree, and the registry that names them.
 
-Both are ``torch.nn.Module`` with one public question, :meth:`action_log_probs` (log-probs of
-the next action after each prefix), plus a stepwise interface the exact enumeration uses to
-evaluate every tree node once:
+A policy is a ``torch.nn.Module`` whose one essential job is :meth:`TreePolicy.stacked_log_probs`:
+given its parameters stacked over R runs (``params[name]`` is ``[R, *shape]``), the exact
+log-probability of every trajectory, ``[R, T]``. The training engine trains R runs at once
+through it; a single module is the case R = 1 (:meth:`TreePolicy.trajectory_log_probs`).
 
-    state = policy.root_state()                # the start state s1, batch 1
-    logp  = policy.next_log_probs(state)       # [N, branching]
-    state = policy.expand(state)             # all N * branching children, lexicographic
-    state = policy.advance(state, actions)     # one child per row (rollouts)
+The two built-in policies describe themselves step by step instead, and the shared tree walk of
+:func:`treemdp.exact.walk_log_probs` (level by level, each node once) turns that into
+``stacked_log_probs``::
 
-The RNN reads the previous action as a token (a BOS token at the start), like a language model
-reads a prefix; the tabular policy has independent logits per state, no parameter sharing: the
-contrast case in which mass cannot leak to unseen trajectories through shared weights.
+    prep  = policy.prepare(params)            # per-forward tables (e.g. input gates per token)
+    state = policy.root(prep)                 # the start state s1: [R, 1, ...]
+    logp  = policy.next_log_probs(prep, state) # next-action log-probs: [R, N, branching]
+    state = policy.expand(prep, state)      # every child of every node: [R, N * branching, ...]
+    state = policy.advance(prep, state, a)    # one child per node (a: LongTensor [N])
+
+:class:`RNNPolicy` reads the previous action as a token (a BOS token first), like a language model
+reads a prefix; :class:`TabularPolicy` has independent logits per state, no parameter sharing:
+the contrast case in which mass cannot leak to unseen trajectories through shared weights.
+
+A new policy class needs only its parameters and ``stacked_log_probs`` (or the step interface)
+and one :func:`register_policy` entry; ``train``, ``sweep`` and the lessons then accept its name.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -25,6 +34,8 @@ from .errors import UserError
 from .tree import TreeMDP
 
 CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "rnn": nn.RNNCell}
+#: Gates per cell: the rows of weight_ih / weight_hh are (gates * hidden).
+GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 
 
 def _generator(seed: int | None) -> torch.Generator:
@@ -34,36 +45,77 @@ def _generator(seed: int | None) -> torch.Generator:
 
 
 class TreePolicy(nn.Module):
-    """Base class: subclasses implement the stepwise interface."""
+    """Base class of tree policies.
+
+    Subclasses implement :meth:`stacked_log_probs`, or the step interface (``root``, ``next_log_probs``,
+    ``advance``, optionally ``prepare`` and a faster ``expand``) that the default
+    ``stacked_log_probs`` walks.
+    """
 
     mdp: TreeMDP
 
-    def root_state(self) -> Any:
+    # ----- the one question the engine asks ------------------------------------------------------
+    def stacked_log_probs(self, params: dict[str, torch.Tensor], *, chunk_leaves: int | None = None) -> torch.Tensor:
+        """Exact log-probs of every trajectory for R stacked parameter sets.
+
+        Args:
+            params: ``name -> [R, *shape]`` for every name of ``named_parameters()``.
+            chunk_leaves: see :func:`treemdp.exact.walk_log_probs`.
+
+        Returns:
+            Tensor [R, branching**depth] in ``mdp.trajectories()`` order. Differentiable.
+        """
+        from .exact import CHUNK_LEAVES, walk_log_probs
+        return walk_log_probs(self, params, chunk_leaves=CHUNK_LEAVES if chunk_leaves is None else chunk_leaves)
+
+    def stacked_parameters(self) -> dict[str, torch.Tensor]:
+        """This module's parameters as a stack of one run (views: gradients reach the module)."""
+        return {name: p.unsqueeze(0) for name, p in self.named_parameters()}
+
+    def trajectory_log_probs(self, **kwargs) -> torch.Tensor:
+        """Exact log-probs of every trajectory of this policy, [branching**depth]."""
+        return self.stacked_log_probs(self.stacked_parameters(), **kwargs)[0]
+
+    # ----- the step interface (optional) ---------------------------------------------------------
+    def prepare(self, params: dict[str, torch.Tensor]) -> Any:
+        """Per-forward precomputation handed to the step functions (default: the params)."""
+        return params
+
+    def root(self, prep) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} has no step interface; override stacked_log_probs")
+
+    def next_log_probs(self, prep, state) -> torch.Tensor:
         raise NotImplementedError
 
-    def next_log_probs(self, state: Any) -> torch.Tensor:
+    def advance(self, prep, state, actions: torch.Tensor) -> Any:
         raise NotImplementedError
 
-    def advance(self, state: Any, actions: torch.Tensor) -> Any:
-        raise NotImplementedError
-
-    def expand(self, state: Any) -> Any:
-        """The state of every child of every node in ``state``, lexicographic ([N] -> [N*b])."""
+    def expand(self, prep, state) -> Any:
+        """Every child of every node, lexicographic: node j's child k is row j*b + k."""
         b = self.mdp.branching
-        n = self.state_size(state)
-        repeated = self.repeat_state(state, b)
+        n = self.state_rows(state)
         actions = torch.arange(b, device=self.device).repeat(n)
-        return self.advance(repeated, actions)
+        return self.advance(prep, self.repeat_state(state, b), actions)
 
-    def state_size(self, state: Any) -> int:
-        raise NotImplementedError
+    # States are tensors [R, N, ...] (or tuples of them); policies with another layout override these.
+    def state_rows(self, state) -> int:
+        return (state[0] if isinstance(state, tuple) else state).shape[1]
 
-    def slice_state(self, state: Any, start: int, stop: int) -> Any:
-        """Rows ``start:stop`` of a batch of states (tensor, or tuple of tensors)."""
-        return tuple(s[start:stop] for s in state) if isinstance(state, tuple) else state[start:stop]
+    def repeat_state(self, state, times: int):
+        """Each node's state ``times`` times in a row ([R, N] -> [R, N*times])."""
+        if isinstance(state, tuple):
+            return tuple(s.repeat_interleave(times, 1) for s in state)
+        return state.repeat_interleave(times, 1)
 
-    def repeat_state(self, state: Any, times: int) -> Any:
-        raise NotImplementedError
+    def cat_states(self, states: list):
+        if isinstance(states[0], tuple):
+            return tuple(torch.cat(parts, 1) for parts in zip(*states))
+        return torch.cat(states, 1)
+
+    def slice_state(self, state, start: int, stop: int):
+        if isinstance(state, tuple):
+            return tuple(s[:, start:stop] for s in state)
+        return state[:, start:stop]
 
     @property
     def device(self) -> torch.device:
@@ -84,21 +136,49 @@ class TreePolicy(nn.Module):
                             f"got {tuple(prefixes.shape)}")
         if prefixes.numel() and (prefixes.min() < 0 or prefixes.max() >= self.mdp.branching):
             raise UserError(f"prefix actions must lie in [0, {self.mdp.branching})")
-        state = self.repeat_state(self.root_state(), prefixes.shape[0])
+        params = self.stacked_parameters()
+        try:
+            prep = self.prepare(params)
+            state = self.repeat_state(self.root(prep), prefixes.shape[0])
+        except NotImplementedError:
+            return self._action_log_probs_from_enumeration(prefixes)
         for column in prefixes.T:
-            state = self.advance(state, column)
-        return self.next_log_probs(state)
+            state = self.advance(prep, state, column)
+        return self.next_log_probs(prep, state)[0]
+
+    def _action_log_probs_from_enumeration(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """pi(a | prefix) = P(prefix + a) / P(prefix), both sums over the exact enumeration."""
+        b, depth = self.mdp.branching, self.mdp.depth
+        t = prefixes.shape[1]
+        logp = self.trajectory_log_probs().reshape([b] * depth)  # one axis per action
+        marginal = logp.reshape(b ** (t + 1), -1).logsumexp(-1).reshape(-1, b)  # [b**t, b]: P(prefix + a)
+        powers = b ** torch.arange(t - 1, -1, -1, device=prefixes.device)
+        rows = (prefixes * powers).sum(-1) if t else torch.zeros(len(prefixes), dtype=torch.long, device=prefixes.device)
+        return torch.log_softmax(marginal[rows], -1)
 
 
 class RNNPolicy(TreePolicy):
-    """A recurrent policy over action tokens (GRU by default).
+    """A recurrent policy over action tokens (GRU by default), reading a BOS token first.
+
+    The cell computes PyTorch's ``GRUCell`` / ``LSTMCell`` / ``RNNCell`` equations; the weights are
+    stored the way the enumeration multiplies them (inputs on the left, biases as a row), so a
+    forward pass over every tree node needs no transposes:
+
+        gates_x = x @ weight_ih + bias_ih      # [.., G*H]; PyTorch keeps weight_ih as [G*H, in]
+        gates_h = h @ weight_hh + bias_hh
+        logits  = h @ head_weight + head_bias  # [.., branching]
 
     Args:
         mdp: the tree.
         hidden_size: RNN state size.
         embed_size: action-embedding size (defaults to ``hidden_size``).
         cell: ``"gru"``, ``"lstm"`` or ``"rnn"`` (tanh).
-        seed: initialises the weights from a local generator (global RNG untouched).
+        seed: initialises the weights from a local generator (global RNG untouched): PyTorch's
+            uniform(+-1/sqrt(hidden)) for the cell and head, N(0, 1) for the embeddings.
+
+    Parameters: ``embed`` [branching, E] (action tokens), ``bos`` [1, E], ``weight_ih`` [E, G*H],
+    ``bias_ih`` [1, G*H], ``weight_hh`` [H, G*H], ``bias_hh`` [1, G*H], ``head_weight`` [H, b],
+    ``head_bias`` [1, b], with G = 3 (GRU: r, z, n), 4 (LSTM: i, f, g, o) or 1 (tanh RNN).
     """
 
     def __init__(self, mdp: TreeMDP, hidden_size: int = 32, cell: str = "gru",
@@ -110,55 +190,88 @@ class RNNPolicy(TreePolicy):
             raise UserError(f"hidden_size must be >= 1, got {hidden_size}")
         self.mdp = mdp
         self.cell_type = cell
-        self.hidden_size = int(hidden_size)
-        embed_size = self.hidden_size if embed_size is None else int(embed_size)
-        self.bos = mdp.branching  # token id of "beginning of sequence"
-        self.embed = nn.Embedding(mdp.branching + 1, embed_size)
-        self.cell = CELLS[cell](embed_size, self.hidden_size)
-        self.head = nn.Linear(self.hidden_size, mdp.branching)
+        H = self.hidden_size = int(hidden_size)
+        E = self.embed_size = H if embed_size is None else int(embed_size)
+        b, GH = mdp.branching, GATES[cell] * H
+        # Drawn in PyTorch's layouts and order (embedding; cell weight_ih, weight_hh, bias_ih,
+        # bias_hh; head weight, bias), each from the one local generator, then stored transposed.
         generator = _generator(seed)
-        with torch.no_grad():  # uniform(+-1/sqrt(fan)) as PyTorch initialises, N(0,1) embeddings; local generator
-            for name, p in self.named_parameters():
-                if name.startswith("embed"):
-                    p.normal_(0.0, 1.0, generator=generator)
-                else:
-                    bound = 1.0 / (p.shape[-1] if p.dim() > 1 else self.hidden_size) ** 0.5
-                    p.uniform_(-bound, bound, generator=generator)
+        uniform = lambda *shape, fan: torch.empty(*shape).uniform_(-fan ** -0.5, fan ** -0.5, generator=generator)  # noqa: E731
+        embed = torch.empty(b + 1, E).normal_(0.0, 1.0, generator=generator)  # row b is BOS
+        weight_ih, weight_hh = uniform(GH, E, fan=E), uniform(GH, H, fan=H)
+        bias_ih, bias_hh = uniform(GH, fan=H), uniform(GH, fan=H)
+        head_weight, head_bias = uniform(b, H, fan=H), uniform(b, fan=H)
+        self.embed = nn.Parameter(embed[:b].clone())
+        self.bos = nn.Parameter(embed[b:].clone())
+        self.weight_ih = nn.Parameter(weight_ih.T.contiguous())
+        self.bias_ih = nn.Parameter(bias_ih[None])
+        self.weight_hh = nn.Parameter(weight_hh.T.contiguous())
+        self.bias_hh = nn.Parameter(bias_hh[None])
+        self.head_weight = nn.Parameter(head_weight.T.contiguous())
+        self.head_bias = nn.Parameter(head_bias[None])
 
-    # The state is the RNN state after reading BOS and the prefix: h, or (h, c) for an LSTM.
-    def root_state(self):
-        zeros = torch.zeros(1, self.hidden_size, device=self.device)
-        start = zeros if self.cell_type != "lstm" else (zeros, zeros)
-        return self.advance(start, torch.full((1,), self.bos, device=self.device))
+    # The state is the cell state after reading BOS and the prefix: h [R, N, H], or (h, c) for an LSTM.
+    def prepare(self, params):
+        """Everything a forward pass reuses across levels, computed once (fewer autograd nodes)."""
+        # Input-side gates once per action token [R, 1, b, G*H] and for BOS [R, 1, G*H].
+        gi_actions = torch.baddbmm(params["bias_ih"], params["embed"], params["weight_ih"])
+        gi_bos = torch.baddbmm(params["bias_ih"], params["bos"], params["weight_ih"])
+        return {"params": params, "gi_actions": gi_actions,
+                "gi_children": self._split(gi_actions.unsqueeze(1)), "gi_bos": self._split(gi_bos)}
 
-    def advance(self, state, actions):
-        return self.cell(self.embed(actions), state)
+    def _split(self, gates):
+        """GRU gates as (r and z together, n): one split instead of a slice per use."""
+        return gates.split([2 * self.hidden_size, self.hidden_size], -1) if self.cell_type == "gru" else gates
 
-    def next_log_probs(self, state):
+    def _cell(self, gi, gh, state):
+        """PyTorch's GRUCell / LSTMCell / RNNCell on precomputed input and hidden gates (broadcasting)."""
+        if self.cell_type == "gru":  # r, z, n order: h' = (1 - z) n + z h = n + z (h - n)
+            r, z = torch.sigmoid(gi[0] + gh[0]).chunk(2, -1)
+            n = torch.tanh(torch.addcmul(gi[1], r, gh[1]))  # tanh(W_in x + b_in + r * (W_hn h + b_hn))
+            return torch.lerp(n, state, z)
+        if self.cell_type == "lstm":  # i, f, g, o order
+            h, c = state
+            i, f, g, o = (gi + gh).chunk(4, -1)
+            c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
+            return torch.sigmoid(o) * torch.tanh(c), c
+        return torch.tanh(gi + gh)
+
+    def _hidden_gates(self, params, h):
+        """h @ W_hh + b_hh for a batch of hidden states [R, N, H] -> [R, N, G*H]."""
+        return torch.baddbmm(params["bias_hh"], h, params["weight_hh"])
+
+    def root(self, prep):
+        bias_hh = prep["params"]["bias_hh"]
+        zeros = bias_hh.new_zeros(bias_hh.shape[0], 1, self.hidden_size)
+        start = (zeros, zeros) if self.cell_type == "lstm" else zeros
+        return self._cell(prep["gi_bos"], self._split(bias_hh), start)  # from the zero state W_hh h = 0
+
+    def advance(self, prep, state, actions):
         h = state[0] if self.cell_type == "lstm" else state
-        return torch.log_softmax(self.head(h), dim=-1)
+        return self._cell(self._split(prep["gi_actions"][:, actions]),
+                          self._split(self._hidden_gates(prep["params"], h)), state)
 
-    def expand(self, state):
-        if self.cell_type != "gru":
-            return super().expand(state)
-        # GRU children without repeating the parents: the hidden-side projection is computed
-        # once per parent and broadcast against the b action inputs (same math as nn.GRUCell:
-        # r, z = sigmoid(W_i x + W_h h); n = tanh(W_in x + r * W_hn h); h' = (1 - z) n + z h).
-        cell, b, H = self.cell, self.mdp.branching, self.hidden_size
-        gi = torch.nn.functional.linear(self.embed.weight[:b], cell.weight_ih, cell.bias_ih)  # [b, 3H]
-        gh = torch.nn.functional.linear(state, cell.weight_hh, cell.bias_hh)[:, None]  # [N, 1, 3H]
-        rz = torch.sigmoid(gi[:, : 2 * H] + gh[..., : 2 * H])  # [N, b, 2H]
-        r, z = rz[..., :H], rz[..., H:]
-        n = torch.tanh(gi[:, 2 * H:] + r * gh[..., 2 * H:])  # [N, b, H]
-        return (n + z * (state[:, None] - n)).reshape(-1, H)  # [N*b, H], child j*b + k
+    def expand(self, prep, state):
+        # Hidden-side gates once per parent [R, N, 1, G*H], input-side once per action [R, 1, b, G*H]:
+        # broadcasting gives every child without repeating the parents.
+        h = state[0] if self.cell_type == "lstm" else state
+        gh = self._split(self._hidden_gates(prep["params"], h).unsqueeze(2))
+        parent = tuple(s.unsqueeze(2) for s in state) if self.cell_type == "lstm" else state.unsqueeze(2)
+        child = self._cell(prep["gi_children"], gh, parent)  # [R, N, b, H]
+        flat = lambda s: s.reshape(s.shape[0], -1, self.hidden_size)  # noqa: E731  [R, N*b, H], child j*b + k
+        return tuple(flat(s) for s in child) if self.cell_type == "lstm" else flat(child)
 
-    def state_size(self, state):
-        return (state[0] if self.cell_type == "lstm" else state).shape[0]
+    def next_log_probs(self, prep, state):
+        h = state[0] if self.cell_type == "lstm" else state
+        params = prep["params"]
+        return torch.log_softmax(torch.baddbmm(params["head_bias"], h, params["head_weight"]), dim=-1)
 
     def repeat_state(self, state, times):
-        if self.cell_type == "lstm":
-            return tuple(s.repeat_interleave(times, 0) for s in state)
-        return state.repeat_interleave(times, 0)
+        # The root ([R, 1, ...]) is repeated for rollouts: expand, no copy.
+        if self.state_rows(state) == 1:
+            grow = lambda s: s.expand(s.shape[0], times, s.shape[2])  # noqa: E731
+            return tuple(grow(s) for s in state) if isinstance(state, tuple) else grow(state)
+        return super().repeat_state(state, times)
 
     def extra_repr(self) -> str:
         return f"cell={self.cell_type}, hidden_size={self.hidden_size}, branching={self.mdp.branching}"
@@ -180,34 +293,66 @@ class TabularPolicy(TreePolicy):
             torch.randn(mdp.n_states, mdp.branching, generator=_generator(seed)) * init_scale)
         self.register_buffer("next_state", torch.as_tensor(mdp.next_state), persistent=False)
 
-    # The state is the BFS index of the tree node.
-    def root_state(self):
-        return torch.zeros(1, dtype=torch.long, device=self.device)
+    # The state is the BFS index of each node, LongTensor [N], the same for every stacked run.
+    def root(self, prep):
+        return torch.zeros(1, dtype=torch.long, device=self.next_state.device)
 
-    def advance(self, state, actions):
+    def advance(self, prep, state, actions):
         return self.next_state[state, actions]
 
-    def expand(self, state):  # same as the generic one, minus the gather: children are contiguous
+    def expand(self, prep, state):  # children of a node are contiguous in BFS order
         return self.next_state[state].reshape(-1)
 
-    def next_log_probs(self, state):
-        return torch.log_softmax(self.logits[state], dim=-1)
+    def next_log_probs(self, prep, state):
+        return torch.log_softmax(prep["logits"][:, state], dim=-1)  # [R, N, b]
 
-    def state_size(self, state):
+    def state_rows(self, state):
         return state.shape[0]
 
     def repeat_state(self, state, times):
         return state.repeat_interleave(times, 0)
 
+    def cat_states(self, states):
+        return torch.cat(states, 0)
 
-POLICIES = {"rnn": RNNPolicy, "tabular": TabularPolicy}
+    def slice_state(self, state, start, stop):
+        return state[start:stop]
+
+    @property
+    def device(self) -> torch.device:
+        return self.logits.device
+
+
+# ----- the registry ------------------------------------------------------------------------------
+#: name -> builder(mdp, *, seed, hidden_size, cell) -> TreePolicy. Builders ignore settings they
+#: do not use (a tabular policy has no hidden size).
+POLICIES: dict[str, Callable[..., TreePolicy]] = {}
+
+
+def register_policy(name: str, builder: Callable[..., TreePolicy] | None = None):
+    """Register a policy under ``name`` (usable as a decorator); ``train(policy=name)`` then builds it.
+
+    The builder is called as ``builder(mdp, seed=..., hidden_size=..., cell=...)`` and returns a
+    :class:`TreePolicy`, e.g.::
+
+        @register_policy("mlp")
+        def build_mlp(mdp, *, seed, hidden_size, **_):
+            return MyMLPPolicy(mdp, hidden_size, seed)
+    """
+    def add(builder):
+        POLICIES[name] = builder
+        return builder
+    return add(builder) if builder is not None else add
+
+
+register_policy("rnn", lambda mdp, *, seed=0, hidden_size=32, cell="gru", **_: RNNPolicy(
+    mdp, hidden_size=hidden_size, cell=cell, seed=seed))
+register_policy("tabular", lambda mdp, *, seed=0, **_: TabularPolicy(mdp, seed=seed))
 
 
 def make_policy(mdp: TreeMDP, kind: str = "rnn", *, seed: int = 0, hidden_size: int = 32,
                 cell: str = "gru") -> TreePolicy:
-    """Build a policy by name (``"rnn"`` or ``"tabular"``)."""
-    if kind == "rnn":
-        return RNNPolicy(mdp, hidden_size=hidden_size, cell=cell, seed=seed)
-    if kind == "tabular":
-        return TabularPolicy(mdp, seed=seed)
-    raise UserError(f"unknown policy {kind!r}; choose one of: {', '.join(POLICIES)}")
+    """Build a registered policy by name (``"rnn"``, ``"tabular"``, or one a user registered)."""
+    if kind not in POLICIES:
+        raise UserError(f"unknown policy {kind!r}; choose one of: {', '.join(POLICIES)}")
+    return POLICIES[kind](mdp, seed=seed, hidden_size=hidden_size, cell=cell)

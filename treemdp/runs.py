@@ -16,11 +16,13 @@ write never leaves a half-written run that looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -48,15 +50,37 @@ def check_writable(out_dir: str | Path) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
+    """Write a folder all at once: yields a hidden sibling folder; on success it replaces ``out_dir``.
+
+    An interrupted write leaves at most a hidden ``.NAME.tmp-*`` folder (removed here on errors,
+    and by sweeps on resume), never a half-written ``out_dir``. Both tracks' run folders and
+    checkpoints are written through this.
+    """
+    out = check_writable(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_run(result, out_dir: str | Path, *, plot: bool = True) -> Path:
     """Write a :class:`~treemdp.training.RunResult` into ``out_dir`` (replacing an older run there).
 
     Returns:
         The run directory.
     """
-    out = check_writable(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         _json_dump(result.config.to_dict(), tmp / "config.json")
         _json_dump(result.dataset.to_json(), tmp / "data.json")
         history = result.history.copy()
@@ -69,17 +93,7 @@ def write_run(result, out_dir: str | Path, *, plot: bool = True) -> Path:
         if plot:
             from .plots import plot_run
             plot_run(result.history, result.summary, path=tmp / "run.png")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)
 
 
 def is_finished_run(path: str | Path) -> bool:

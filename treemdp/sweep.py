@@ -3,9 +3,9 @@
     configs = grid(TrainConfig(), loss=["dpo", "ipo", "slic"], beta=[0.01, 0.1, 0.5], seed=range(10))
     table = sweep(configs, "runs/grid")      # one run directory per config, plus runs/grid/results.csv
 
-Runs that share everything but loss, beta, seed and learning rates (:func:`treemdp.batched.shape_key`)
-are trained together by :func:`treemdp.batched.train_batch`; others (big trees) one by one with
-:func:`treemdp.training.train`. Each run lands in its own directory through
+Runs that share everything but loss, beta, seed and learning rates (:func:`treemdp.training.shape_key`)
+are trained together by :func:`treemdp.training.train_batch` (batches sized to fit in memory:
+one run at a time on huge trees). Each run lands in its own directory through
 :func:`treemdp.runs.write_run` (write into a hidden folder, then rename) the moment its batch
 finishes, and ``results.csv`` (one row per finished run: every setting and the summary) is
 rewritten atomically after every batch. Rerunning the same sweep skips finished runs, so an
@@ -28,9 +28,8 @@ from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 
-from .batched import can_batch, shape_key, train_batch
 from .errors import UserError
-from .training import TrainConfig, TrainingDiverged, train
+from .training import TrainConfig, TrainingDiverged, shape_key, train_batch
 
 RESULTS = "results.csv"
 #: Fields always in a run directory's name, whether or not the grid varies them.
@@ -136,17 +135,11 @@ def _json(obj) -> str:
 
 
 def _write_small(out: Path, config: TrainConfig, summary: dict) -> None:
-    """A light run directory (config.json, summary.json only), written then renamed into place."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    """A light run directory (config.json, summary.json only), written whole."""
+    from .runs import atomic_directory
+    with atomic_directory(out) as tmp:
         (tmp / "config.json").write_text(_json(config.to_dict()))
         (tmp / "summary.json").write_text(_json(summary))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _diverged_summary(config: TrainConfig, error: Exception) -> dict:
@@ -183,15 +176,8 @@ def _stored_config(run_dir: Path) -> Optional[dict]:
 
 def _train_and_write(batch: list[tuple[str, TrainConfig]], out: Path, light: bool, plot: bool,
                      on_step=None) -> list[tuple[str, dict, dict]]:
-    """Train one batch (or one unbatchable run) and write every run of it; returns result rows."""
-    configs = [c for _, c in batch]
-    if len(configs) > 1 or can_batch(configs[0]):
-        results = train_batch(configs, on_step=on_step)
-    else:
-        try:
-            results = [train(configs[0], progress=False)]
-        except TrainingDiverged as e:
-            results = [e]
+    """Train one batch and write every run of it; returns result rows."""
+    results = train_batch([c for _, c in batch], on_step=on_step, keep_history=not light)
     rows = []
     for (name, config), result in zip(batch, results):
         summary = _write_result(out / name, config, result, light=light, plot=plot)
@@ -203,6 +189,18 @@ def _worker(batch, out, light, plot, threads):
     import torch
     torch.set_num_threads(threads)
     return _train_and_write(batch, Path(out), light, plot)
+
+
+#: Most values (runs x trajectories x recorded steps) one batch keeps: about 1 GB of float32.
+BATCH_VALUES = 2**28
+
+
+def batch_limit(config: TrainConfig, *, keep_history: bool) -> int:
+    """Most runs of this shape one batch may hold: every logged step's probabilities stay in
+    memory until the batch is written (light sweeps keep only scalars)."""
+    T = config.branching ** config.depth
+    steps = (config.sft_steps + config.daa_steps) // config.log_every + 2 if keep_history and T <= config.history_limit else 64
+    return max(1, BATCH_VALUES // (T * steps))
 
 
 @dataclasses.dataclass
@@ -262,10 +260,9 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = 512, workers: int = 1, 
         rows.append(done)
         groups: dict[tuple, list[tuple[str, TrainConfig]]] = {}
         for name, config in todo:
-            key = shape_key(config) if can_batch(config) else ("single", name)
-            groups.setdefault(key, []).append((name, config))
+            groups.setdefault(shape_key(config), []).append((name, config))
         for group in groups.values():
-            size = batch_size
+            size = min(batch_size, batch_limit(group[0][1], keep_history=not job.light))
             if workers > 1 and len(group) > 1:
                 # Fewer shapes than workers: split a shape so every worker gets a share (batched
                 # cost hardly grows with runs, but writing run directories does).

@@ -1,31 +1,33 @@
-"""One toy run: SFT (behaviour cloning) on the demonstrations, then a direct alignment phase
-(DPO/IPO/SLiC, paper eq. 4) on the preferences with the SFT policy frozen as the reference.
+"""Toy runs: SFT (behaviour cloning) on the demonstrations, then a direct alignment phase (any
+registered objective, paper eq. 4) on the preferences with the SFT policy frozen as the reference.
 
-Every step enumerates all trajectory probabilities exactly (``exact.trajectory_log_probs``), so
-peak OOD mass is tracked at every step, not only at logged ones. Results come back as tidy pandas
-DataFrames; :mod:`treemdp.runs` writes them to a run directory.
+:func:`train_batch` trains R configurations as one stacked computation on the engine
+(:mod:`treemdp.engine`); :func:`train` is a batch of one. Every step enumerates all trajectory
+probabilities exactly, so peak OOD mass is tracked at every step, not only at logged ones.
+Results come back as tidy pandas DataFrames; :mod:`treemdp.runs` writes them to a run directory.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import functools
+import importlib
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .engine import (OPTIMIZERS, DaaHook, Phase, PhaseRecord, RunContext, daa_loss, load_row, run_phase,
+                     sft_loss, stack_parameters)
 from .errors import UserError
-from .exact import entropy, in_distribution_mask, kl_divergence, trajectory_log_probs
-from .losses import LOSSES, check_beta, preference_loss
+from .exact import entropy, in_distribution_mask, kl_divergence, top_ood
+from .losses import check_beta, get_objective
 from .policies import CELLS, POLICIES, TreePolicy, make_policy
 from .tree import Dataset, TreeMDP, load_dataset, make_dataset, paper_dataset
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class TrainConfig:
     """Every setting of one run; ``config.json`` holds these fields and reruns it exactly."""
 
     loss: str = "dpo"
-    """Direct alignment loss: dpo, ipo or slic (paper eq. 4)."""
+    """Direct alignment objective: a name (dpo, ipo, slic, ...; see 'treemdp losses'), NAME(k=v, ...) with its parameters, or module:function."""
     beta: float = 0.1
     """Inverse temperature beta of g(beta * h); finite and > 0 (paper: 0.01, 0.1, 0.5)."""
     seed: int = 0
@@ -43,13 +45,13 @@ class TrainConfig:
     depth: int = 3
     """Actions per trajectory (paper: 3)."""
     policy: str = "rnn"
-    """Policy class: rnn (shared parameters) or tabular (independent logits per state)."""
+    """Policy class: rnn (shared parameters), tabular (independent logits per state), or a registered one."""
     cell: str = "gru"
     """Recurrent cell of the rnn policy: gru, lstm or rnn."""
     hidden_size: int = 32
     """Hidden size of the rnn policy."""
     optimizer: str = "adam"
-    """Optimiser for both phases: adam, rmsprop or sgd."""
+    """Optimiser for both phases: adam, rmsprop or sgd (torch.optim, default settings)."""
     sft_lr: float = 1e-2
     """Learning rate of the SFT phase."""
     daa_lr: float = 1e-2
@@ -70,9 +72,11 @@ class TrainConfig:
     """JSON data file (demonstrations, preferences); None means the paper's data."""
 
     def validate(self) -> "TrainConfig":
-        """Raise UserError naming the first bad field; return self."""
-        if self.loss not in LOSSES:
-            raise UserError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
+        """Raise UserError naming the first bad field; return the config with its loss spelled canonically."""
+        try:
+            objective = get_objective(self.loss)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         check_beta_user(self.beta)
         for name in ("branching", "depth", "hidden_size", "threads", "log_every", "history_limit"):
             value = getattr(self, name)
@@ -95,10 +99,19 @@ class TrainConfig:
             torch.device(self.device)
         except RuntimeError:
             raise UserError(f"unknown device {self.device!r}") from None
+        if isinstance(self.loss, str) and self.loss != objective.spec:
+            return dataclasses.replace(self, loss=objective.spec)
         return self
 
+    @property
+    def objective(self):
+        """The :class:`~treemdp.losses.Objective` named by ``loss``."""
+        return get_objective(self.loss)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["loss"] = loss_spec(self.loss)
+        return out
 
     @classmethod
     def from_dict(cls, raw: dict) -> "TrainConfig":
@@ -110,6 +123,27 @@ class TrainConfig:
         return cls(**raw)
 
 
+def loss_spec(loss) -> str:
+    """How ``config.json`` writes a loss: its spec string, or ``module:function`` for a callable.
+
+    A callable defined in a notebook or script cannot be imported back; it is written as
+    ``<name>`` and ``treemdp train --config`` then asks for a registered name instead.
+    """
+    if isinstance(loss, str):
+        return loss
+    spec = getattr(loss, "spec", None)
+    if isinstance(spec, str):
+        return spec
+    module, name = getattr(loss, "__module__", None), getattr(loss, "__qualname__", None)
+    if module and name and "<" not in name and module != "__main__":
+        try:
+            if functools.reduce(getattr, name.split("."), importlib.import_module(module)) is loss:
+                return f"{module}:{name}"
+        except (ImportError, AttributeError):
+            pass
+    return f"<{name or type(loss).__name__}>"
+
+
 def check_beta_user(beta) -> float:
     """:func:`treemdp.losses.check_beta` with the error as a UserError."""
     try:
@@ -118,173 +152,143 @@ def check_beta_user(beta) -> float:
         raise UserError(str(e)) from None
 
 
-@dataclass
-class RunResult:
-    """What a run produces.
-
-    Attributes:
-        config: the settings.
-        history: tidy DataFrame, one row per (phase, step, trajectory): ``phase``, ``step``,
-            ``trajectory`` (paper notation), ``prob``, ``in_distribution``.
-        metrics: one row per logged (phase, step): ``loss``, ``kl_to_reference``,
-            ``chosen_prob``, ``rejected_prob``, ``in_distribution_mass``, ``ood_mass``, ``entropy``.
-        summary: the ``summary.json`` dict.
-        policy: the trained policy; reference: the frozen SFT policy.
-    """
-
-    config: TrainConfig
-    history: pd.DataFrame
-    metrics: pd.DataFrame
-    summary: dict
-    policy: TreePolicy
-    reference: TreePolicy
-    dataset: Dataset = field(repr=False, default=None)
-
-
 class TrainingDiverged(UserError):
     """The loss or the probabilities became NaN/inf."""
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    """The optimiser by name (default hyper-parameters otherwise)."""
-    return OPTIMIZERS[name](params, lr=lr, foreach=True)  # one multi-tensor update, not a Python loop
+#: Fields that may differ between the runs of one batch; every other field is part of the shape.
+PER_RUN_FIELDS = ("loss", "beta", "seed", "sft_lr", "daa_lr")
 
 
-def flatten_parameters(module: torch.nn.Module) -> torch.nn.Parameter:
-    """Make every parameter (and its .grad) a view into one flat tensor; return that tensor.
-
-    The optimiser then updates one tensor instead of one per weight matrix: for these tiny models
-    the per-tensor overhead, not arithmetic, dominates a step. Autograd accumulates into an
-    existing ``.grad`` in place, so gradients land in the flat buffer; zero it with
-    ``flat.grad.zero_()`` (never ``set_to_none``). The update is elementwise, so the numbers are
-    those of per-parameter Adam/RMSprop/SGD.
-    """
-    params = list(module.parameters())
-    flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset:offset + n].view_as(p)
-        p.grad = flat.grad[offset:offset + n].view_as(p)
-        offset += n
-    return flat
+def shape_key(config: TrainConfig) -> tuple:
+    """The settings a batch must share: every field except :data:`PER_RUN_FIELDS`."""
+    fields = config.to_dict()
+    return tuple(sorted((k, v) for k, v in fields.items() if k not in PER_RUN_FIELDS))
 
 
-def sft_loss(logp: torch.Tensor, demo_index: torch.Tensor) -> torch.Tensor:
-    """Behaviour cloning: mean negative log-likelihood of the demonstrations (a scalar)."""
-    return -logp[demo_index].mean()
+# ----- results -----------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _trajectory_names(branching: int, depth: int) -> pd.Series:
+    return pd.Series(TreeMDP(branching, depth).trajectory_names(), dtype="str")
 
 
-def daa_loss(logp: torch.Tensor, ref_logp: torch.Tensor, chosen: torch.Tensor,
-             rejected: torch.Tensor, *, beta: float, loss: str) -> torch.Tensor:
-    """Mean of eq. 4 over the preferences, from exact trajectory log-probs (a scalar)."""
-    return preference_loss(logp[chosen], logp[rejected], ref_logp[chosen], ref_logp[rejected],
-                           beta=beta, loss=loss).mean()
+class RunResult:
+    """What a run produces; the frames are built when first read.
 
-
-class _Recorder:
-    """Collects what a run reports, keeping the per-step work in the training loop minimal.
-
-    Small trees (<= ``history_limit`` trajectories): every step's log-prob vector is kept and
-    everything (masses, KL, entropy, the history) is computed once, vectorised, at the end.
-    Large trees: masses every step; KL, entropy and the probabilities of the in-distribution and
-    the 10 most probable OOD trajectories at logged steps only.
+    Attributes:
+        config: the settings.
+        summary: the ``summary.json`` dict.
+        history: tidy DataFrame, one row per logged (phase, step, trajectory): ``phase``, ``step``,
+            ``trajectory`` (paper notation), ``prob``, ``in_distribution``.
+        metrics: one row per logged (phase, step): ``loss`` and every registered measurement
+            (:data:`treemdp.engine.MEASUREMENTS`: ``ood_mass``, ``chosen_prob``, ``kl_to_reference``, ...).
+        steps: the same columns at every step.
+        policy: the trained policy; reference: the frozen SFT policy.
+        dataset: the data.
     """
 
-    def __init__(self, mdp: TreeMDP, in_dist: torch.Tensor, chosen, rejected, limit: int, log_every: int):
-        self.mdp, self.in_dist, self.chosen, self.rejected = mdp, in_dist, chosen, rejected
-        self.small = mdp.n_trajectories <= limit
-        self.log_every = log_every
-        self.phase: list[str] = []
-        self.step: list[int] = []
-        self.loss: list[float] = []
-        self.per_step: list[torch.Tensor] = []  # [b**d] log-probs (small) or [3] masses (large)
-        self.logged: list[tuple[str, int, float, float, torch.Tensor, torch.Tensor]] = []  # large trees
-        self.ref_logp: Optional[torch.Tensor] = None
+    def __init__(self, config: TrainConfig, summary: dict, dataset: Dataset, parts: list[tuple[PhaseRecord, int]],
+                 make_policy_at: Callable[[str], TreePolicy]):
+        self.config, self.summary, self.dataset = config, summary, dataset
+        self._parts = parts  # (phase record, row of this run in it), in phase order
+        self._make_policy_at = make_policy_at
 
-    def _masses(self, logp: torch.Tensor) -> torch.Tensor:
-        """[..., b**d] log-probs -> [..., 3]: OOD mass, mean chosen prob, mean rejected prob."""
-        probs = logp.exp()
-        nan = probs.new_full(probs.shape[:-1], float("nan"))
-        return torch.stack([probs[..., ~self.in_dist].sum(-1),
-                            probs[..., self.chosen].mean(-1) if len(self.chosen) else nan,
-                            probs[..., self.rejected].mean(-1) if len(self.rejected) else nan], -1)
+    def __repr__(self) -> str:
+        s = self.summary
+        return (f"RunResult({self.config.loss} beta={self.config.beta:g} seed={self.config.seed}: "
+                f"peak OOD {s['peak_ood_mass']:.3f} at {s['peak_ood_phase']} step {s['peak_ood_step']}, "
+                f"final OOD {s['final_ood_mass']:.3f})")
 
-    def record(self, phase: str, step: int, logp: torch.Tensor, loss: float, ref_logp, last: int):
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"{phase} step {step}: the loss became {loss} "
-                                   f"(learning rate too high for this optimiser?); stopped")
-        logp = logp.detach()
-        self.phase.append(phase)
-        self.step.append(step)
-        self.loss.append(loss)
-        if ref_logp is not None and self.ref_logp is None:
-            self.ref_logp = ref_logp.detach().cpu()
-        if self.small:
-            self.per_step.append(logp)
-            return
-        logp = logp.cpu()
-        self.per_step.append(self._masses(logp))
-        if step % self.log_every == 0 or step == last:
-            if not torch.isfinite(logp).all():
-                raise TrainingDiverged(f"{phase} step {step}: the policy's probabilities became NaN/inf; stopped")
-            kl = float(kl_divergence(logp, self.ref_logp)) if ref_logp is not None else float("nan")
-            top = torch.topk(logp.masked_fill(self.in_dist, -math.inf), min(10, int((~self.in_dist).sum()))).indices
-            index = torch.cat([self.in_dist.nonzero().squeeze(1), top])
-            self.logged.append((phase, step, kl, float(entropy(logp)), index, logp[index].exp()))
+    @functools.cached_property
+    def steps(self) -> pd.DataFrame:
+        frames = []
+        for record, row in self._parts:
+            table = record.table()
+            frame = pd.DataFrame({"phase": record.name, "step": np.arange(record.steps + 1)})
+            for name, values in table.items():
+                frame[name] = values[:, row].numpy()
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True)
 
-    def _logged_mask(self) -> np.ndarray:
-        steps = np.asarray(self.step)
-        phases = np.asarray(self.phase)
-        last = {p: steps[phases == p].max() for p in set(self.phase)}
-        return (steps % self.log_every == 0) | (steps == np.vectorize(last.get)(phases))
+    @functools.cached_property
+    def metrics(self) -> pd.DataFrame:
+        keep = np.concatenate([[record.is_logged(s) for s in range(record.steps + 1)] for record, _ in self._parts])
+        return self.steps[keep].reset_index(drop=True)
 
-    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-        """(history, metrics at logged steps, every-step scalars)."""
-        per_step = torch.stack(self.per_step).cpu().double()  # [S, b**d] or [S, 3]
-        masses = self._masses(per_step) if self.small else per_step
-        steps = pd.DataFrame({"phase": self.phase, "step": self.step, "loss": self.loss,
-                              "ood_mass": masses[:, 0].numpy(), "chosen_prob": masses[:, 1].numpy(),
-                              "rejected_prob": masses[:, 2].numpy()})
-        steps["in_distribution_mass"] = 1.0 - steps["ood_mass"]
-        if self.small:
-            logged = self._logged_mask()
-            logp = per_step[torch.from_numpy(logged)]  # [L, b**d]
-            if not torch.isfinite(logp).all():
-                bad = int(torch.isfinite(logp).all(1).logical_not().nonzero()[0])
-                raise TrainingDiverged(f"{np.asarray(self.phase)[logged][bad]} step {np.asarray(self.step)[logged][bad]}: "
-                                       "the policy's probabilities became NaN/inf; stopped")
-            probs = logp.exp()
-            is_daa = torch.from_numpy(np.asarray(self.phase)[logged] == "daa")
-            kl = ((probs * (logp - self.ref_logp.double())).sum(1) if self.ref_logp is not None
-                  else torch.full((len(logp),), float("nan"), dtype=torch.float64))
-            metrics = steps[logged].assign(
-                kl_to_reference=torch.where(is_daa, kl, torch.tensor(float("nan"), dtype=torch.float64)).numpy(),
-                entropy=(-(probs * logp).sum(1)).numpy()).reset_index(drop=True)
-            n = self.mdp.n_trajectories
-            history = pd.DataFrame({
-                "phase": np.repeat(metrics["phase"].to_numpy(), n),
-                "step": np.repeat(metrics["step"].to_numpy(), n),
-                "trajectory": np.tile(np.asarray(self.mdp.trajectory_names(), dtype=object), len(metrics)),
-                "prob": probs.reshape(-1).numpy(),
-                "in_distribution": np.tile(self.in_dist.numpy(), len(metrics)),
-            })
-            return history, metrics, steps
-        name_of = lambda i: self.mdp.trajectory_name(self.mdp.trajectories_row(i))  # noqa: E731
-        history = pd.DataFrame({
-            "phase": [p for p, _, _, _, index, _ in self.logged for _ in range(len(index))],
-            "step": [s for _, s, _, _, index, _ in self.logged for _ in range(len(index))],
-            "trajectory": [name_of(i) for *_, index, _ in self.logged for i in index.tolist()],
-            "prob": torch.cat([p for *_, p in self.logged]).double().numpy() if self.logged else [],
-            "in_distribution": torch.cat([self.in_dist[i] for *_, i, _ in self.logged]).numpy() if self.logged else [],
-        })
-        logged = pd.DataFrame([(p, s, kl, h) for p, s, kl, h, _, _ in self.logged],
-                              columns=["phase", "step", "kl_to_reference", "entropy"])
-        metrics = steps.merge(logged, on=["phase", "step"], how="inner")
-        return history, metrics, steps
+    @functools.cached_property
+    def history(self) -> pd.DataFrame:
+        mdp = self._parts[0][0].ctx.mdp
+        frames = []
+        for record, row in self._parts:
+            record.flush()
+            in_dist = record.ctx.in_distribution[row].cpu()
+            steps = np.asarray(record.logged_steps)
+            if record.small:
+                probs = torch.stack([p[row] for p in record.logged]).double() if record.logged else torch.zeros(0, mdp.n_trajectories)
+                index = np.tile(np.arange(mdp.n_trajectories), len(steps))
+                names = _trajectory_names(mdp.branching, mdp.depth)
+                frames.append(pd.DataFrame({
+                    "phase": record.name, "step": np.repeat(steps, mdp.n_trajectories),
+                    "trajectory": names.take(index).to_numpy(), "prob": probs.reshape(-1).numpy(),
+                    "in_distribution": in_dist.numpy()[index]}))
+            else:
+                k = int(record.in_counts[row])
+                rows = [(r[row], p[row]) for r, p in record.logged_top]
+                keep = [torch.cat([r[:k], r[record.in_rows.shape[1]:]]) for r, _ in rows]
+                probs = [torch.cat([p[:k], p[record.in_rows.shape[1]:]]) for _, p in rows]
+                names = {i: mdp.trajectory_name(mdp.trajectories_row(i)) for i in set(torch.cat(keep).tolist())} if keep else {}
+                frames.append(pd.DataFrame({
+                    "phase": record.name, "step": np.repeat(steps, [len(x) for x in keep]),
+                    "trajectory": [names[i] for x in keep for i in x.tolist()],
+                    "prob": torch.cat(probs).double().numpy() if probs else [],
+                    "in_distribution": in_dist[torch.cat(keep)].numpy() if keep else []}))
+        return pd.concat(frames, ignore_index=True)
+
+    @functools.cached_property
+    def policy(self) -> TreePolicy:
+        return self._make_policy_at("final")
+
+    @functools.cached_property
+    def reference(self) -> TreePolicy:
+        return self._make_policy_at("reference")
 
 
+def summarize(config: TrainConfig, mdp: TreeMDP, steps: pd.DataFrame, final_logp: torch.Tensor,
+              ref_logp: torch.Tensor, in_dist: torch.Tensor, elapsed: float,
+              peak_logp: torch.Tensor | None = None) -> dict:
+    """The ``summary.json`` dict from the every-step scalars and the final distributions."""
+    daa = steps[steps["phase"] == "daa"]
+    sft = steps[steps["phase"] == "sft"]
+    phase = daa if len(daa) else sft
+    peak = phase["ood_mass"].idxmax()
+    final = phase.iloc[-1]
+    names = lambda index: mdp.trajectory_name(mdp.trajectories_row(index))  # noqa: E731
+    summary = {
+        "loss": loss_spec(config.loss), "beta": config.beta, "seed": config.seed,
+        "policy": config.policy, "cell": config.cell, "hidden_size": config.hidden_size,
+        "optimizer": config.optimizer,
+        "final_in_distribution_mass": float(1.0 - final["ood_mass"]),
+        "final_ood_mass": float(final["ood_mass"]),
+        "peak_ood_mass": float(phase.loc[peak, "ood_mass"]),
+        "peak_ood_step": int(phase.loc[peak, "step"]),
+        "peak_ood_phase": str(phase.loc[peak, "phase"]),
+        "sft_ood_mass": float(sft.iloc[-1]["ood_mass"]),
+        "final_chosen_prob": float(final["chosen_prob"]),
+        "final_rejected_prob": float(final["rejected_prob"]),
+        "kl_to_reference": float(kl_divergence(final_logp, ref_logp)),
+        "kl_reference_to_policy": float(kl_divergence(ref_logp, final_logp)),
+        "final_entropy": float(entropy(final_logp)),
+        "final_loss": float(final["loss"]),
+        "top_ood": [{"trajectory": names(i), "prob": p} for i, p in top_ood(final_logp.cpu(), in_dist, k=3)],
+    }
+    if peak_logp is not None:
+        summary["top_ood_at_peak"] = [{"trajectory": names(i), "prob": p}
+                                      for i, p in top_ood(peak_logp.cpu(), in_dist, k=3)]
+    summary["train_seconds"] = round(elapsed, 4)
+    return summary
+
+
+# ----- data --------------------------------------------------------------------------------------
 def resolve_dataset(config: TrainConfig, mdp: TreeMDP, dataset: Dataset | None = None) -> Dataset:
     """The data a run uses, validated against ``mdp``: ``dataset`` if given, else the file
     ``config.data``, else the paper's (3 x 3 tree only). Raises UserError naming the problem."""
@@ -302,6 +306,159 @@ def resolve_dataset(config: TrainConfig, mdp: TreeMDP, dataset: Dataset | None =
     return dataset
 
 
+def _pad_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-run index lists -> ([R, n] long, padded with each run's first entry; [R, n] mask)."""
+    width = max(1, max(len(r) for r in rows))
+    index = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if len(r):
+            index[i] = r[0]
+            index[i, :len(r)] = r
+            mask[i, :len(r)] = True
+    return index, mask
+
+
+def run_context(mdp: TreeMDP, datasets: Sequence[Dataset]) -> RunContext:
+    """The :class:`~treemdp.engine.RunContext` of runs with these datasets (one per run)."""
+    rows = lambda seqs: mdp.trajectory_index(seqs) if len(seqs) else torch.zeros(0, dtype=torch.long)  # noqa: E731
+    demos, demo_mask = _pad_rows([rows(d.demonstrations) for d in datasets])
+    chosen, pair_mask = _pad_rows([rows(d.chosen()) if d.preferences else torch.zeros(0, dtype=torch.long)
+                                   for d in datasets])
+    rejected, _ = _pad_rows([rows(d.rejected()) if d.preferences else torch.zeros(0, dtype=torch.long)
+                             for d in datasets])
+    in_dist = torch.stack([in_distribution_mask(mdp, d) for d in datasets])
+    return RunContext(mdp, in_dist, demos, demo_mask, chosen, rejected, pair_mask)
+
+
+def _data_key(dataset: Dataset) -> tuple:
+    return (tuple(map(tuple, dataset.demonstrations.tolist())), dataset.preferences)
+
+
+# ----- training ----------------------------------------------------------------------------------
+def train_batch(configs: Sequence[TrainConfig], dataset: Optional[Dataset] = None, *,
+                datasets: Optional[Sequence[Dataset]] = None,
+                on_step: Optional[Callable[[int], None]] = None, keep_history: bool = True,
+                daa_hook: Optional[DaaHook] = None,
+                on_log: Optional[Callable[[str, int, torch.Tensor], None]] = None,
+                ) -> list[RunResult | TrainingDiverged]:
+    """Train every configuration in ``configs`` as one stacked computation (SFT, then DAA).
+
+    Runs with the same seed, SFT learning rate and data share one SFT phase (the loss, beta and
+    DAA learning rate act only later).
+
+    Args:
+        configs: runs sharing :func:`shape_key` (they may differ in loss, beta, seed and the two
+            learning rates).
+        dataset: the data of every run (default: ``config.data`` or the paper's).
+        datasets: one dataset per config instead (runs with different data in one batch).
+        on_step: called with the number of optimisation steps done since its last call; the
+            batch does ``sft_steps + daa_steps`` steps in all.
+        keep_history: keep each logged step's probabilities (False: only the scalars; sweeps
+            writing light run folders save the memory).
+        daa_hook: replaces the DAA loss's inputs each step (see :func:`treemdp.engine.daa_loss`).
+        on_log: called as ``on_log(phase, step, probs [R, T])`` at every logged step.
+
+    Returns:
+        One item per config, in order: a :class:`RunResult`, or the :class:`TrainingDiverged`
+        error of a run whose loss or probabilities became NaN/inf.
+    """
+    configs = [c.validate() for c in configs]
+    if not configs:
+        return []
+    first = configs[0]
+    if any(shape_key(c) != shape_key(first) for c in configs):
+        raise UserError("train_batch needs configs that differ only in " + ", ".join(PER_RUN_FIELDS))
+    mdp = TreeMDP(first.branching, first.depth)
+    if datasets is not None:
+        if len(datasets) != len(configs):
+            raise UserError(f"train_batch got {len(datasets)} datasets for {len(configs)} configs")
+        datasets = [resolve_dataset(c, mdp, d) for c, d in zip(configs, datasets)]
+    else:
+        shared = resolve_dataset(first, mdp, dataset)
+        datasets = [shared] * len(configs)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(first.threads)
+    try:
+        return _train_batch(configs, mdp, datasets, on_step, keep_history, daa_hook, on_log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_batch(configs, mdp, datasets, on_step, keep_history, daa_hook, on_log):
+    # Runs ordered by DAA learning rate (one parameter group per rate); results go back in the
+    # caller's order at the end.
+    order = sorted(range(len(configs)), key=lambda i: configs[i].daa_lr)
+    configs = [configs[i] for i in order]
+    datasets = [datasets[i] for i in order]
+    first = configs[0]
+    device = torch.device(first.device)
+    R = len(configs)
+    build = lambda c: make_policy(mdp, c.policy, seed=c.seed, hidden_size=c.hidden_size, cell=c.cell)  # noqa: E731
+
+    # SFT once per distinct (SFT lr, seed, data), ordered by SFT learning rate.
+    sft_key = lambda i: (configs[i].sft_lr, configs[i].seed, _data_key(datasets[i]))  # noqa: E731
+    keys = sorted(dict.fromkeys(sft_key(i) for i in range(R)), key=lambda k: k[0])
+    sft_of_run = torch.tensor([keys.index(sft_key(i)) for i in range(R)])
+    sft_runs = [int((sft_of_run == u).nonzero()[0]) for u in range(len(keys))]  # a run of each SFT
+    template = build(first).to(device)
+    params = {n: p.to(device) for n, p in stack_parameters([build(configs[i]) for i in sft_runs]).items()}
+
+    started = time.perf_counter()
+    log = (lambda phase: (lambda step, probs: on_log(phase, step, probs))) if on_log else (lambda phase: None)  # noqa: E731
+    sft_ctx = run_context(mdp, [datasets[i] for i in sft_runs]).to(device)
+    sft_record = PhaseRecord("sft", first.sft_steps, sft_ctx, log_every=first.log_every,
+                             history_limit=first.history_limit, keep_history=keep_history, on_log=log("sft"))
+    params = run_phase(template, params, Phase("sft", first.sft_steps, [k[0] for k in keys], sft_loss(sft_ctx)),
+                       first.optimizer, sft_record, on_step=on_step)
+
+    # DAA: every run starts from its SFT policy, which is also its frozen reference.
+    params = {n: p[sft_of_run.to(device)] for n, p in params.items()}  # [U] -> [R]
+    reference = {n: p.detach().cpu().clone() for n, p in params.items()}
+    with torch.no_grad():
+        ref_logp = template.stacked_log_probs(params)  # [R, T], the frozen SFT policies, exact
+    ctx = run_context(mdp, datasets).to(device)
+    ctx.ref_logp = ref_logp
+    records = [sft_record]
+    if first.daa_steps > 0 and len(sft_record.first_bad) < len(keys):
+        beta = torch.tensor([c.beta for c in configs], dtype=torch.float32, device=device)[:, None]
+        objectives = [get_objective(c.loss) for c in configs]
+        daa_record = PhaseRecord("daa", first.daa_steps, ctx, log_every=first.log_every,
+                                 history_limit=first.history_limit, keep_history=keep_history, on_log=log("daa"))
+        params = run_phase(template, params, Phase("daa", first.daa_steps, [c.daa_lr for c in configs],
+                                                   daa_loss(ctx, objectives, beta, hook=daa_hook)),
+                           first.optimizer, daa_record, on_step=on_step)
+        records.append(daa_record)
+    elapsed = time.perf_counter() - started
+    final = {n: p.detach().cpu() for n, p in params.items()}
+    with torch.no_grad():
+        final_logp = template.stacked_log_probs(params).cpu()
+
+    results = []
+    for r, config in enumerate(configs):
+        u = int(sft_of_run[r])
+        run_parts = [(sft_record, u)] + ([(records[1], r)] if len(records) > 1 else [])
+        bad = [rec.first_bad[row] for rec, row in run_parts if row in rec.first_bad]
+        if bad:
+            results.append(TrainingDiverged(bad[0]))
+            continue
+        last_record, row = run_parts[-1]
+        result = RunResult(config, {}, datasets[r], run_parts,
+                           functools.partial(_policy_at, build, config, final, reference, r))
+        result.summary = summarize(config, mdp, result.steps, final_logp[r], ref_logp[r].cpu(),
+                                   ctx.in_distribution[r].cpu(), elapsed / R,
+                                   peak_logp=None if last_record.peak_logp is None else last_record.peak_logp[row])
+        results.append(result)
+    unsorted = [None] * R
+    for position, i in enumerate(order):
+        unsorted[i] = results[position]
+    return unsorted
+
+
+def _policy_at(build, config, final, reference, r, which):
+    return load_row(build(config), final if which == "final" else reference, r)
+
+
 def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,
           progress: bool = True, on_log: Optional[Callable[[str, int, torch.Tensor], None]] = None,
           **overrides) -> RunResult:
@@ -309,109 +466,28 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,
 
     Args:
         config: the settings (defaults: :class:`TrainConfig`); keyword ``overrides`` replace fields,
-            e.g. ``train(loss="ipo", beta=0.5, seed=3)``.
+            e.g. ``train(loss="ipo", beta=0.5, seed=3)``; ``loss`` may also be an objective or a
+            callable ``g`` (see :func:`treemdp.losses.get_objective`).
         dataset: demonstrations and preferences; default: ``config.data`` if set, else the paper's.
         progress: show a tqdm bar on runs longer than a second.
         on_log: called as ``on_log(phase, step, probs)`` at every logged step (live plots).
 
     Returns:
         A :class:`RunResult`.
+
+    Raises:
+        TrainingDiverged: the loss or the probabilities became NaN/inf (the message names the step).
     """
     config = dataclasses.replace(config or TrainConfig(), **overrides).validate()
-    mdp = TreeMDP(config.branching, config.depth)
-    dataset = resolve_dataset(config, mdp, dataset)
-
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        return _train(config, mdp, dataset, progress, on_log)
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _train(config, mdp, dataset, progress, on_log) -> RunResult:
-    device = torch.device(config.device)
-    policy = make_policy(mdp, config.policy, seed=config.seed, hidden_size=config.hidden_size,
-                         cell=config.cell).to(device)
-    in_dist = in_distribution_mask(mdp, dataset)
-    demo_index = mdp.trajectory_index(dataset.demonstrations).to(device)
-    chosen = mdp.trajectory_index(dataset.chosen()) if dataset.preferences else torch.zeros(0, dtype=torch.long)
-    rejected = mdp.trajectory_index(dataset.rejected()) if dataset.preferences else torch.zeros(0, dtype=torch.long)
-    recorder = _Recorder(mdp, in_dist, chosen, rejected, config.history_limit, config.log_every)
-    chosen_d, rejected_d = chosen.to(device), rejected.to(device)
-
     from tqdm.auto import tqdm
-    bar = tqdm(total=config.sft_steps + config.daa_steps, disable=not progress, delay=1.0,
-               desc=f"{config.loss} beta={config.beta:g} seed={config.seed}", unit="step", leave=False)
-    started = time.perf_counter()
-
-    flat = flatten_parameters(policy)
-
-    def run_phase(phase: str, steps: int, lr: float, objective, ref_logp=None) -> None:
-        """``steps`` full-batch updates of ``objective(logp)``, recording steps 0..steps."""
-        optimizer = make_optimizer(config.optimizer, [flat], lr)
-        for step in range(steps + 1):
-            logp = trajectory_log_probs(policy)  # [b**d], exact
-            loss = objective(logp)
-            recorder.record(phase, step, logp, loss.item(), ref_logp, steps)
-            if on_log is not None and (step % config.log_every == 0 or step == steps):
-                on_log(phase, step, logp.detach().exp())
-            if step == steps:
-                return
-            flat.grad.zero_()
-            loss.backward()
-            optimizer.step()
-            bar.update()
-
-    # ----- SFT: maximise the likelihood of the demonstrations --------------------------------
-    run_phase("sft", config.sft_steps, config.sft_lr, lambda logp: sft_loss(logp, demo_index))
-
-    # ----- DAA: g(beta * h) on the preferences, SFT policy frozen as the reference ---------------
-    reference = copy.deepcopy(policy).requires_grad_(False).eval()
-    for p in reference.parameters():
-        p.grad = None
-    with torch.no_grad():
-        ref_logp = trajectory_log_probs(reference)
-    if config.daa_steps > 0:
-        run_phase("daa", config.daa_steps, config.daa_lr,
-                  lambda logp: daa_loss(logp, ref_logp, chosen_d, rejected_d, beta=config.beta, loss=config.loss),
-                  ref_logp)
-    bar.close()
-    elapsed = time.perf_counter() - started
-
-    history, metrics, steps = recorder.frames()
-    with torch.no_grad():
-        final_logp = trajectory_log_probs(policy)
-    summary = summarize(config, mdp, steps, final_logp, ref_logp, in_dist, elapsed)
-    return RunResult(config, history, metrics, summary, policy.requires_grad_(False).eval(), reference, dataset)
+    with tqdm(total=config.sft_steps + config.daa_steps, disable=not progress, delay=1.0, leave=False,
+              desc=f"{loss_spec(config.loss)} beta={config.beta:g} seed={config.seed}", unit="step") as bar:
+        log = None if on_log is None else (lambda phase, step, probs: on_log(phase, step, probs[0]))
+        (result,) = train_batch([config], dataset, on_step=bar.update, on_log=log)
+    if isinstance(result, TrainingDiverged):
+        raise result
+    return result
 
 
-def summarize(config: TrainConfig, mdp: TreeMDP, steps: pd.DataFrame, final_logp: torch.Tensor,
-              ref_logp: torch.Tensor, in_dist: torch.Tensor, elapsed: float) -> dict:
-    """The ``summary.json`` dict from the every-step scalars and the final distributions."""
-    from .exact import top_ood
-    daa = steps[steps["phase"] == "daa"]
-    sft = steps[steps["phase"] == "sft"]
-    phase = daa if len(daa) else sft
-    peak = phase["ood_mass"].idxmax()
-    final = phase.iloc[-1]
-    names = lambda index: mdp.trajectory_name(mdp.trajectories_row(index))  # noqa: E731
-    return {
-        "loss": config.loss, "beta": config.beta, "seed": config.seed,
-        "policy": config.policy, "cell": config.cell, "hidden_size": config.hidden_size,
-        "optimizer": config.optimizer,
-        "final_in_distribution_mass": float(1.0 - final["ood_mass"]),
-        "final_ood_mass": float(final["ood_mass"]),
-        "peak_ood_mass": float(phase.loc[peak, "ood_mass"]),
-        "peak_ood_step": int(phase.loc[peak, "step"]),
-        "peak_ood_phase": str(phase.loc[peak, "phase"]),
-        "sft_ood_mass": float(sft.iloc[-1]["ood_mass"]),
-        "final_chosen_prob": float(final["chosen_prob"]),
-        "final_rejected_prob": float(final["rejected_prob"]),
-        "kl_to_reference": float(kl_divergence(final_logp, ref_logp)),
-        "kl_reference_to_policy": float(kl_divergence(ref_logp, final_logp)),
-        "final_entropy": float(entropy(final_logp)),
-        "final_loss": float(final["loss"]),
-        "top_ood": [{"trajectory": names(i), "prob": p} for i, p in top_ood(final_logp.cpu(), in_dist, k=3)],
-        "train_seconds": round(elapsed, 4),
-    }
+__all__ = ["TrainConfig", "RunResult", "TrainingDiverged", "train", "train_batch", "resolve_dataset",
+           "summarize", "shape_key", "PER_RUN_FIELDS", "OPTIMIZERS", "run_context", "loss_spec"]

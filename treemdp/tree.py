@@ -63,6 +63,7 @@ class TreeMDP:
                     + offset_in_level[:, None] * self.branching + np.arange(self.branching))
         leaf_level = (self.node_depth == self.depth - 1)[:, None]
         self.next_state = np.where(leaf_level, self.terminal, children).astype(np.int64)
+        self._edges = None
 
     def __repr__(self) -> str:
         return f"TreeMDP(branching={self.branching}, depth={self.depth})"
@@ -89,6 +90,17 @@ class TreeMDP:
     def nodes_at_depth(self, t: int) -> np.ndarray:
         """BFS indices of the ``branching**t`` states reached after ``t`` actions, lexicographic."""
         return np.arange(self.level_start[t], self.level_start[t + 1])
+
+    def edge_index(self) -> torch.Tensor:
+        """LongTensor [branching**depth, depth]: the edge (node * branching + action) each
+        trajectory takes at each depth, so log p(y) = sum_t edge_logp[edge_index[y, t]]."""
+        if self._edges is None:
+            y = torch.arange(self.n_trajectories)[:, None]
+            t = torch.arange(self.depth)
+            start = torch.as_tensor(self.level_start[:-1])
+            # node at depth t = level_start[t] + y // b**(d-t); edge = node * b + a_t = level_start[t] * b + y // b**(d-1-t)
+            self._edges = start * self.branching + y // self.branching ** (self.depth - 1 - t)
+        return self._edges
 
     def prefix_states(self, prefixes: torch.Tensor) -> torch.Tensor:
         """The state reached by each action prefix, read from :attr:`next_state`.

@@ -338,7 +338,7 @@ exercises → glossary.
 """),
 ("code", SETUP + """
 from treemdp import TreeMDP, paper_dataset
-from treemdp.batched import train_batch
+from treemdp.training import train_batch
 from treemdp.plots import plot_masses, plot_run, plot_trajectories
 from treemdp.training import TrainConfig, train
 """),
@@ -879,7 +879,7 @@ explore a seed, live → summary → exercises → glossary.
 ("code", SETUP + """
 import pandas as pd
 
-from treemdp.batched import train_batch
+from treemdp.training import train_batch
 from treemdp.plots import plot_masses, plot_trajectories
 from treemdp.training import TrainConfig, train
 """),

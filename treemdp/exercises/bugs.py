@@ -1,25 +1,19 @@
 """Assignment a3: a silent-bug hunt. Four trainers, three of them subtly broken.
 
-Every variant runs the library's own SFT (:func:`treemdp.training.train` with ``daa_steps=0``)
-and then a direct alignment loop built from library pieces (:func:`treemdp.trajectory_log_probs`,
-:func:`treemdp.training.daa_loss`, the library's optimisers), with at most one line changed.
-The bug-free variant reproduces :func:`treemdp.training.train` bit for bit (pinned by a test),
-so any difference a student sees comes from the bug. Students see only the letters; please do
-not read :data:`_VARIANT_BUG` before handing the assignment in.
+Every variant is the library's own engine (:func:`treemdp.training.train_batch`: SFT, then the
+direct alignment phase) with one hook that changes what the DAA loss is given each step (the
+reference log-probs, or which answer is chosen). The bug-free variant has no hook, so it is
+:func:`treemdp.training.train` itself, and any difference a student sees comes from the bug.
+Students see only the letters; please do not read :data:`_VARIANT_BUG` before handing the
+assignment in.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 
-import pandas as pd
-import torch
-
-from ..exact import in_distribution_mask, kl_divergence, trajectory_log_probs
-from ..training import RunResult, TrainConfig, daa_loss, make_optimizer, summarize, train
-from ..tree import TreeMDP
+from ..training import RunResult, TrainConfig, TrainingDiverged, train_batch
 from .core import Exercise, Incorrect, NotAttempted, Result, call_student, register, run_check
 
 #: What each bug does to the DAA phase (the answer choices).
@@ -51,71 +45,22 @@ def mystery_train(variant: str, *, progress: bool = False, **overrides) -> RunRe
     return _run(_VARIANT_BUG[variant], progress=progress, **overrides)
 
 
+#: Each bug as a DAA hook: (step, logp, ref_logp, chosen, rejected) -> what the loss is given.
+_HOOKS = {
+    "no bug": None,
+    "swapped chosen and rejected": lambda step, logp, ref, chosen, rejected: (ref, rejected, chosen),
+    "reference is the policy": lambda step, logp, ref, chosen, rejected: (logp, chosen, rejected),
+    "reference follows the policy": lambda step, logp, ref, chosen, rejected: (logp.detach(), chosen, rejected),
+}
+
+
 def _run(bug: str, *, progress: bool = False, **overrides) -> RunResult:
     config = dataclasses.replace(TrainConfig(), **overrides).validate()
-    sft = train(config, daa_steps=0, progress=progress)  # the library's SFT, unchanged
-    mdp, dataset = TreeMDP(config.branching, config.depth), sft.dataset
-    in_dist = in_distribution_mask(mdp, dataset)
-    chosen, rejected = mdp.trajectory_index(dataset.chosen()), mdp.trajectory_index(dataset.rejected())
-    names = mdp.trajectory_names()
-
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        policy = copy.deepcopy(sft.policy).requires_grad_(True).train()
-        reference = copy.deepcopy(policy).requires_grad_(False).eval()
-        if bug == "reference is the policy":
-            reference = policy
-        with torch.no_grad():
-            ref_logp = trajectory_log_probs(reference)
-            sft_logp = ref_logp.clone()  # what a correct reference would be, for the KL column
-        optimizer = make_optimizer(config.optimizer, policy.parameters(), config.daa_lr)
-        rows, scalars = [], []
-        for step in range(config.daa_steps + 1):
-            logp = trajectory_log_probs(policy)
-            if bug == "reference is the policy":
-                ref_logp = trajectory_log_probs(reference)
-            elif bug == "reference follows the policy":
-                ref_logp = logp.detach()
-            w, l = (rejected, chosen) if bug == "swapped chosen and rejected" else (chosen, rejected)
-            loss = daa_loss(logp, ref_logp, w, l, beta=config.beta, loss=config.loss)
-            probs = logp.detach().exp()
-            scalars.append({"phase": "daa", "step": step, "loss": loss.item(),
-                            "ood_mass": float(probs[~in_dist].sum()),
-                            "chosen_prob": float(probs[chosen].mean()),
-                            "rejected_prob": float(probs[rejected].mean()),
-                            "kl_to_reference": float(kl_divergence(logp.detach(), sft_logp))})
-            if step % config.log_every == 0 or step == config.daa_steps:
-                rows.append(pd.DataFrame({"phase": "daa", "step": step, "trajectory": names,
-                                          "prob": probs.double().numpy(), "in_distribution": in_dist.numpy()}))
-            if step == config.daa_steps:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(previous_threads)
-
-    with torch.no_grad():
-        final_logp = trajectory_log_probs(policy)
-    steps = pd.DataFrame(scalars)
-    sft_steps = pd.DataFrame({"phase": "sft", "step": sft.metrics["step"], "loss": sft.metrics["loss"],
-                              "ood_mass": sft.metrics["ood_mass"], "chosen_prob": sft.metrics["chosen_prob"],
-                              "rejected_prob": sft.metrics["rejected_prob"]})
-    all_steps = pd.concat([sft_steps, steps], ignore_index=True)
-    history = pd.concat([sft.history] + rows, ignore_index=True)
-    logged = steps[(steps["step"] % config.log_every == 0) | (steps["step"] == config.daa_steps)]
-    metrics = pd.concat([sft.metrics, _with_masses(logged)], ignore_index=True)
-    summary = summarize(config, mdp, all_steps, final_logp, sft_logp, in_dist, 0.0)
-    summary["variant_of"] = "mystery_train"
-    return RunResult(config, history, metrics, summary, policy.requires_grad_(False).eval(),
-                     sft.policy, dataset)
-
-
-def _with_masses(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.copy()
-    frame["in_distribution_mass"] = 1.0 - frame["ood_mass"]
-    return frame
+    (result,) = train_batch([config], daa_hook=_HOOKS[bug])
+    if isinstance(result, TrainingDiverged):
+        raise result
+    result.summary["variant_of"] = "mystery_train"
+    return result
 
 
 @functools.lru_cache(maxsize=32)

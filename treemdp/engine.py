@@ -1,0 +1,442 @@
+"""The training engine: R stacked runs, exact enumeration at every step, one loop.
+
+Every toy run in treemdp (``train``, ``train_batch``, ``sweep``, the lessons, the bug hunt)
+goes through :func:`run_phase`; a single run is a batch of one::
+
+    params = every run's weights stacked, name -> [R, *shape]   (run r in row r)
+    for step in 0 .. steps:
+        logp = policy.stacked_log_probs(params)    # [R, T], exact, every trajectory
+        loss = phase.loss(logp, step)              # [R]; run r's loss depends on row r only
+        recorder.record(step, logp, loss)          # per-step measurements (registry below)
+        loss.sum().backward(); optimizer.step()    # torch.optim, one parameter group per lr
+
+Because no run's loss reaches another run's row, summing the losses gives each row exactly its
+own run's gradient, and torch.optim's elementwise updates (Adam, RMSprop, SGD) treat every row as
+its own run. Runs with different learning rates sit in different parameter groups.
+
+**Measurements** (:data:`MEASUREMENTS`) are functions of a block of steps' exact log-probs
+``[S, R, T]`` and the runs' :class:`RunContext`, returning ``[S, R]``. The recorder evaluates
+them as the run goes, a block of steps at a time (vectorised; the block shrinks to one step on
+huge trees), so adding a quantity (a gold reward, a bucket of mass) is one registry entry and one
+column of ``metrics.csv``, whatever the tree size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .policies import TreePolicy
+from .tree import TreeMDP
+
+# ----- optimisers --------------------------------------------------------------------------------
+#: name -> torch.optim class; every run uses torch's own update rule with default hyper-parameters.
+OPTIMIZERS: dict[str, type] = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
+
+
+def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
+    """``OPTIMIZERS[name]`` over parameter groups (one per learning rate); multi-tensor updates."""
+    if name not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    cls = OPTIMIZERS[name]
+    try:  # one fused kernel per parameter group where torch has one (Adam, SGD), else multi-tensor
+        return cls(groups, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(groups, foreach=True)
+
+
+def lr_segments(lrs: Sequence[float]) -> list[tuple[int, int, float]]:
+    """Maximal runs of rows with equal learning rate: ``(start, stop, lr)``."""
+    out, start = [], 0
+    for i in range(1, len(lrs) + 1):
+        if i == len(lrs) or lrs[i] != lrs[start]:
+            out.append((start, i, float(lrs[start])))
+            start = i
+    return out
+
+
+def stack_parameters(policies: Sequence[TreePolicy]) -> dict[str, torch.Tensor]:
+    """``name -> [R, *shape]``: run r's parameter in row r."""
+    names = [name for name, _ in policies[0].named_parameters()]
+    per_run = [dict(p.named_parameters()) for p in policies]
+    return {name: torch.stack([run[name].detach() for run in per_run]) for name in names}
+
+
+def load_row(policy: TreePolicy, params: dict[str, torch.Tensor], r: int) -> TreePolicy:
+    """Copy row r of stacked ``params`` into ``policy`` (frozen, eval mode)."""
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            p.copy_(params[name][r])
+    return policy.requires_grad_(False).eval()
+
+
+# ----- what a run knows besides its log-probs ---------------------------------------------------
+@dataclass
+class RunContext:
+    """The data and reference of R stacked runs, for losses and measurements.
+
+    Index tensors are per run, ``[R, n]``, padded where runs have different data; the masks say
+    which entries are real. ``ref_logp`` is None until the reference exists (SFT).
+    """
+
+    mdp: TreeMDP
+    in_distribution: torch.Tensor  # bool [R, T]
+    demonstrations: torch.Tensor   # long [R, D] trajectory rows
+    demo_mask: torch.Tensor        # bool [R, D]
+    chosen: torch.Tensor           # long [R, P]
+    rejected: torch.Tensor         # long [R, P]
+    pair_mask: torch.Tensor        # bool [R, P]
+    ref_logp: Optional[torch.Tensor] = None  # [R, T]
+    extra: dict = field(default_factory=dict)  # anything a caller's measurements need
+
+    def rows(self, index: torch.Tensor) -> "RunContext":
+        """The context of a subset (or repetition) of the runs, in ``index`` order."""
+        pick = lambda t: None if t is None else t[index.to(t.device)]  # noqa: E731
+        return RunContext(self.mdp, pick(self.in_distribution), pick(self.demonstrations), pick(self.demo_mask),
+                          pick(self.chosen), pick(self.rejected), pick(self.pair_mask), pick(self.ref_logp),
+                          {k: pick(v) if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == len(self.chosen)
+                           else v for k, v in self.extra.items()})
+
+    def to(self, device) -> "RunContext":
+        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return RunContext(self.mdp, *(move(getattr(self, n)) for n in (
+            "in_distribution", "demonstrations", "demo_mask", "chosen", "rejected", "pair_mask", "ref_logp")),
+            {k: move(v) for k, v in self.extra.items()})
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the last dim of the entries where ``mask`` is True ([..., n] -> [...]); None: all."""
+    if mask is None:
+        return values.mean(-1)
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(-1) / mask.sum(-1)
+
+
+def full_or_none(mask: torch.Tensor) -> torch.Tensor | None:
+    """``mask``, or None when every entry is True (the common case: a plain mean is cheaper)."""
+    return None if bool(mask.all()) else mask
+
+
+def gather_runs(logp: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``logp[..., r, index[r, j]]``: [..., R, T] and [R, n] -> [..., R, n]."""
+    return logp.gather(-1, index.expand(*logp.shape[:-2], *index.shape))
+
+
+# ----- per-step measurements ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Measurement:
+    """One per-step quantity: ``fn(logp [S, R, T] float64, ctx) -> [S, R]``."""
+
+    name: str
+    fn: Callable[[torch.Tensor, RunContext], torch.Tensor]
+    doc: str
+
+
+#: name -> Measurement, in column order of ``metrics.csv``. Add one with :func:`register_measurement`.
+MEASUREMENTS: dict[str, Measurement] = {}
+
+
+def register_measurement(name: str, doc: str):
+    """Register ``fn(logp, ctx) -> [S, R]`` under ``name`` (a decorator); it becomes a metrics column.
+
+    ``logp`` is a block of S steps of R runs' exact trajectory log-probs, float64 [S, R, T]; ``ctx``
+    the :class:`RunContext` (``ctx.ref_logp`` is None during SFT: return NaN then if you need it).
+    """
+    def add(fn):
+        MEASUREMENTS[name] = Measurement(name, fn, doc)
+        return fn
+    return add
+
+
+@register_measurement("ood_mass", "probability of the trajectories outside the data (see in_distribution)")
+def _ood_mass(logp, ctx):
+    return (logp.exp() * (~ctx.in_distribution).to(logp.dtype)).sum(-1)
+
+
+@register_measurement("chosen_prob", "pi(y_w), the mean over the preferences of the chosen answer's probability")
+def _chosen_prob(logp, ctx):
+    return masked_mean(gather_runs(logp, ctx.chosen).exp(), ctx.pair_mask)
+
+
+@register_measurement("rejected_prob", "pi(y_l), the mean over the preferences of the rejected answer's probability")
+def _rejected_prob(logp, ctx):
+    return masked_mean(gather_runs(logp, ctx.rejected).exp(), ctx.pair_mask)
+
+
+@register_measurement("in_distribution_mass", "1 - ood_mass")
+def _in_distribution_mass(logp, ctx):
+    return 1.0 - _ood_mass(logp, ctx)
+
+
+@register_measurement("kl_to_reference", "KL(pi || ref), exact, nats (NaN during SFT, before the reference exists)")
+def _kl_to_reference(logp, ctx):
+    if ctx.ref_logp is None:
+        return logp.new_full(logp.shape[:-1], math.nan)
+    return (logp.exp() * (logp - ctx.ref_logp.to(logp.dtype))).sum(-1)
+
+
+@register_measurement("entropy", "entropy of the trajectory distribution, nats")
+def _entropy(logp, ctx):
+    return -(logp.exp() * logp).sum(-1)
+
+
+# ----- the recorder ------------------------------------------------------------------------------
+#: Recorder blocks hold at most this many log-prob values (steps x runs x trajectories).
+BLOCK_VALUES = 2**22
+#: Trees with more trajectories than the history limit keep this many top OOD trajectories per logged step.
+TOP_LOGGED = 10
+
+
+class PhaseRecord:
+    """What one phase of R runs recorded: per-step losses and measurements, logged probabilities.
+
+    Measurements are evaluated a block of steps at a time as the phase runs. Small trees
+    (<= ``history_limit`` trajectories) keep every logged step's probabilities [L, R, T]; larger
+    ones keep the in-distribution and the top-10 OOD trajectories of each run per logged step.
+    The log-probs at each run's peak OOD mass (over every step) are kept too.
+    """
+
+    def __init__(self, name: str, steps: int, ctx: RunContext, *, log_every: int, history_limit: int,
+                 keep_history: bool = True, measurements: Optional[Sequence[str]] = None,
+                 on_log: Optional[Callable[[int, torch.Tensor], None]] = None):
+        self.name, self.steps, self.ctx, self.log_every = name, steps, ctx, log_every
+        self.measurements = [MEASUREMENTS[m] for m in (measurements or MEASUREMENTS)]
+        R, T = ctx.in_distribution.shape
+        self.R, self.T = R, T
+        self.small = T <= history_limit
+        self.keep_history = keep_history
+        self.on_log = on_log
+        self.block_size = max(1, min(64, BLOCK_VALUES // max(1, R * T))) if on_log is None else 1
+        self._block: list[torch.Tensor] = []
+        self._block_steps: list[int] = []
+        self.loss: list[torch.Tensor] = []  # [R] per step
+        self.values: dict[str, list[torch.Tensor]] = {m.name: [] for m in self.measurements}
+        self.logged_steps: list[int] = []
+        self.logged: list[torch.Tensor] = []  # small trees: [R, T] float32 probabilities
+        self.logged_top: list[tuple[torch.Tensor, torch.Tensor]] = []  # large trees: ([R, k] rows, [R, k] probs)
+        if not self.small:  # each run's in-distribution rows, padded by repeating its first one
+            counts = ctx.in_distribution.sum(-1)
+            width = int(counts.max())
+            order = torch.argsort((~ctx.in_distribution).to(torch.int8), dim=-1, stable=True)[:, :width]
+            pad = torch.arange(width, device=order.device)[None, :] >= counts[:, None]
+            self.in_rows = torch.where(pad, order[:, :1], order)  # [R, Kd]
+            self.in_counts = counts.cpu()
+        self.peak_ood = torch.full((R,), -math.inf, dtype=torch.float64)
+        self.peak_logp = torch.zeros(R, T, dtype=torch.float32) if T <= 2**22 else None
+        self.peak_step = torch.zeros(R, dtype=torch.long)
+        self.first_bad: dict[int, str] = {}  # run -> message of its first non-finite step
+
+    def is_logged(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.steps
+
+    def record(self, step: int, logp: torch.Tensor, loss: torch.Tensor) -> None:
+        """Take step ``step``'s exact log-probs [R, T] and losses [R]."""
+        self.loss.append(loss.detach())
+        self._block.append(logp.detach())
+        self._block_steps.append(step)
+        if len(self._block) >= self.block_size or step == self.steps:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._block:
+            return
+        steps = self._block_steps
+        block = torch.stack(self._block)  # [S, R, T] float32
+        self._block, self._block_steps = [], []
+        logp = block.double()
+        for m in self.measurements:
+            self.values[m.name].append(m.fn(logp, self.ctx).cpu())  # [S, R]
+        ood = self.values["ood_mass"][-1] if "ood_mass" in self.values else _ood_mass(logp, self.ctx).cpu()
+        # the peak OOD mass of each run over every step, with its log-probs
+        best, where = ood.max(0)  # [R]
+        better = best > self.peak_ood
+        if better.any():
+            self.peak_ood = torch.where(better, best, self.peak_ood)
+            self.peak_step = torch.where(better, torch.tensor(steps)[where], self.peak_step)
+            if self.peak_logp is not None:
+                rows = better.nonzero().squeeze(1)
+                self.peak_logp[rows] = block[where[rows], rows.to(block.device)].float().cpu()
+        # divergence: a non-finite loss, or non-finite probabilities at a logged step
+        loss = torch.stack(self.loss[-len(steps):]).double().cpu()  # [S, R]
+        logged = torch.tensor([self.is_logged(step) for step in steps])[:, None]
+        bad = ~torch.isfinite(loss) | (~torch.isfinite(block).all(-1).cpu() & logged)  # [S, R]
+        if bad.any():
+            for s, r in bad.nonzero().tolist():
+                if r not in self.first_bad:
+                    self.first_bad[r] = (
+                        f"{self.name} step {steps[s]}: the loss became {float(loss[s, r])} "
+                        "(learning rate too high for this optimiser?); stopped" if not math.isfinite(loss[s, r])
+                        else f"{self.name} step {steps[s]}: the policy's probabilities became NaN/inf; stopped")
+        for s, step in enumerate(steps):
+            if not self.is_logged(step):
+                continue
+            self.logged_steps.append(step)
+            if self.on_log is not None:
+                self.on_log(step, block[s].exp())
+            if not self.keep_history:
+                continue
+            if self.small:
+                self.logged.append(block[s].exp().cpu())
+            else:
+                k = min(TOP_LOGGED, self.T)
+                top = torch.topk(block[s].masked_fill(self.ctx.in_distribution, -math.inf), k, dim=-1).indices
+                rows = torch.cat([self.in_rows, top], -1)  # [R, Kd + k]
+                self.logged_top.append((rows.cpu(), gather_runs(block[s], rows).exp().cpu()))
+
+    def table(self) -> dict[str, torch.Tensor]:
+        """Every step's scalars: ``loss`` and each measurement, [steps + 1, R] float64."""
+        self.flush()
+        out = {"loss": torch.stack(self.loss).double().cpu()}
+        out.update({name: torch.cat(parts) for name, parts in self.values.items()})
+        return out
+
+
+# ----- a phase ---------------------------------------------------------------------------------
+@dataclass
+class Phase:
+    """One optimisation phase of R stacked runs.
+
+    Attributes:
+        name: ``"sft"``, ``"daa"`` or a caller's own (it names the rows of the history).
+        steps: optimisation steps; steps 0 .. ``steps`` are recorded (step 0 before any update).
+        lrs: one learning rate per run (runs with equal rates share a parameter group).
+        loss: ``loss(logp [R, T], step) -> [R]``, run r's loss from row r only.
+    """
+
+    name: str
+    steps: int
+    lrs: Sequence[float]
+    loss: Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _flat_group(params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One flat tensor holding every parameter of a group, and leaf tensors that are views into it.
+
+    The optimiser then updates one tensor per learning rate, not one per weight matrix (for these
+    tiny models the per-tensor overhead, not arithmetic, dominates a step). Each leaf's ``.grad``
+    is a view into ``flat.grad``, where autograd accumulates in place; the update is elementwise,
+    so the numbers are those of per-parameter torch.optim.
+    """
+    flat = torch.cat([p.detach().reshape(-1) for p in params.values()]).requires_grad_(True)
+    flat.grad = torch.zeros_like(flat)
+    leaves, offset = {}, 0
+    for name, p in params.items():
+        n = p.numel()
+        leaf = torch.empty(0, dtype=p.dtype, device=p.device).requires_grad_(True)
+        leaf.data = flat.data[offset:offset + n].view_as(p)
+        leaf.grad = flat.grad[offset:offset + n].view_as(p)
+        leaves[name] = leaf
+        offset += n
+    return flat, leaves
+
+
+def run_phase(policy: TreePolicy, params: dict[str, torch.Tensor], phase: Phase, optimizer: str,
+              record: PhaseRecord, *, on_step: Optional[Callable[[int], None]] = None) -> dict[str, torch.Tensor]:
+    """Train the stacked ``params`` through ``phase``; return the new params (same layout).
+
+    Args:
+        policy: the template whose ``stacked_log_probs`` enumerates every run.
+        params: ``name -> [R, *shape]`` (not modified).
+        phase: steps, per-run learning rates and the loss.
+        optimizer: a name in :data:`OPTIMIZERS`.
+        record: where steps 0 .. ``phase.steps`` go.
+        on_step: called with the number of updates done since its last call (progress bars).
+    """
+    names = list(params)
+    segments = lr_segments(phase.lrs)
+    groups = [_flat_group({n: params[n][a:b] for n in names}) for a, b, _ in segments]
+    opt = make_optimizer(optimizer, [{"params": [flat], "lr": lr} for (flat, _), (_, _, lr) in zip(groups, segments)])
+    leaves = [leaf for _, leaf in groups]
+
+    def current():
+        return leaves[0] if len(leaves) == 1 else {n: torch.cat([leaf[n] for leaf in leaves]) for n in names}
+
+    pending = 0
+    for step in range(phase.steps + 1):
+        logp = policy.stacked_log_probs(current())  # [R, T]
+        loss = phase.loss(logp, step)  # [R]
+        record.record(step, logp, loss)
+        if step == phase.steps or len(record.first_bad) == record.R:  # done, or every run diverged
+            break
+        for flat, _ in groups:
+            flat.grad.zero_()
+        loss.sum().backward()  # run r's loss reaches row r only; gradients land in the flat buffers
+        opt.step()
+        pending += 1
+        if on_step is not None and pending >= 25:
+            on_step(pending)
+            pending = 0
+    if on_step is not None and pending:
+        on_step(pending)
+    return {n: t.detach() for n, t in current().items()}
+
+
+# ----- the two standard phases ------------------------------------------------------------------
+def sft_loss(ctx: RunContext) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """Behaviour cloning: each run's mean negative log-likelihood of its demonstrations."""
+    mask = full_or_none(ctx.demo_mask)
+
+    def loss(logp, step):
+        return -masked_mean(logp.gather(1, ctx.demonstrations), mask)
+    return loss
+
+
+DaaHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                   tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def daa_loss(ctx: RunContext, objectives: Sequence[Any], beta: torch.Tensor, *,
+             lengths: Optional[torch.Tensor] = None, hook: Optional[DaaHook] = None
+             ) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """Paper eq. 4 per run, the mean over its preferences of ``objective(batch, beta)``.
+
+    Args:
+        ctx: the runs' data; ``ctx.ref_logp`` [R, T] is the frozen reference.
+        objectives: one objective per run (:func:`treemdp.losses.get_objective` results); runs
+            with the same objective are evaluated together.
+        beta: [R, 1] inverse temperatures.
+        lengths: trajectory lengths in tokens, broadcastable to [R, P] (default: the depth).
+        hook: ``hook(step, logp, ref_logp, chosen, rejected) -> (ref_logp, chosen, rejected)``
+            replaces the loss's inputs (the bug-hunt assignment plants its bugs here).
+    """
+    from .losses import PreferenceBatch
+    groups: dict[str, list[int]] = {}
+    by_spec = {}
+    for r, objective in enumerate(objectives):
+        groups.setdefault(objective.spec, []).append(r)
+        by_spec[objective.spec] = objective
+    device = ctx.chosen.device
+    index = {spec: torch.tensor(rows, device=device) for spec, rows in groups.items()}
+    inverse = torch.argsort(torch.cat(list(index.values()))) if len(groups) > 1 else None
+    if lengths is None:
+        lengths = torch.full((1, 1), ctx.mdp.depth, dtype=torch.long, device=device)
+    mask = full_or_none(ctx.pair_mask)
+
+    def loss(logp, step):
+        ref, chosen, rejected = ctx.ref_logp, ctx.chosen, ctx.rejected
+        if hook is not None:
+            ref, chosen, rejected = hook(step, logp, ref, chosen, rejected)
+        pi_w, pi_l = logp.gather(1, chosen), logp.gather(1, rejected)  # [R, P]
+        ref_w, ref_l = ref.gather(1, chosen), ref.gather(1, rejected)
+        if inverse is None:
+            (spec,) = groups
+            batch = PreferenceBatch(pi_w, pi_l, ref_w, ref_l, lengths, lengths)
+            per_pair = by_spec[spec](batch, beta)
+        else:
+            parts = []
+            for spec, rows in index.items():
+                batch = PreferenceBatch(pi_w[rows], pi_l[rows], ref_w[rows], ref_l[rows], lengths, lengths)
+                parts.append(by_spec[spec](batch, beta[rows]))
+            per_pair = torch.cat(parts)[inverse]
+        return masked_mean(per_pair, mask)  # [R]
+    return loss
+
+
+__all__ = ["OPTIMIZERS", "MEASUREMENTS", "Measurement", "register_measurement", "RunContext", "Phase",
+           "PhaseRecord", "run_phase", "sft_loss", "daa_loss", "make_optimizer", "stack_parameters",
+           "load_row", "masked_mean", "gather_runs"]
