@@ -475,10 +475,10 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     def take(text: Optional[str] = None) -> tuple[str, str]:
         nonlocal at
         kind, value = peek()
-        if text is not None and value != text:
-            fail(f"expected {text!r} but found {value or 'the end'!r}")
         if kind == "end":
-            fail("unexpected end")
+            fail(f"missing {text!r} at the end" if text else "unexpected end")
+        if text is not None and value != text:
+            fail(f"expected {text!r} but found {value!r}")
         at += 1
         return kind, value
 
@@ -489,7 +489,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             while peek()[1] != "]":
                 items.append(value())
                 if peek()[1] != "]":
-                    take(",")
+                    take("]" if peek()[0] == "end" else ",")
             take("]")
             return items
         if kind == "quoted":
@@ -513,7 +513,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             take("=")
             params[key] = value()
             if peek()[1] != ")":
-                take(",")
+                take(")" if peek()[0] == "end" else ",")
         take(")")
     if peek()[0] != "end":
         fail(f"unexpected {peek()[1]!r} after the loss")
