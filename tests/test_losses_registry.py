@@ -3,13 +3,14 @@
 import math
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from treemdp import preference_loss
-from treemdp.losses import (OBJECTIVES, TRL_LOSS_TYPES, Objective, Param, check_real, describe, format_value, get_objective,
+from treemdp.losses import (OBJECTIVES, TRL_LOSS_TYPES, Objective, Param, PreferenceBatch, check_real, describe, format_value, get_objective,
                             objective_from_g, objectives_table, parse_spec, register_objective, trl_loss)
 
 
@@ -177,10 +178,10 @@ def test_bad_registrations(registry):
         register_objective(lambda batch, beta, gamma=1.0: batch.h, name="typo", params={"delta": 1.0})
 
 
-def test_module_attr_loading(tmp_path, monkeypatch):
+def test_module_attr_loading(tmp_path, monkeypatch, registry):
     (tmp_path / "my_zoo.py").write_text(textwrap.dedent('''
         import torch
-        from treemdp.losses import Objective, Param
+        from treemdp.losses import Objective, Param, register_objective
 
         def exp_g(x):
             return torch.exp(-x)
@@ -189,6 +190,10 @@ def test_module_attr_loading(tmp_path, monkeypatch):
             return k * batch.h ** 2
 
         squared = Objective(name="my_zoo:squared", fn=_scaled, params={"k": Param(1.0, "scale")})
+
+        @register_objective(name="my_zoo_margin")
+        def margin(batch, beta, gamma=0.5):
+            return -torch.nn.functional.logsigmoid(beta * batch.h - gamma)
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     pw, pl, rw, rl = logps()
@@ -199,6 +204,10 @@ def test_module_attr_loading(tmp_path, monkeypatch):
     torch.testing.assert_close(preference_loss(pw, pl, rw, rl, beta=0.5, loss="my_zoo:squared(k=3)"), 3 * h ** 2)
     squared = get_objective("my_zoo:squared(k=3)")
     assert squared.spec == "my_zoo:squared(k=3.0)" and get_objective(squared.spec) == squared
+    # an objective registered by a module treemdp does not import keeps the path as its name
+    margin = get_objective("my_zoo:margin(gamma=2)")
+    assert margin.spec == "my_zoo:margin(gamma=2.0)" and "my_zoo_margin" in OBJECTIVES
+    torch.testing.assert_close(margin(PreferenceBatch(pw, pl, rw, rl), 0.5), -F.logsigmoid(0.5 * h - 2))
     # a plain importable callable passed directly gets a spec that loads it again
     module = sys.modules["my_zoo"]
     assert get_objective(module.exp_g).spec == "my_zoo:exp_g" == get_objective("my_zoo:exp_g").spec
@@ -246,3 +255,22 @@ def test_objective_repr_and_equality():
     assert get_objective("cdpo(epsilon=0.2)") != OBJECTIVES["cdpo"]
     assert len({get_objective("cdpo(epsilon=0.2)"), OBJECTIVES["cdpo"].bind(epsilon=0.2)}) == 1
     assert isinstance(OBJECTIVES["dpo"], Objective)
+
+
+def test_the_docs_page_lists_every_objective_and_loss_type():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "objectives.md").read_text()
+    for name in list(OBJECTIVES) + list(TRL_LOSS_TYPES):
+        assert f"| `{name}` |" in page, name
+
+
+def test_a_spec_follows_the_registry(registry):
+    """Specs are cached for speed; re-registering a name (or removing it) is still seen."""
+    register_objective(lambda batch, beta, k=1.0: k * batch.h, name="linear")
+    pw, pl, rw, rl = logps()
+    first = preference_loss(pw, pl, rw, rl, beta=1.0, loss="linear(k=2)")
+    assert get_objective("linear(k=2)") is get_objective("linear(k=2)")
+    register_objective(lambda batch, beta, k=1.0: -k * batch.h, name="linear", replace=True)
+    torch.testing.assert_close(preference_loss(pw, pl, rw, rl, beta=1.0, loss="linear(k=2)"), -first)
+    del OBJECTIVES["linear"]
+    with pytest.raises(ValueError, match="unknown loss 'linear'"):
+        get_objective("linear(k=2)")

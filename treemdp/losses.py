@@ -100,18 +100,16 @@ class PreferenceBatch:
     rejected_lengths: Optional[torch.Tensor] = None  # |y_l| in tokens
 
     def __post_init__(self):
-        given = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        shapes = []
-        for name, value in given.items():
-            if value is None and name.endswith("_lengths"):
-                continue
-            if not isinstance(value, torch.Tensor):
+        given = [(name, getattr(self, name)) for name in self.__dataclass_fields__]
+        for name, value in given:
+            if not isinstance(value, torch.Tensor) and not (value is None and name.endswith("_lengths")):
                 raise ValueError(f"{name} must be a tensor, got {type(value).__name__}")
-            shapes.append(tuple(value.shape))
-        try:
-            torch.broadcast_shapes(*shapes)
-        except RuntimeError:
-            raise ValueError(f"log-prob and length shapes do not broadcast together: {shapes}") from None
+        shapes = [tuple(value.shape) for _, value in given if value is not None]
+        if len(set(shapes)) > 1:  # the common case, equal shapes, skips the (slow) broadcast check
+            try:
+                torch.broadcast_shapes(*shapes)
+            except RuntimeError:
+                raise ValueError(f"log-prob and length shapes do not broadcast together: {shapes}") from None
 
     @property
     def chosen_logratio(self) -> torch.Tensor:
@@ -332,6 +330,9 @@ class GForm:
 
 #: THE registry: every objective by name. Add to it with :func:`register_objective`.
 OBJECTIVES: dict[str, Objective] = {}
+#: spec string -> (its name, the registry entry it was built from, the objective): training loops
+#: name their loss every step; an entry is rebuilt when the registry entry under that name changes.
+_SPEC_CACHE: dict[str, tuple[str, Optional[Objective], Objective]] = {}
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -545,8 +546,8 @@ def _load(path: str, params: Mapping[str, Any]) -> Objective:
             target = getattr(target, part)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"cannot load loss {path!r}: {e}") from None
-    if isinstance(target, Objective):
-        return target.bind(**params)
+    if isinstance(target, Objective):  # named by its path, so that its spec loads it in a new process
+        return dataclasses.replace(target, name=path, values={**target.values, **params})
     if callable(target):
         if params:
             raise ValueError(f"loss {path!r} is a plain function g(x); it takes no parameters")
@@ -567,11 +568,20 @@ def get_objective(loss: Union[str, Objective, LossFn]) -> Objective:
         return objective_from_g(loss)
     if not isinstance(loss, str):
         raise ValueError(f"loss must be a name, a spec string, an Objective or a callable g; got {loss!r}")
-    name, params = parse_spec(loss)
+    name, entry, objective = _SPEC_CACHE.get(loss, (None, None, None))
+    if objective is None or OBJECTIVES.get(name) is not entry:  # new, or the registry changed since
+        name, objective = _objective_for_spec(loss)
+        _SPEC_CACHE[loss] = (name, OBJECTIVES.get(name), objective)
+    return objective
+
+
+def _objective_for_spec(spec: str) -> tuple[str, Objective]:
+    """The name a spec starts with, and its objective."""
+    name, params = parse_spec(spec)
     if name in OBJECTIVES:
-        return OBJECTIVES[name].bind(**params) if params else OBJECTIVES[name]
+        return name, OBJECTIVES[name].bind(**params) if params else OBJECTIVES[name]
     if ":" in name:
-        return _load(name, params)
+        return name, _load(name, params)
     raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(OBJECTIVES)} "
                      "(or 'package.module:attr')")
 
