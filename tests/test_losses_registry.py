@@ -223,6 +223,11 @@ def test_callable_g_is_eq4():
     torch.testing.assert_close(preference_loss(pw, pl, rw, rl, beta=0.5, loss=lam),
                                preference_loss(pw, pl, rw, rl, beta=0.5, loss="exponential"))
 
+    def unregistered(batch, beta):  # an objective function passed where a g is expected
+        return batch.h
+    with pytest.raises(ValueError, match=r"takes 2 arguments but a plain g takes one .*register_objective"):
+        preference_loss(pw, pl, rw, rl, beta=0.5, loss=unregistered)
+
 
 def test_trl_loss_fields():
     assert trl_loss("ipo", ld_alpha=None, use_weighting=False) == get_objective("trl(loss_type=ipo)")

@@ -417,9 +417,20 @@ def _qualified_name(g: Callable) -> str:
     return getattr(g, "__name__", type(g).__name__)
 
 
+def _required_arguments(fn: Callable) -> int:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature
+        return 1
+    return sum(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
+
+
 def objective_from_g(g: LossFn, name: Optional[str] = None) -> Objective:
     """Wrap a scalar ``g`` (a callable on tensors) as the eq. 4 objective ``g(beta * h)``."""
     name = name or _qualified_name(g)
+    if _required_arguments(g) > 1:
+        raise ValueError(f"loss {name} takes {_required_arguments(g)} arguments but a plain g takes one "
+                         "(x = beta*h); register fn(batch, beta, ...) with register_objective and name it")
     return Objective(name=name, fn=GForm(g), formula=f"g(beta*h), g = {name}", family="custom", g=g)
 
 
@@ -660,7 +671,8 @@ def savage_g(x: torch.Tensor) -> torch.Tensor:
     """GPO Savage loss: ``1 / (1 + e^x)^2 = sigmoid(-x)^2``; 1/4 at x = 0, bounded in (0, 1).
 
     Not convex: for very negative x (a confidently wrong pair) it flattens towards 1 and its
-    gradient vanishes, so such pairs are ignored (Tang et al. list it for robustness).
+    gradient vanishes, so such pairs stop counting (Masnadi-Shirazi & Vasconcelos 2008 built it to
+    be robust to outliers).
     """
     return torch.sigmoid(-x) ** 2
 
