@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 import torch
 
 from .errors import UserError

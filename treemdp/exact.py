@@ -124,16 +124,8 @@ def in_distribution_mask(mdp: TreeMDP, dataset: Dataset, reference: str = "data"
 
 def load_trajectories(path, mdp: TreeMDP) -> torch.Tensor:
     """A JSON file of action sequences (a list, or ``{"trajectories": [...]}``): LongTensor [N, depth]."""
-    import json
-    from pathlib import Path
-
-    from .errors import UserError
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"in-distribution file {str(path)!r} does not exist (use data, demonstrations or a JSON file)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read in-distribution file {str(path)!r}: {e}") from None
+    from .errors import UserError, read_json_file
+    raw = read_json_file(path, "in-distribution file (data, demonstrations, or a JSON file of trajectories)")
     if isinstance(raw, dict):
         raw = raw.get("trajectories")
     if not isinstance(raw, list) or not raw:

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
 from .training import TrainConfig
 
 LOSSES = ("dpo", "ipo", "slic")

@@ -9,15 +9,14 @@ env steps through it and the exact enumeration walks it, so the two cannot disag
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, read_json_file
 
 #: Largest tree whose per-trajectory tables we are willing to build (memory guard).
 MAX_TRAJECTORIES = 10**8
@@ -289,17 +288,7 @@ def make_dataset(mdp: TreeMDP, demonstrations, preferences) -> Dataset:
 
 
 def _read_data_file(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"data file {str(path)!r} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"data file {str(path)!r} is a directory") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read data file {str(path)!r}: {e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"data file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    raw = read_json_file(path, "data file")
     if not isinstance(raw, dict):
         raise UserError(f"data file {str(path)!r} must hold a JSON object with 'demonstrations' and 'preferences'")
     unknown = set(raw) - {"demonstrations", "preferences", "branching"}
