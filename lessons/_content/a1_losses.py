@@ -62,7 +62,7 @@ check_dpo_g(dpo_g)
 
 # %% exercise="a1.ipo_g"
 def ipo_g(x: torch.Tensor) -> torch.Tensor:
-    """IPO's g in the paper's convention, elementwise: (x - 1)^2.  [batch] -> [batch]"""
+    """IPO's g in the paper's convention, elementwise: (x - 1)^2.  [batch] -> [batch], differentiable."""
     ### BEGIN SOLUTION
     return (x - 1) ** 2
     ### END SOLUTION
@@ -79,7 +79,7 @@ check_ipo_g(ipo_g)
 
 # %% exercise="a1.slic_g"
 def slic_g(x: torch.Tensor) -> torch.Tensor:
-    """SLiC's hinge, elementwise: max(0, 1 - x).  [batch] -> [batch]"""
+    """SLiC's hinge, elementwise: max(0, 1 - x).  [batch] -> [batch], differentiable."""
     ### BEGIN SOLUTION
     return torch.relu(1 - x)
     ### END SOLUTION
@@ -111,7 +111,8 @@ def preference_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
         loss: "dpo", "ipo" or "slic".
 
     Returns:
-        Tensor [batch].
+        Tensor [batch], differentiable in the policy's log-probs (training moves the policy
+        through that gradient; the reference's are constants).
     """
     G = {"dpo": dpo_g, "ipo": ipo_g, "slic": slic_g}
     ### BEGIN SOLUTION
