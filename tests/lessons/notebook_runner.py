@@ -102,7 +102,8 @@ def run_notebook(path: Path, *, probe_widgets: bool = True, timeout: int = 300, 
     for i, cell in enumerate(nb.cells):
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
-                where = f"cell {i + 1}" if i < n_cells else "the test's probe cell"
+                number = sum(c.cell_type == "code" for c in nb.cells[:i + 1])  # as JupyterLab shows it
+                where = f"cell [{number}]" if i < n_cells else "the test's probe cell"
                 raise AssertionError(f"{path.name}: {where} raised {output['ename']}: {output['evalue']}\n"
                                      + cell.source[:400])
     report = None
