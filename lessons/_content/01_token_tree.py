@@ -11,18 +11,16 @@
 
 # %%
 # %matplotlib inline
+import gymnasium
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
 import treemdp
-from treemdp.plots import live_plot
-
-import gymnasium
-
 from treemdp import RNNPolicy, TreeMDP, trajectory_log_probs
 from treemdp.env import render_tree, rollout
+from treemdp.plots import live_plot
 
 # %% [markdown]
 # ## 1. The tree
@@ -112,33 +110,39 @@ ax.set_ylabel("exact probability");
 # two is a real check. Move the sliders: with more episodes the sampled histogram converges to
 # the exact one and the total variation distance shrinks (roughly like 1/√episodes).
 #
-# *How the live plot works:* `treemdp.plots.live_plot` calls the drawing function again whenever a
-# control changes; it re-runs a library function with the new value and redraws one matplotlib
-# `Figure` inside an `ipywidgets.Output` (`clear_output(wait=True)` swaps
-# the picture only when the new one is ready, so it does not flicker). Nothing is cached: what you
-# see is a fresh run.
+# *How the live plot works:* 3000 episodes per seed are drawn once, below; the episodes slider
+# shows the first N of them, and `treemdp.plots.live_plot` changes the heights of the bars already
+# drawn instead of drawing a new figure, so the picture follows the slider at once.
 
 # %%
+draws = {s: mdp.trajectory_index(rollout(env, policy, seed=s, episodes=3000).tolist()) for s in range(10)}  # [3000] rows
 episodes = widgets.SelectionSlider(options=[10, 30, 100, 300, 1000, 3000], value=100, description="episodes")
 seed = widgets.IntSlider(value=0, min=0, max=9, description="seed")
 
 
-def draw_sampling(fig):
-    samples = rollout(env, policy, seed=seed.value, episodes=episodes.value)  # int array [episodes, 3]
-    counts = torch.bincount(mdp.trajectory_index(samples.tolist()), minlength=mdp.n_trajectories)
-    sampled = counts / counts.sum()
-    distance = 0.5 * float((sampled - probs).abs().sum())
+def setup_sampling(fig):
     ax = fig.subplots()
     x = torch.arange(mdp.n_trajectories)
     ax.bar(x - 0.2, probs, width=0.4, label="exact (enumeration)")
-    ax.bar(x + 0.2, sampled, width=0.4, label=f"sampled ({episodes.value} episodes, seed {seed.value})")
+    bars = ax.bar(x + 0.2, torch.zeros(mdp.n_trajectories), width=0.4, label="sampled")
     ax.set_xticks(x, labels, rotation=90, fontsize=8)
     ax.set_ylabel("probability")
-    ax.set_title(f"total variation distance {distance:.3f}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
+    return ax, bars
 
 
-display(live_plot(draw_sampling, [episodes, seed], figsize=(10, 3.6)))
+def update_sampling(state):
+    ax, bars = state
+    counts = torch.bincount(draws[seed.value][:episodes.value], minlength=mdp.n_trajectories)
+    sampled = counts / counts.sum()
+    for bar, height in zip(bars, sampled.tolist()):
+        bar.set_height(height)
+    distance = 0.5 * float((sampled - probs).abs().sum())
+    ax.set_ylim(0, 1.1 * max(float(sampled.max()), float(probs.max())))
+    ax.set_title(f"{episodes.value} episodes, seed {seed.value}: total variation distance {distance:.3f}")
+
+
+display(live_plot(update_sampling, [episodes, seed], setup=setup_sampling, figsize=(10, 3.6)))
 
 # %% [markdown]
 # ## Summary

@@ -15,12 +15,9 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-import treemdp
-from treemdp.plots import live_plot
-
 from treemdp import TreeMDP, paper_dataset
 from treemdp.batched import train_batch
-from treemdp.plots import plot_masses, plot_run, plot_trajectories
+from treemdp.plots import TrajectoryView, live_plot, plot_run, plot_trajectories, probability_matrix, run_grid
 from treemdp.training import TrainConfig, train
 
 # %% [markdown]
@@ -92,34 +89,43 @@ fig.tight_layout()
 # %% [markdown]
 # ## 4. Explore, live
 #
-# Pick a loss, β, seed and number of DAA steps; the run is redone from scratch (SFT included) and
-# the plot redrawn. Look for: how high the OOD mass peaks and when, whether it drains back, and
+# Pick a loss, β, seed and number of DAA steps. All 180 runs behind the controls (3 losses × 6 betas
+# × 10 seeds, 400 DAA steps each; fewer steps are the start of the same run) are trained first, in
+# one batched computation of a few seconds. Look for: how high the OOD mass peaks and when, whether it drains back, and
 # which OOD trajectories take it.
 #
-# *How the live plot works:* `treemdp.plots.live_plot` calls the drawing function again whenever a
-# control changes; it re-runs a library function with the new value and redraws one matplotlib
-# `Figure` inside an `ipywidgets.Output` (`clear_output(wait=True)` swaps
-# the picture only when the new one is ready, so it does not flicker). Nothing is cached: what you
-# see is a fresh run.
+# *How the live plot works:* the runs behind every position of the controls were computed once,
+# above, in one batched call (`treemdp.plots.run_grid` groups them for `train_batch`; the progress
+# bar shows it). A control only picks a precomputed result, and `treemdp.plots.live_plot` changes
+# the data of the lines, bars and texts already drawn, so the picture follows the control at once.
 
 # %%
+grid_configs = [TrainConfig(loss=l, beta=b, seed=s, daa_steps=400, log_every=5)
+                for l in ("dpo", "ipo", "slic") for b in (0.01, 0.05, 0.1, 0.2, 0.5, 1.0) for s in range(10)]
+grid = {(c.loss, c.beta, c.seed): probability_matrix(r.history) for c, r in zip(grid_configs, run_grid(grid_configs))}
+
 loss = widgets.Dropdown(options=["dpo", "ipo", "slic"], value="dpo", description="loss")
 beta = widgets.SelectionSlider(options=[0.01, 0.05, 0.1, 0.2, 0.5, 1.0], value=0.1, description="beta")
 seed = widgets.IntSlider(value=0, min=0, max=9, description="seed")
 daa_steps = widgets.IntSlider(value=150, min=50, max=400, step=50, description="DAA steps")
 
 
-def draw(fig):
-    run = train(loss=loss.value, beta=beta.value, seed=seed.value, daa_steps=daa_steps.value, progress=False)
-    s = run.summary
+def setup(fig):
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
-    plot_trajectories(run.history, top, phase="daa",
-                      title=f"{loss.value.upper()} beta={beta.value} seed={seed.value}: peak OOD "
-                            f"{s['peak_ood_mass']:.1%} at step {s['peak_ood_step']}, final {s['final_ood_mass']:.1%}")
-    plot_masses(run.history, bottom, phase="daa")
+    return TrajectoryView(top, bottom, history=run.history)
 
 
-display(live_plot(draw, [loss, beta], [seed, daa_steps], figsize=(10, 6.5)))
+def update(view):
+    steps, probs, _ = grid[loss.value, beta.value, seed.value]  # [S], [S, 27]
+    keep = steps <= daa_steps.value
+    ood = probs[keep][:, ~view.in_dist].sum(1)
+    peak = int(ood.argmax())
+    view.show(steps[keep], probs[keep],
+              title=f"{loss.value.upper()} beta={beta.value} seed={seed.value}: peak OOD {ood[peak]:.1%} "
+                    f"at step {steps[keep][peak]}, final {ood[-1]:.1%}")
+
+
+display(live_plot(update, [loss, beta], [seed, daa_steps], setup=setup, figsize=(10, 6.5)))
 
 # %% [markdown]
 # ## Summary
@@ -156,4 +162,4 @@ display(live_plot(draw, [loss, beta], [seed, daa_steps], figsize=(10, 6.5)))
 # | reference `ref` | the SFT policy, frozen during the DAA phase |
 # | peak / final OOD mass | the largest / last OOD mass during the DAA phase (`run.summary`) |
 # | `train_batch(configs)` | many runs as one computation, same results as `train` |
-# | `plot_run`, `plot_masses` | the figure of a run; in-distribution vs OOD mass over steps |
+# | `plot_run`, `TrajectoryView` | the figure of a run; the same, updated in place for live plots |

@@ -16,11 +16,9 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-import treemdp
-from treemdp.plots import live_plot
-
 from treemdp import TreeMDP, implicit_reward, trajectory_log_probs
-from treemdp.training import train
+from treemdp.plots import live_plot, run_grid
+from treemdp.training import TrainConfig, train
 
 # %% [markdown]
 # ## 1. The implicit reward
@@ -88,11 +86,8 @@ print(f"V(s1) = {float(V[0][0]):.2e}    max |log pi recovered - log pi| = {error
 # or not any data supports that continuation. Below, the Q-values at `s3` (after `a1`) from the run
 # above, and V as the temperature β varies.
 #
-# *How the live plot works:* `treemdp.plots.live_plot` calls the drawing function again whenever a
-# control changes; it re-runs a library function with the new value and redraws one matplotlib
-# `Figure` inside an `ipywidgets.Output` (`clear_output(wait=True)` swaps
-# the picture only when the new one is ready, so it does not flicker). Nothing is cached: what you
-# see is a fresh run.
+# *How the live plot works:* the curve of V over β is computed once; a move of the slider only
+# moves the marker and changes the bars' heights in place (`treemdp.plots.live_plot`).
 
 # %%
 q_s3, ref_s3 = Q[1][1], ref_step[1][1].exp()  # state s3 = prefix (a1,), row 1 of depth 1
@@ -103,25 +98,35 @@ def soft_value(q, ref, b):
     return b * torch.logsumexp(ref.log() + q / b, dim=-1)
 
 
-def draw_softmax(fig):
-    b = temperature.value
-    grid = torch.logspace(-3, 1, 200)
-    values = torch.stack([soft_value(q_s3, ref_s3, float(x)) for x in grid])
-    induced = ref_s3 * torch.exp((q_s3 - soft_value(q_s3, ref_s3, b)) / b)
+betas_grid = torch.logspace(-3, 1, 200)
+values = torch.stack([soft_value(q_s3, ref_s3, float(x)) for x in betas_grid])
+
+
+def setup_softmax(fig):
     left, right = fig.subplots(1, 2)
-    left.semilogx(grid, values, label="V = soft max of Q")
+    left.semilogx(betas_grid, values, label="V = soft max of Q")
     left.axhline(float(q_s3.max()), color="tab:red", ls="--", label="max Q")
     left.axhline(float((ref_s3 * q_s3).sum()), color="0.5", ls=":", label="ref-average of Q")
-    left.axvline(b, color="k", lw=0.8)
+    marker = left.axvline(0.1, color="k", lw=0.8)
     left.set_xlabel("beta (temperature)")
-    left.set_title(f"V(s3) at beta={b:.3g}: {float(soft_value(q_s3, ref_s3, b)):.3f}", fontsize=10)
     left.legend(fontsize=8)
-    right.bar(["a0", "a1", "a2"], induced, color="tab:purple")
+    bars = right.bar(["a0", "a1", "a2"], [0.0] * 3, color="tab:purple")
     right.set_ylim(0, 1)
     right.set_title("ref(a|s3) exp((Q - V)/beta): the policy these Q-values give", fontsize=10)
+    return left, marker, bars
 
 
-display(live_plot(draw_softmax, [temperature], figsize=(11, 3.5)))
+def update_softmax(state):
+    left, marker, bars = state
+    b = temperature.value
+    v = soft_value(q_s3, ref_s3, b)
+    for bar, height in zip(bars, (ref_s3 * torch.exp((q_s3 - v) / b)).tolist()):
+        bar.set_height(height)
+    marker.set_xdata([b, b])
+    left.set_title(f"V(s3) at beta={b:.3g}: {float(v):.3f}", fontsize=10)
+
+
+display(live_plot(update_softmax, [temperature], setup=setup_softmax, figsize=(11, 3.5)))
 
 # %% [markdown]
 # ## 4. Q-values after training, live
@@ -131,33 +136,50 @@ display(live_plot(draw_softmax, [temperature], figsize=(11, 3.5)))
 # leaves `…-a1-s∞` and `…-a2-s∞` are whatever the RNN made them. At `s3` and `s1` every Q is a
 # bootstrapped V, a soft maximum that can be pulled up by those unconstrained leaves.
 #
-# *How the live plot works:* `treemdp.plots.live_plot` calls the drawing function again whenever a
-# control changes; it re-runs a library function with the new value and redraws one matplotlib
-# `Figure` inside an `ipywidgets.Output` (`clear_output(wait=True)` swaps
-# the picture only when the new one is ready, so it does not flicker). Nothing is cached: what you
-# see is a fresh run.
+# *How the live plot works:* the runs behind every position of the controls were computed once,
+# above, in one batched call (`treemdp.plots.run_grid` groups them for `train_batch`; the progress
+# bar shows it). A control only picks a precomputed result, and `treemdp.plots.live_plot` changes
+# the data of the lines, bars and texts already drawn, so the picture follows the control at once.
 
 # %%
+q_betas = [0.01, 0.05, 0.1, 0.5, 1.0]
+q_configs = [TrainConfig(loss=l, beta=b, daa_steps=150) for l in ("dpo", "ipo", "slic") for b in q_betas]
+q_runs = {(c.loss, c.beta): (soft_backup(r, c.beta), r.summary) for c, r in zip(q_configs, run_grid(q_configs))}
 train_loss = widgets.Dropdown(options=["dpo", "ipo", "slic"], value="dpo", description="loss")
-train_beta = widgets.SelectionSlider(options=[0.01, 0.05, 0.1, 0.5, 1.0], value=0.1, description="beta")
+train_beta = widgets.SelectionSlider(options=q_betas, value=0.1, description="beta")
 chosen_path = [(0, 0, "s1"), (1, 1, "s3"), (2, 4, "s9")]  # (depth, row at that depth, name)
 
 
-def draw_q(fig):
-    b = train_beta.value
-    trained = train(loss=train_loss.value, beta=b, daa_steps=150, progress=False)
-    Q_t, V_t, _ = soft_backup(trained, b)
-    axes = fig.subplots(1, 3)
-    for ax, (t, row, name) in zip(axes, chosen_path):
-        ax.bar(["a0", "a1", "a2"], Q_t[t][row], color=["0.6", "tab:blue", "0.6"] if t < 2 else ["tab:green", "tab:orange", "tab:orange"])
-        ax.axhline(float(V_t[t][row]), color="k", ls="--", label=f"V({name})")
+def setup_q(fig):
+    panels = []
+    for ax, (t, row, name) in zip(fig.subplots(1, 3), chosen_path):
+        bars = ax.bar(["a0", "a1", "a2"], [0.0] * 3,
+                      color=["0.6", "tab:blue", "0.6"] if t < 2 else ["tab:green", "tab:orange", "tab:orange"])
+        value = ax.axhline(0.0, color="k", ls="--", label=f"V({name})")
+        ax.axhline(0.0, color="0.3", lw=0.6)
         ax.set_title(f"Q({name}, a)", fontsize=10)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{train_loss.value.upper()} beta={b}: OOD mass {trained.summary['final_ood_mass']:.1%} "
-                      f"(at s9: green = chosen leaf, orange = OOD leaves)", fontsize=10)
+        panels.append((ax, bars, value))
+    fig.suptitle(" ", fontsize=10)  # room for the title the update writes
+    return panels
 
 
-display(live_plot(draw_q, [train_loss, train_beta], figsize=(12, 3.6)))
+def update_q(panels):
+    (Q_t, V_t, _), summary = q_runs[train_loss.value, train_beta.value]
+    for (ax, bars, value), (t, row, name) in zip(panels, chosen_path):
+        q, v = Q_t[t][row].tolist(), float(V_t[t][row])
+        for bar, height in zip(bars, q):
+            bar.set_height(height)
+        value.set_ydata([v, v])
+        low, high = min(q + [v, 0.0]), max(q + [v, 0.0])
+        pad = 0.1 * (high - low) + 1e-3
+        ax.set_ylim(low - pad, high + pad)
+    panels[0][0].figure.suptitle(f"{train_loss.value.upper()} beta={train_beta.value}: OOD mass "
+                                 f"{summary['final_ood_mass']:.1%} (at s9: green = chosen leaf, orange = OOD leaves)",
+                                 fontsize=10)
+
+
+display(live_plot(update_q, [train_loss, train_beta], setup=setup_q, figsize=(12, 3.6)))
 
 # %% [markdown]
 # ## Summary

@@ -13,16 +13,13 @@
 # %matplotlib inline
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 import torch
 from IPython.display import display
 
-import treemdp
-from treemdp.plots import live_plot
-
-import pandas as pd
-
 from treemdp.batched import train_batch
-from treemdp.plots import plot_masses, plot_trajectories
+from treemdp.plots import TrajectoryView, live_plot, plot_trajectories, probability_matrix, run_grid
 from treemdp.training import TrainConfig, train
 
 # %% [markdown]
@@ -85,28 +82,37 @@ fig.colorbar(image, label="peak OOD mass");
 # %% [markdown]
 # ## 4. Explore a seed, live
 #
-# *How the live plot works:* `treemdp.plots.live_plot` calls the drawing function again whenever a
-# control changes; it re-runs a library function with the new value and redraws one matplotlib
-# `Figure` inside an `ipywidgets.Output` (`clear_output(wait=True)` swaps
-# the picture only when the new one is ready, so it does not flicker). Nothing is cached: what you
-# see is a fresh run.
+# Every run behind the controls (20 seeds × 3 hidden sizes × 4 learning rates, 240 runs) is
+# trained first, batched.
+#
+# *How the live plot works:* the runs behind every position of the controls were computed once,
+# above, in one batched call (`treemdp.plots.run_grid` groups them for `train_batch`; the progress
+# bar shows it). A control only picks a precomputed result, and `treemdp.plots.live_plot` changes
+# the data of the lines, bars and texts already drawn, so the picture follows the control at once.
 
 # %%
+explore_configs = [TrainConfig(loss="dpo", beta=0.1, seed=s, hidden_size=h, daa_lr=x, daa_steps=200, log_every=5)
+                   for h in (4, 8, 32) for x in (3e-3, 1e-2, 3e-2, 1e-1) for s in range(20)]
+explore = {(c.seed, c.hidden_size, c.daa_lr): probability_matrix(r.history)
+           for c, r in zip(explore_configs, run_grid(explore_configs))}
 seed = widgets.IntSlider(value=0, min=0, max=19, description="seed")
 hidden_size = widgets.Dropdown(options=[4, 8, 32], value=4, description="hidden size")
 daa_lr = widgets.SelectionSlider(options=[3e-3, 1e-2, 3e-2, 1e-1], value=3e-2, description="DAA lr")
 
 
-def draw_seed(fig):
-    run = train(loss="dpo", beta=0.1, seed=seed.value, hidden_size=hidden_size.value, daa_lr=daa_lr.value,
-                daa_steps=200, progress=False)
-    top_ood = ", ".join(f"{t['trajectory']} {t['prob']:.0%}" for t in run.summary["top_ood"][:2])
+def setup_seed(fig):
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
-    plot_trajectories(run.history, top, phase="daa", title=f"seed {seed.value}: final top OOD: {top_ood}")
-    plot_masses(run.history, bottom, phase="daa")
+    return TrajectoryView(top, bottom, history=runs[0].history)
 
 
-display(live_plot(draw_seed, [seed, hidden_size, daa_lr], figsize=(10, 6)))
+def update_seed(view):
+    steps, probs, names = explore[seed.value, hidden_size.value, daa_lr.value]
+    final = np.where(view.in_dist, -1.0, probs[-1])
+    top_ood = ", ".join(f"{names[j]} {final[j]:.0%}" for j in np.argsort(final)[::-1][:2])
+    view.show(steps, probs, title=f"seed {seed.value}: final top OOD: {top_ood}")
+
+
+display(live_plot(update_seed, [seed, hidden_size, daa_lr], setup=setup_seed, figsize=(10, 6)))
 
 # %% [markdown]
 # ## Summary

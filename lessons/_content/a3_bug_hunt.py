@@ -20,20 +20,16 @@
 
 # %%
 # %matplotlib inline
+import math
+
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import pandas as pd
 import torch
 from IPython.display import display
 
-import treemdp
-from treemdp.plots import live_plot
-
-import math
-
-import pandas as pd
-
 from treemdp.exercises import BUGS, VARIANTS, check_diagnosis, check_sanity_check, hint, mystery_train
-from treemdp.plots import plot_masses, plot_trajectories
+from treemdp.plots import TrajectoryView, live_plot, plot_trajectories, probability_matrix
 
 for name, what in BUGS.items():
     print(f"{name!r}: {what}")
@@ -69,6 +65,8 @@ pd.DataFrame(table).T
 # ## Explore
 #
 # Does the picture change with the loss or β? Try the trainers on other settings before you decide.
+# (The mystery trainers run one at a time: a setting you have not looked at yet takes about a
+# second; each result is kept, so going back to it is instant.)
 
 # %%
 variant = widgets.Dropdown(options=list(VARIANTS), value="A", description="trainer")
@@ -76,14 +74,23 @@ loss = widgets.Dropdown(options=["dpo", "ipo", "slic"], value="dpo", description
 beta = widgets.SelectionSlider(options=[0.01, 0.1, 0.5], value=0.1, description="beta")
 
 
-def draw(fig):
-    result = mystery_train(variant.value, loss=loss.value, beta=beta.value, daa_steps=150)
+seen = {}  # (trainer, loss, beta) -> (steps, probabilities, names)
+
+
+def setup(fig):
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
-    plot_trajectories(result.history, top, phase="daa", title=f"trainer {variant.value}, {loss.value} beta={beta.value}")
-    plot_masses(result.history, bottom, phase="daa")
+    return TrajectoryView(top, bottom, history=results["DPO, beta=0.1", "A"].history)
 
 
-display(live_plot(draw, [variant, loss, beta], figsize=(10, 6)))
+def update(view):
+    key = (variant.value, loss.value, beta.value)
+    if key not in seen:
+        seen[key] = probability_matrix(mystery_train(variant.value, loss=loss.value, beta=beta.value, daa_steps=150).history)
+    steps, probs, _ = seen[key]
+    view.show(steps, probs, title=f"trainer {variant.value}, {loss.value} beta={beta.value}")
+
+
+display(live_plot(update, [variant, loss, beta], setup=setup, figsize=(10, 6)))
 
 # %% [markdown]
 # ## Exercise 1 — the diagnosis
