@@ -188,6 +188,7 @@ class TrajectoryView:
                 line, = top.plot([], [], lw=2.4, color=ROLE_COLORS[role], label=f"{name} ({role})", zorder=3)
             self.lines.append(line)
         top.set_ylim(-0.02, 1.02)
+        top.set_title(" ", fontsize=10)  # room for the titles show() writes (the layout is fixed once)
         top.set_ylabel("trajectory probability (exact)")
         top.set_xlabel(f"{phase.upper()} step")
         self.masses = None
