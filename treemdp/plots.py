@@ -97,7 +97,7 @@ def live_plot(update, *rows, setup=None, figsize=(10, 5), dpi=72):
 def run_grid(configs, dataset=None, *, desc: str = "precomputing the runs behind the controls"):
     """Train every configuration once, batched, with one progress bar; results in order.
 
-    Configurations that share a shape (``treemdp.batched.shape_key``: tree, policy, hidden size,
+    Configurations that share a shape (``shape_key``: tree, policy, hidden size,
     step counts, ...) run as one batched computation, so a grid over loss x beta x seed x
     learning rate costs about as much as a few single runs. Widgets then index the results.
 
@@ -105,8 +105,10 @@ def run_grid(configs, dataset=None, *, desc: str = "precomputing the runs behind
         One :class:`~treemdp.training.RunResult` (or the ``TrainingDiverged`` error) per config.
     """
     from tqdm.auto import tqdm
-
-    from .batched import shape_key, train_batch
+    try:  # the one engine keeps train_batch in training; before it, the batched module held it
+        from .training import shape_key, train_batch
+    except ImportError:
+        from .batched import shape_key, train_batch
 
     groups: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):

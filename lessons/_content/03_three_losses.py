@@ -16,7 +16,6 @@ import torch
 from IPython.display import display
 
 from treemdp import TreeMDP, paper_dataset
-from treemdp.batched import train_batch
 from treemdp.plots import TrajectoryView, live_plot, plot_run, plot_trajectories, probability_matrix, run_grid
 from treemdp.training import TrainConfig, train
 
@@ -57,13 +56,13 @@ figure = plot_run(run.history, run.summary)
 #
 # ## 3. Three losses, three betas (figures 7 and 9–17)
 #
-# Nine runs at once with the batched engine (`train_batch` gives the same numbers as nine calls of
-# `train`).
+# Nine runs at once with the batched engine (`run_grid` hands them to `train_batch`, which gives
+# the same numbers as nine calls of `train`).
 
 # %%
 losses, betas = ("dpo", "ipo", "slic"), (0.01, 0.1, 0.5)
 configs = [TrainConfig(loss=loss, beta=beta, daa_steps=150) for loss in losses for beta in betas]
-runs = dict(zip([(c.loss, c.beta) for c in configs], train_batch(configs)))
+runs = dict(zip([(c.loss, c.beta) for c in configs], run_grid(configs)))
 
 fig, axes = plt.subplots(2, 3, figsize=(13, 6), sharex=True, sharey="row")
 for column, loss in enumerate(losses):
@@ -161,5 +160,5 @@ display(live_plot(update, [loss, beta], [seed, daa_steps], setup=setup, figsize=
 # | β | inverse temperature; larger β saturates the loss sooner |
 # | reference `ref` | the SFT policy, frozen during the DAA phase |
 # | peak / final OOD mass | the largest / last OOD mass during the DAA phase (`run.summary`) |
-# | `train_batch(configs)` | many runs as one computation, same results as `train` |
+# | `run_grid(configs)` | many runs as one batched computation (`train_batch`), same results as `train` |
 # | `plot_run`, `TrajectoryView` | the figure of a run; the same, updated in place for live plots |

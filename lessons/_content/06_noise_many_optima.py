@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from treemdp.batched import train_batch
 from treemdp.plots import TrajectoryView, live_plot, plot_trajectories, probability_matrix, run_grid
 from treemdp.training import TrainConfig, train
 
@@ -31,7 +30,7 @@ from treemdp.training import TrainConfig, train
 # %%
 seeds = list(range(6))
 settings = dict(loss="dpo", beta=0.1, hidden_size=4, daa_lr=3e-2, daa_steps=200)
-runs = train_batch([TrainConfig(seed=s, **settings) for s in seeds])
+runs = run_grid([TrainConfig(seed=s, **settings) for s in seeds])
 fig, axes = plt.subplots(2, 3, figsize=(15, 7.5), sharex=True, sharey=True)
 for ax, s, run in zip(axes.flat, seeds, runs):
     plot_trajectories(run.history, ax, phase="daa", title=f"seed {s}: peak OOD {run.summary['peak_ood_mass']:.0%}")
@@ -61,13 +60,12 @@ fig.colorbar(image, label="peak probability");
 
 # %%
 hidden_sizes, learning_rates = (4, 8, 16, 32), (3e-3, 1e-2, 3e-2, 1e-1)
+configs = [TrainConfig(loss="dpo", beta=0.1, hidden_size=hidden, daa_lr=lr, seed=s, daa_steps=100)
+           for hidden in hidden_sizes for lr in learning_rates for s in (0, 1)]
 rows = []
-for hidden in hidden_sizes:
-    configs = [TrainConfig(loss="dpo", beta=0.1, hidden_size=hidden, daa_lr=lr, seed=s, daa_steps=100)
-               for lr in learning_rates for s in (0, 1)]
-    for config, result in zip(configs, train_batch(configs)):
-        peak = result.summary["peak_ood_mass"] if not isinstance(result, Exception) else float("nan")
-        rows.append({"hidden_size": hidden, "daa_lr": config.daa_lr, "peak_ood_mass": peak})
+for config, result in zip(configs, run_grid(configs)):  # one batched computation per hidden size
+    peak = result.summary["peak_ood_mass"] if not isinstance(result, Exception) else float("nan")
+    rows.append({"hidden_size": config.hidden_size, "daa_lr": config.daa_lr, "peak_ood_mass": peak})
 grid = pd.DataFrame(rows).groupby(["hidden_size", "daa_lr"])["peak_ood_mass"].mean().unstack()
 fig, ax = plt.subplots(figsize=(5.5, 4))
 image = ax.imshow(grid.to_numpy(), cmap="magma", vmin=0, vmax=1, origin="lower")
@@ -141,5 +139,5 @@ display(live_plot(update_seed, [seed, hidden_size, daa_lr], setup=setup_seed, fi
 # | seed | initialises the policy's weights (`TrainConfig.seed`); nothing else is random |
 # | many optima | the objective's null space (lesson 4): equally good policies with different OOD mass |
 # | sensitivity map | a summary statistic over a grid of settings |
-# | `train_batch(configs)` | runs differing in loss, beta, seed or learning rates, computed together |
+# | `run_grid(configs)` | many runs computed together (`train_batch` for each shape), in order |
 # | `summary["top_ood"]` | the most probable OOD trajectories at the end of a run |

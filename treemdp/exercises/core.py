@@ -69,7 +69,7 @@ class Incorrect(Exception):
 #: exercise may not call (``call_student(..., forbidden=...)``).
 LIBRARY_ANSWERS = {
     "losses": ("treemdp.losses",),
-    "enumeration": ("treemdp.exact", "treemdp.training", "treemdp.batched"),
+    "enumeration": ("treemdp.exact", "treemdp.training", "treemdp.batched", "treemdp.engine"),
 }
 
 
