@@ -51,7 +51,8 @@ def live_plot(update, *rows, setup=None, figsize=(10, 5), dpi=72):
     Returns:
         The widget to ``display``. The picture is swapped inside an ``ipywidgets.Output`` with
         ``clear_output(wait=True)``, so it changes only once the new one is ready (no flicker).
-        ``widget.redraw()`` redraws by hand; ``widget.seconds`` holds the last redraw's duration.
+        ``widget.redraw()`` redraws by hand; ``widget.figure`` is the figure; ``widget.seconds``
+        holds the last redraw's duration.
     """
     import io
     import time
@@ -83,13 +84,14 @@ def live_plot(update, *rows, setup=None, figsize=(10, 5), dpi=72):
         box.seconds = time.perf_counter() - started
 
     if setup is not None and hasattr(figure, "set_layout_engine"):
+        update(state)  # real titles and labels first, so the layout leaves room for them
         figure.set_layout_engine("tight")
         figure.canvas.draw()  # lay out once, then keep those margins (no re-layout per move)
         figure.set_layout_engine("none")
     for row in rows:
         for control in row:
             control.observe(redraw, names="value")
-    box.redraw = redraw
+    box.redraw, box.figure = redraw, figure
     redraw()
     return box
 
@@ -157,8 +159,13 @@ ROLE_COLORS = {"chosen": "#1f77b4", "rejected": "#d62728", "data": "#2ca02c"}
 def probability_matrix(history: pd.DataFrame, phase: str = "daa") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """One phase of a history as arrays: (steps [S], probabilities [S, T], trajectory names [T])."""
     data = history[history["phase"] == phase]
-    table = data.pivot(index="step", columns="trajectory", values="prob")
     names = list(dict.fromkeys(data["trajectory"]))
+    steps = data["step"].to_numpy()
+    n = len(names)
+    if n and len(data) % n == 0 and (data["trajectory"].to_numpy()[:n] == np.asarray(names, dtype=object)).all() \
+            and (steps.reshape(-1, n) == steps[::n, None]).all():  # step-major, one row per trajectory
+        return steps[::n], data["prob"].to_numpy(float).reshape(-1, n), names
+    table = data.pivot(index="step", columns="trajectory", values="prob")
     return table.index.to_numpy(), table[names].to_numpy(float), names
 
 

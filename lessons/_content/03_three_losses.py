@@ -99,7 +99,7 @@ fig.tight_layout()
 # the data of the lines, bars and texts already drawn, so the picture follows the control at once.
 
 # %%
-grid_configs = [TrainConfig(loss=l, beta=b, seed=s, daa_steps=400, log_every=5)
+grid_configs = [TrainConfig(loss=l, beta=b, seed=s, daa_steps=400)
                 for l in ("dpo", "ipo", "slic") for b in (0.01, 0.05, 0.1, 0.2, 0.5, 1.0) for s in range(10)]
 grid = {(c.loss, c.beta, c.seed): probability_matrix(r.history) for c, r in zip(grid_configs, run_grid(grid_configs))}
 

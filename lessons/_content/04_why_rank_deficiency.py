@@ -39,7 +39,7 @@ ax.legend();
 # %% [markdown]
 # In terms of h itself, β stretches the curve: the IPO optimum is at h = 1/β and SLiC saturates
 # from h = 1/β on. The explorer below draws g(β·h) against h, and the path h takes during a real
-# run at that β (dots, darker = later). The h axis spans the whole path and 1/β, so IPO's stop at
+# run at that β (dots, darker = earlier). The h axis spans the whole path and 1/β, so IPO's stop at
 # h = 1/β is visible at every β.
 #
 # *How the live plot works:* the runs behind every position of the controls were computed once,
@@ -77,7 +77,7 @@ def setup_g(fig):
     curve, = ax.plot([], [], color="k", lw=1.5, label="g(beta*h)")
     dots = ax.scatter([], [], c=[], cmap="viridis", s=12, zorder=3, label="h during training (darker = earlier)")
     target = ax.axvline(1.0, color="0.5", ls=":", lw=1)
-    label = ax.text(1.0, 0.92, " h = 1/beta", fontsize=8, transform=ax.get_xaxis_transform())
+    label = ax.text(1.0, 0.04, " h = 1/beta", fontsize=8, transform=ax.get_xaxis_transform())
     ax.set_xlabel("h")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8, loc="upper right")
