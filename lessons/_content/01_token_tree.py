@@ -17,7 +17,6 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-import treemdp
 from treemdp import RNNPolicy, TreeMDP, trajectory_log_probs
 from treemdp.env import render_tree, rollout
 from treemdp.plots import live_plot

@@ -93,17 +93,17 @@ draw_table(ax, next_action_table(sft.policy), "SFT policy: pi(a | s)")
 
 # %% [markdown]
 # ## 5. RNN vs tabular, live
-
-A `TabularPolicy` has its own logits at every state: SFT moves only the states on the data, the
-others keep their (near-uniform) initial distribution. The RNN shares its weights across states,
-so fitting the data also changes what it does at unvisited states. Change the policy, hidden
-size, steps or learning rate and compare the unvisited rows.
-
-The next-action table is read off the trajectory probabilities at the chosen step:
-π(a | s) = P(trajectories through s then a) / P(trajectories through s). Every run behind the
-controls (4 RNN sizes and the tabular policy, 6 learning rates, 400 SFT steps; fewer steps are
-the start of the same run) is trained once, first.
-
+#
+# A `TabularPolicy` has its own logits at every state: SFT moves only the states on the data, the
+# others keep their (near-uniform) initial distribution. The RNN shares its weights across states,
+# so fitting the data also changes what it does at unvisited states. Change the policy, hidden
+# size, steps or learning rate and compare the unvisited rows.
+#
+# The next-action table is read off the trajectory probabilities at the chosen step:
+# π(a | s) = P(trajectories through s then a) / P(trajectories through s). Every run behind the
+# controls (4 RNN sizes and the tabular policy, 6 learning rates, 400 SFT steps; fewer steps are
+# the start of the same run) is trained once, first.
+#
 # *How the live plot works:* the runs behind every position of the controls were computed once,
 # above, in one batched call (`treemdp.plots.run_grid` groups them for `train_batch`; the progress
 # bar shows it). A control only picks a precomputed result, and `treemdp.plots.live_plot` changes

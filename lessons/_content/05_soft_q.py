@@ -12,7 +12,6 @@
 # %%
 # %matplotlib inline
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 

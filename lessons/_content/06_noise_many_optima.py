@@ -15,11 +15,10 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import display
 
 from treemdp.plots import TrajectoryView, live_plot, plot_trajectories, probability_matrix, run_grid
-from treemdp.training import TrainConfig, train
+from treemdp.training import TrainConfig
 
 # %% [markdown]
 # ## 1. Six seeds (figure 18)

@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from IPython.display import display

@@ -16,13 +16,8 @@
 
 # %%
 # %matplotlib inline
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import display
-
-import treemdp
-from treemdp.plots import live_plot
 
 from treemdp.exercises import check_dpo_g, check_ipo_g, check_preference_loss, check_slic_g, hint
 

@@ -18,13 +18,7 @@
 
 # %%
 # %matplotlib inline
-import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import torch
-from IPython.display import display
-
-import treemdp
-from treemdp.plots import live_plot
 
 from treemdp import TabularPolicy, TreeMDP, in_distribution_mask, paper_dataset
 from treemdp.exercises import check_enumerate_log_probs, check_ood_mass, check_sequence_log_prob, hint

@@ -25,7 +25,6 @@ import math
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 from IPython.display import display
 
 from treemdp.exercises import BUGS, VARIANTS, check_diagnosis, check_sanity_check, hint, mystery_train

@@ -117,10 +117,6 @@ def _key_to_new_picture(page, key: str) -> float:
     return page.evaluate("() => (window.__changed - window.__pressed) / 1000")
 
 
-def _png_sources(page) -> list[str]:
-    return page.eval_on_selector_all(".widget-output img", "images => images.map(i => i.src)")
-
-
 def test_lesson_3_beta_slider_redraws_the_plot_in_chromium(jupyter_lab, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     base, token = jupyter_lab
@@ -156,7 +152,6 @@ def test_lesson_3_beta_slider_redraws_the_plot_in_chromium(jupyter_lab, tmp_path
             beta.wait_for(state="visible", timeout=120_000)
             page.wait_for_function("() => document.querySelectorAll('.widget-output img').length > 0", timeout=120_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached", timeout=120_000)
-            before = _png_sources(page)
             readout_before = beta.locator(".widget-readout").inner_text()
 
             handle = beta.locator(".noUi-handle").first

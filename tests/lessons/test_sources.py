@@ -43,6 +43,8 @@ def test_every_source_parses_and_every_exercise_is_registered(tmp_path):
         for e in s.exercises:
             assert "### BEGIN SOLUTION" not in version(e.source, "solution")
             assert version(e.source, "starter") != version(e.source, "solution")
+    for s in found:  # a py:percent source is a Python script too (text cells are comments)
+        compile(s.path.read_text(encoding="utf-8"), str(s.path), "exec")
     bad = tmp_path / "lesson.py"
     bad.write_text("# %%\nx = 1\n")
     with pytest.raises(SourceError, match="NN_name.py"):
