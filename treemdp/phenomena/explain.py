@@ -1,0 +1,255 @@
+"""Where did my chosen probability go? An exact account of a run's DAA phase.
+
+Probability sums to one, so whatever the chosen answers lose from DAA step 0 to step t, the other
+trajectories gain, to the last digit::
+
+    π_0(C) − π_t(C) = Σ_groups [π_t(G) − π_0(G)]          C: the chosen trajectories
+
+with the other trajectories grouped as: the rejected ones, the rest of the data (demonstrations),
+and the OOD trajectories by the length k of the prefix they share with a chosen one (k = 0: they
+leave it at the first token; k = depth − 1: a sibling of the chosen leaf). The soft-Q view
+(App. D) says mass should flow to OOD continuations of the chosen prefix; this account shows
+whether it did, step by step.
+
+:func:`account` works on any per-step probabilities; :func:`explain_run` reads a run folder
+(``treemdp train`` / ``sweep``): from ``history.csv`` when it holds every trajectory at every
+logged step, else by re-running the saved config (same seed, same numbers) and summing the groups
+as it goes (light run folders, trees larger than ``history_limit``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import UserError
+from ..exact import in_distribution_mask
+from ..tree import Dataset, TreeMDP
+
+
+@dataclass(frozen=True)
+class Groups:
+    """A partition of the trajectories for the account.
+
+    Attributes:
+        labels: group names; group 0 is the chosen trajectories.
+        index: int64 [T], the group of every trajectory.
+    """
+
+    labels: tuple[str, ...]
+    index: torch.Tensor
+
+
+def trajectory_groups(mdp: TreeMDP, dataset: Dataset, pair: Optional[int] = None) -> Groups:
+    """Chosen / rejected / other data / OOD by shared prefix with a chosen trajectory.
+
+    Args:
+        pair: account for one preference's chosen answer (0-based), or None for all of them.
+    """
+    prefs = dataset.preferences
+    if not prefs:
+        raise UserError("the run has no preferences: there is no chosen answer to account for")
+    if pair is not None and not 0 <= pair < len(prefs):
+        raise UserError(f"pair {pair} is out of range: the run has {len(prefs)} preference(s) (0..{len(prefs) - 1})")
+    picked = list(range(len(prefs))) if pair is None else [pair]
+    chosen = mdp.trajectory_index(dataset.chosen()[picked])
+    rejected = mdp.trajectory_index(dataset.rejected()[picked])
+    in_data = in_distribution_mask(mdp, dataset)
+    trajectories = mdp.trajectories()
+    shared = (trajectories[:, None, :] == trajectories[chosen][None]).long().cumprod(-1).sum(-1).max(-1).values  # [T]
+    index = 3 + shared  # OOD sharing k tokens: group 3 + k
+    index[in_data] = 2
+    index[rejected] = 1
+    index[chosen] = 0
+    labels = ("chosen", "rejected", "other data") + tuple(
+        f"OOD sharing {k} token{'s' if k != 1 else ''}" for k in range(mdp.depth))
+    return Groups(labels, index)
+
+
+def group_masses(probs: torch.Tensor, groups: Groups) -> torch.Tensor:
+    """Σ of ``probs`` [..., T] over each group -> [..., G] (float64)."""
+    probs = probs.double()
+    out = probs.new_zeros(*probs.shape[:-1], len(groups.labels))
+    return out.index_add_(-1, groups.index.to(probs.device), probs)
+
+
+def account(masses: torch.Tensor, steps, groups: Groups) -> pd.DataFrame:
+    """The account from group masses [S, G] at DAA steps ``steps`` (the first row is the start).
+
+    Columns: ``step``, ``chosen`` π_t(C), ``lost`` π_0(C) − π_t(C), one ``gain: <group>`` column per
+    other group (π_t(G) − π_0(G)), and ``residual`` = lost − Σ gains (zero up to float error).
+    """
+    masses = masses.double()
+    frame = pd.DataFrame({"step": np.asarray(steps, dtype=int), "chosen": masses[:, 0].numpy()})
+    frame["lost"] = (masses[0, 0] - masses[:, 0]).numpy()
+    gains = masses[:, 1:] - masses[0, 1:]
+    for j, label in enumerate(groups.labels[1:]):
+        frame[f"gain: {label}"] = gains[:, j].numpy()
+    frame["residual"] = frame["lost"] - gains.sum(-1).numpy()
+    return frame
+
+
+# ----- run folders ----------------------------------------------------------------------------------------
+@dataclass
+class Explanation:
+    """What :func:`explain_run` found: the run's settings, its groups, the account and where it came from."""
+
+    run_dir: Path
+    config: dict
+    chosen: list[str]
+    groups: Groups
+    masses: torch.Tensor  # [S, G]
+    table: pd.DataFrame
+    source: str  # "history.csv" or "re-run"
+    note: str = ""  # set when a re-run ends away from the folder's summary.json
+
+
+def _load(run_dir: Path):
+    from ..training import TrainConfig, resolve_dataset
+    from ..tree import load_dataset
+    if not run_dir.is_dir() or not (run_dir / "config.json").is_file():
+        raise UserError(f"{str(run_dir)!r} is not a treemdp run folder (no config.json)")
+    try:
+        raw = json.loads((run_dir / "config.json").read_text())
+        config = TrainConfig.from_dict(raw) if isinstance(raw, dict) else None
+    except (json.JSONDecodeError, TypeError) as e:
+        raise UserError(f"{str(run_dir / 'config.json')!r} is not a treemdp config: {e}") from None
+    if config is None:
+        raise UserError(f"{str(run_dir / 'config.json')!r} is not a treemdp config")
+    config = config.validate()
+    mdp = TreeMDP(config.branching, config.depth)
+    data_file = run_dir / "data.json"
+    dataset = load_dataset(data_file, mdp) if data_file.is_file() else resolve_dataset(config, mdp)
+    if config.daa_steps < 1 or not dataset.preferences:
+        raise UserError(f"run {str(run_dir)!r} has no DAA phase: nothing to explain")
+    return config, mdp, dataset
+
+
+def _masses_from_history(run_dir: Path, mdp: TreeMDP, groups: Groups):
+    """Group masses at every logged DAA step from history.csv, or None when it lacks trajectories."""
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        return None
+    history = pd.read_csv(path, usecols=["phase", "step", "trajectory", "prob"])
+    daa = history[history["phase"] == "daa"]
+    if daa.empty or daa.groupby("step").size().min() < mdp.n_trajectories:
+        return None
+    table = daa.pivot(index="step", columns="trajectory", values="prob")
+    table = table[mdp.trajectory_names()]
+    probs = torch.tensor(table.to_numpy(), dtype=torch.float64)
+    return table.index.to_numpy(), group_masses(probs, groups)
+
+
+def _masses_from_rerun(config, dataset: Dataset, groups: Groups, progress: bool):
+    from ..training import train
+    steps, masses = [], []
+
+    def on_log(phase, step, probs):
+        if phase == "daa":
+            steps.append(step)
+            masses.append(group_masses(probs.detach().cpu(), groups))
+
+    train(config, dataset, progress=progress, on_log=on_log)
+    return np.asarray(steps), torch.stack(masses)
+
+
+def explain_run(run_dir: str | Path, *, pair: Optional[int] = None, progress: bool = False) -> Explanation:
+    """The exact account of a run folder's DAA phase (see the module docstring).
+
+    Raises:
+        UserError: not a run folder, no DAA phase, ``pair`` out of range.
+    """
+    run_dir = Path(run_dir)
+    config, mdp, dataset = _load(run_dir)
+    groups = trajectory_groups(mdp, dataset, pair)
+    found = _masses_from_history(run_dir, mdp, groups)
+    source = "history.csv"
+    if found is None:
+        found, source = _masses_from_rerun(config, dataset, groups, progress), "re-run"
+    steps, masses = found
+    chosen_rows = (groups.index == 0).nonzero()[:, 0].tolist()
+    names = [mdp.trajectory_name(mdp.trajectories_row(i)) for i in chosen_rows]
+    note = ""
+    summary = run_dir / "summary.json"
+    if source == "re-run" and len(dataset.preferences) == 1 and summary.is_file():
+        saved = json.loads(summary.read_text()).get("final_chosen_prob")
+        if saved is not None and abs(float(masses[-1, 0]) - float(saved)) > 1e-4:
+            note = (f"note: the re-run ends with π(chosen) = {float(masses[-1, 0]):.4f}, the folder's summary.json "
+                    f"says {float(saved):.4f} (another torch version or device?)")
+    return Explanation(run_dir, config.to_dict(), names, groups, masses, account(masses, steps, groups), source, note)
+
+
+def key_steps(table: pd.DataFrame, rows: int = 8) -> pd.DataFrame:
+    """A few telling rows: the start, log-spaced steps, the chosen's lowest point, the OOD peak, the end."""
+    steps = table["step"].to_numpy()
+    ood = table[[c for c in table if c.startswith("gain: OOD")]].sum(1).to_numpy()
+    wanted = {int(steps[0]), int(steps[-1]), int(steps[int(table["chosen"].to_numpy().argmin())]),
+              int(steps[int(ood.argmax())])}
+    for x in np.geomspace(1, max(1, steps[-1]), num=max(1, rows - len(wanted))):
+        wanted.add(int(steps[np.abs(steps - x).argmin()]))
+    return table[table["step"].isin(wanted)]
+
+
+def format_table(explanation: Explanation, rows: int = 8) -> str:
+    """The printed account: one line per key step, probabilities as percentages."""
+    table = key_steps(explanation.table, rows)
+    columns = ["step", "chosen", "lost"] + [c for c in table if c.startswith("gain: ")]
+    short = {"step": "step", "chosen": "π(chosen)", "lost": "lost"}
+    short.update({c: c[len("gain: "):].replace("OOD sharing ", "OOD/").replace(" tokens", "").replace(" token", "")
+                  for c in columns if c.startswith("gain: ")})
+    widths = {c: max(len(short[c]), 8) for c in columns}
+    lines = ["  ".join(f"{short[c]:>{widths[c]}}" for c in columns)]
+    for _, row in table.iterrows():
+        cells = [f"{int(row['step']):>{widths['step']}d}"]
+        cells += [f"{100 * row[c]:>{widths[c] - 1}.2f}%" for c in columns[1:]]
+        lines.append("  ".join(cells))
+    residual = float(explanation.table["residual"].abs().max())
+    lines.append(f"(gains: change since DAA step 0; OOD/k = OOD trajectories sharing their first k tokens with "
+                 f"the chosen; lost = sum of gains, largest residual {residual:.1e})")
+    return "\n".join(lines)
+
+
+def plot_explanation(explanation: Explanation, path: str | Path) -> Path:
+    """Two panels over DAA steps: the mass of every group (stacked), and each group's change."""
+    from ..plots import pyplot
+    plt = pyplot()
+    table, labels = explanation.table, explanation.groups.labels
+    steps = table["step"].to_numpy()
+    masses = explanation.masses.numpy()
+    colors = ["#2ca02c", "#d62728", "#1f77b4"] + list(plt.get_cmap("Oranges")(np.linspace(0.35, 0.95, len(labels) - 3)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=100, layout="constrained")
+    left.stackplot(steps, masses.T, labels=labels, colors=colors, alpha=0.9)
+    left.set_ylim(0, 1)
+    left.set_ylabel("probability mass")
+    left.set_title("where the mass is (stacked)", fontsize=10)
+    right.plot(steps, -table["lost"], color=colors[0], lw=2.2, label="chosen (change)")
+    for j, label in enumerate(labels[1:], start=1):
+        right.plot(steps, table[f"gain: {label}"], color=colors[j], lw=1.6, label=label)
+    right.axhline(0, color="0.5", lw=0.8)
+    right.set_ylabel("change since DAA step 0")
+    right.set_title("what the chosen lost, and who gained it", fontsize=10)
+    for ax in (left, right):
+        ax.set_xlabel("DAA step" + (" (log)" if steps[-1] > 50 else ""))
+        if steps[-1] > 50:
+            ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(steps[0], steps[-1])
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=8, loc="best")
+    c = explanation.config
+    fig.suptitle(f"{c['loss']} beta={c['beta']:g} seed={c['seed']}: chosen {', '.join(explanation.chosen)} "
+                 f"({explanation.source})", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["Groups", "trajectory_groups", "group_masses", "account", "Explanation", "explain_run", "key_steps",
+           "format_table", "plot_explanation"]
