@@ -111,6 +111,10 @@ def run_reproduce(out: str | Path = "figures", *, runs: str | Path | None = None
                  ("figure_optimizers", ([paper, runs / "optimizers"], out / "optimizers"), {}),
                  ("figure_tabular", ([paper, runs / "policies"], out / "tabular_vs_gru"), {})]
     made = [_draw_one(*drawing) for drawing in drawings]  # a process pool measured no faster here
+    # The neighbouring results (displacement, squeezing, IPO's argument, theory, explain): their own
+    # small experiments, plus the paper sweep above; settings pinned in treemdp.phenomena.figures.
+    from .phenomena.figures import draw_all as draw_phenomena
+    made += draw_phenomena(paper, out, quick=quick, progress=progress)
     if progress:
         total = time.perf_counter() - started
         n_runs = sum(len(job.configs) for job in jobs)
