@@ -139,8 +139,9 @@ class EqualLossPair:
 
 def equal_loss_pair(logp: torch.Tensor, in_distribution: torch.Tensor, *, low: float = 0.01,
                     high: float = 0.99, onto: int | None = None) -> EqualLossPair:
-    """Two null-space moves of ``logp`` (see :func:`with_ood_mass`): OOD mass ``low`` and ``high``."""
-    a = with_ood_mass(logp, in_distribution, low, onto=onto)
+    """Two null-space moves of ``logp`` (see :func:`with_ood_mass`): OOD mass ``low`` (every OOD
+    trajectory scaled alike) and ``high`` (piled onto the OOD trajectory ``onto`` if given)."""
+    a = with_ood_mass(logp, in_distribution, low)
     b = with_ood_mass(logp, in_distribution, high, onto=onto)
     ood = ~in_distribution.to(a.device)
     return EqualLossPair(a, b, float(a.exp()[ood].sum()), float(b.exp()[ood].sum()))

@@ -111,8 +111,10 @@ def shared_prefix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def rank_correlation(x, y) -> float:
-    """Spearman's ρ (Pearson correlation of average ranks)."""
+    """Spearman's ρ (Pearson correlation of average ranks); NaN when either side is constant."""
     rx, ry = pd.Series(np.asarray(x)).rank(), pd.Series(np.asarray(y)).rank()
+    if rx.nunique() < 2 or ry.nunique() < 2:
+        return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
