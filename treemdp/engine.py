@@ -130,25 +130,38 @@ def gather_runs(logp: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 # ----- per-step measurements ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Measurement:
-    """One per-step quantity: ``fn(logp [S, R, T] float64, ctx) -> [S, R]``."""
+    """One per-step quantity: ``fn(logp [S, R, T] float64, ctx) -> [S, R]``.
+
+    With ``columns`` (a function of the context giving K names) it is a family of quantities:
+    ``fn`` returns [S, R, K] and each name becomes a column.
+    """
 
     name: str
     fn: Callable[[torch.Tensor, RunContext], torch.Tensor]
     doc: str
+    columns: Optional[Callable[[RunContext], list[str]]] = None
 
 
 #: name -> Measurement, in column order of ``metrics.csv``. Add one with :func:`register_measurement`.
 MEASUREMENTS: dict[str, Measurement] = {}
 
 
-def register_measurement(name: str, doc: str):
+def register_measurement(name: str, doc: str, *, columns: Optional[Callable[[RunContext], list[str]]] = None):
     """Register ``fn(logp, ctx) -> [S, R]`` under ``name`` (a decorator); it becomes a metrics column.
 
     ``logp`` is a block of S steps of R runs' exact trajectory log-probs, float64 [S, R, T]; ``ctx``
     the :class:`RunContext` (``ctx.ref_logp`` is None during SFT: return NaN then if you need it).
+    With ``columns``, ``fn`` returns [S, R, K] for the K column names ``columns(ctx)``.
+
+    Example (the mass on trajectories that start with action 0)::
+
+        @register_measurement("mass_first_a0", "probability of the trajectories starting with a0")
+        def mass_first_a0(logp, ctx):
+            b = ctx.mdp.branching
+            return logp[..., : ctx.mdp.n_trajectories // b].exp().sum(-1)
     """
     def add(fn):
-        MEASUREMENTS[name] = Measurement(name, fn, doc)
+        MEASUREMENTS[name] = Measurement(name, fn, doc, columns)
         return fn
     return add
 
@@ -216,6 +229,7 @@ class PhaseRecord:
         self._block_steps: list[int] = []
         self.loss: list[torch.Tensor] = []  # [R] per step
         self.values: dict[str, list[torch.Tensor]] = {m.name: [] for m in self.measurements}
+        self.columns = {m.name: m.columns(ctx) for m in self.measurements if m.columns is not None}
         self.logged_steps: list[int] = []
         self.logged: list[torch.Tensor] = []  # small trees: [R, T] float32 probabilities
         self.logged_top: list[tuple[torch.Tensor, torch.Tensor]] = []  # large trees: ([R, k] rows, [R, k] probs)
@@ -292,7 +306,12 @@ class PhaseRecord:
         """Every step's scalars: ``loss`` and each measurement, [steps + 1, R] float64."""
         self.flush()
         out = {"loss": torch.stack(self.loss).double().cpu()}
-        out.update({name: torch.cat(parts) for name, parts in self.values.items()})
+        for name, parts in self.values.items():
+            values = torch.cat(parts)
+            if name in self.columns:  # [S, R, K]: one column per name
+                out.update({column: values[..., k] for k, column in enumerate(self.columns[name])})
+            else:
+                out[name] = values
         return out
 
 

@@ -108,30 +108,57 @@ def plot_trajectories(history: pd.DataFrame, ax, *, phase: str | None = None,
         ax.legend(fontsize=7, loc="center right", framealpha=0.85)
 
 
-def plot_masses(history: pd.DataFrame, ax, *, phase: str | None = None) -> None:
-    """In-distribution and OOD mass over steps on ``ax``."""
-    data = history if phase is None else history[history["phase"] == phase]
-    data, sft_end = _timeline(data) if phase is None else (data.assign(x=data["step"]), 0)
-    by_step = data.groupby(["x", "in_distribution"])["prob"].sum().unstack(fill_value=0.0)
-    if True in by_step:
-        ax.plot(by_step.index, by_step[True], lw=2, color="#1f77b4", label="in-distribution mass")
-    if False in by_step:
-        ax.plot(by_step.index, by_step[False], lw=2, color="#ff7f0e", label="OOD mass")
+#: Colours of the mass buckets (treemdp.accounting): data in blues/greens, OOD in warm colours.
+BUCKET_COLORS = {"mass_chosen": "#2ca02c", "mass_rejected": "#d62728", "mass_other_data": "#1f77b4"}
+OOD_COLORS = ("#fdd0a2", "#fdae6b", "#fd8d3c", "#e6550d", "#a63603", "#7f2704")
+
+
+def bucket_label(column: str) -> str:
+    """``mass_ood_prefix2`` -> ``OOD, shares 2 actions with a chosen answer``."""
+    if column.startswith("mass_ood_prefix"):
+        k = int(column[len("mass_ood_prefix"):])
+        return f"OOD, shares {k} first action{'s' if k != 1 else ''} with a chosen answer"
+    return {"mass_chosen": "chosen", "mass_rejected": "rejected", "mass_other_data": "other data"}.get(column, column)
+
+
+def plot_masses(history: pd.DataFrame, ax, *, phase: str | None = None, metrics: pd.DataFrame | None = None) -> None:
+    """Where the mass is over steps on ``ax``: the exact buckets of :mod:`treemdp.accounting`
+    stacked (from ``metrics``), or in-distribution and OOD mass (from the history) without them."""
+    buckets = [] if metrics is None else [c for c in metrics.columns
+                                          if c.startswith("mass_") and c != "mass_ood"]
+    if buckets:
+        data = metrics if phase is None else metrics[metrics["phase"] == phase]
+        data, sft_end = _timeline(data) if phase is None else (data.assign(x=data["step"]), 0)
+        ood = iter(OOD_COLORS * 4)
+        colors = [BUCKET_COLORS.get(c) or next(ood) for c in buckets]
+        ax.stackplot(data["x"].to_numpy(float), *[data[c].to_numpy(float) for c in buckets],
+                     labels=[bucket_label(c) for c in buckets], colors=colors, lw=0)
+        legend_size = 7
+    else:
+        data = history if phase is None else history[history["phase"] == phase]
+        data, sft_end = _timeline(data) if phase is None else (data.assign(x=data["step"]), 0)
+        by_step = data.groupby(["x", "in_distribution"])["prob"].sum().unstack(fill_value=0.0)
+        if True in by_step:
+            ax.plot(by_step.index, by_step[True], lw=2, color="#1f77b4", label="in-distribution mass")
+        if False in by_step:
+            ax.plot(by_step.index, by_step[False], lw=2, color="#ff7f0e", label="OOD mass")
+        legend_size = 8
     if phase is None and sft_end:
         ax.axvline(sft_end, color="k", lw=0.8, ls=":")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("training step" if phase is None else f"{phase.upper()} step")
     ax.set_ylabel("mass")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=legend_size, loc="center right", framealpha=0.85)
 
 
 def plot_run(history: pd.DataFrame, summary: dict | None = None, *, path: str | Path | None = None,
-             daa_log_x: bool = True):
+             daa_log_x: bool = True, metrics: pd.DataFrame | None = None):
     """The figure of one run: SFT (left) and DAA (right) trajectories on top, masses below.
 
     Args:
         history: tidy history of the run.
         summary: its summary dict (for the title), optional.
+        metrics: its metrics, optional: the lower panels then stack the exact mass buckets.
         path: save the figure there (PNG/PDF/SVG by suffix) and close it.
         daa_log_x: symmetric-log step axis for DAA, where the mass often moves in the first
             tens of steps and then settles.
@@ -142,14 +169,16 @@ def plot_run(history: pd.DataFrame, summary: dict | None = None, *, path: str | 
     plt = pyplot() if path is not None else __import__("matplotlib.pyplot").pyplot
 
     phases = [p for p in ("sft", "daa") if (history["phase"] == p).any()]
-    fig, axes = plt.subplots(2, len(phases), figsize=(11 if len(phases) == 2 else 8, 7), squeeze=False,
-                             height_ratios=(3, 1.3), width_ratios=(1, 2)[:len(phases)] if len(phases) == 2 else None,
+    fig, axes = plt.subplots(2, len(phases), figsize=(11 if len(phases) == 2 else 8, 7.5), squeeze=False,
+                             height_ratios=(3, 1.6), width_ratios=(1, 2)[:len(phases)] if len(phases) == 2 else None,
                              sharex="col")
     for column, phase in enumerate(phases):
         top, bottom = axes[0, column], axes[1, column]
         plot_trajectories(history, top, phase=phase,
                           title="SFT on the demonstrations" if phase == "sft" else "DAA on the preference (reference = SFT policy)")
-        plot_masses(history, bottom, phase=phase)
+        plot_masses(history, bottom, phase=phase, metrics=metrics)
+        if phase == "sft" and len(phases) == 2 and bottom.get_legend() is not None:
+            bottom.get_legend().remove()
         top.set_xlabel("")
         bottom.set_xlabel(f"{phase.upper()} step")
         if phase == "daa" and daa_log_x:

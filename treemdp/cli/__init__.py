@@ -22,7 +22,7 @@ COMMAND_MODULES = ("treemdp.cli.train", "treemdp.cli.sweep", "treemdp.cli.losses
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag gives the CONTRACT's single ``error:`` line (exit 2)."""
+    """argparse, but a bad flag gives one ``error:`` line and exit code 2, like every other bad input."""
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
