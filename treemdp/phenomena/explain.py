@@ -5,16 +5,16 @@ trajectories gain, to the last digit::
 
     π_0(C) − π_t(C) = Σ_groups [π_t(G) − π_0(G)]          C: the chosen trajectories
 
-with the other trajectories grouped as: the rejected ones, the rest of the data (demonstrations),
-and the OOD trajectories by the length k of the prefix they share with a chosen one (k = 0: they
-leave it at the first token; k = depth − 1: a sibling of the chosen leaf). The soft-Q view
-(App. D) says mass should flow to OOD continuations of the chosen prefix; this account shows
-whether it did, step by step.
+with the other trajectories in the buckets of :mod:`treemdp.accounting`: the rejected ones, the
+rest of the data, and the OOD trajectories by the length k of the prefix they share with a chosen
+one (k = 0: they leave it at the first token; k = depth − 1: a sibling of the chosen leaf). The
+soft-Q view (App. D) says mass should flow to OOD continuations of the chosen prefix; this
+account shows whether it did, step by step.
 
-:func:`account` works on any per-step probabilities; :func:`explain_run` reads a run folder
-(``treemdp train`` / ``sweep``): from ``history.csv`` when it holds every trajectory at every
-logged step, else by re-running the saved config (same seed, same numbers) and summing the groups
-as it goes (light run folders, trees larger than ``history_limit``).
+:func:`account` works on any per-step group masses; :func:`explain_run` reads a run folder
+(``treemdp train`` / ``sweep``): the ``mass_*`` columns of ``metrics.csv`` (every run records
+them), or, for one preference of several (``pair``), ``history`` when it holds every trajectory,
+else a re-run of the saved config (same seed, same numbers) summing the groups as it goes.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..accounting import bucket_ids, bucket_masses, bucket_names
 from ..errors import UserError
 from ..exact import in_distribution_mask
 from ..tree import Dataset, TreeMDP
@@ -39,19 +40,25 @@ class Groups:
 
     Attributes:
         labels: group names; group 0 is the chosen trajectories.
+        columns: the matching ``metrics.csv`` bucket columns (:func:`treemdp.accounting.bucket_names`).
         index: int64 [T], the group of every trajectory.
     """
 
     labels: tuple[str, ...]
+    columns: tuple[str, ...]
     index: torch.Tensor
 
 
-def trajectory_groups(mdp: TreeMDP, dataset: Dataset, pair: Optional[int] = None) -> Groups:
-    """Chosen / rejected / other data / OOD by shared prefix with a chosen trajectory.
+def group_labels(depth: int) -> tuple[str, ...]:
+    """Readable names of the buckets, in bucket order."""
+    return ("chosen", "rejected", "other data") + tuple(
+        f"OOD sharing {k} token{'s' if k != 1 else ''}" for k in range(depth))
 
-    Args:
-        pair: account for one preference's chosen answer (0-based), or None for all of them.
-    """
+
+def trajectory_groups(mdp: TreeMDP, dataset: Dataset, pair: Optional[int] = None,
+                      in_distribution: str = "data") -> Groups:
+    """The buckets of :mod:`treemdp.accounting` for every preference, or for preference ``pair`` alone
+    (0-based; the other preferences' answers then count as other data)."""
     prefs = dataset.preferences
     if not prefs:
         raise UserError("the run has no preferences: there is no chosen answer to account for")
@@ -60,23 +67,14 @@ def trajectory_groups(mdp: TreeMDP, dataset: Dataset, pair: Optional[int] = None
     picked = list(range(len(prefs))) if pair is None else [pair]
     chosen = mdp.trajectory_index(dataset.chosen()[picked])
     rejected = mdp.trajectory_index(dataset.rejected()[picked])
-    in_data = in_distribution_mask(mdp, dataset)
-    trajectories = mdp.trajectories()
-    shared = (trajectories[:, None, :] == trajectories[chosen][None]).long().cumprod(-1).sum(-1).max(-1).values  # [T]
-    index = 3 + shared  # OOD sharing k tokens: group 3 + k
-    index[in_data] = 2
-    index[rejected] = 1
-    index[chosen] = 0
-    labels = ("chosen", "rejected", "other data") + tuple(
-        f"OOD sharing {k} token{'s' if k != 1 else ''}" for k in range(mdp.depth))
-    return Groups(labels, index)
+    inside = in_distribution_mask(mdp, dataset, in_distribution)
+    index = bucket_ids(mdp, inside, chosen, rejected)
+    return Groups(group_labels(mdp.depth), tuple(bucket_names(mdp.depth)), index)
 
 
 def group_masses(probs: torch.Tensor, groups: Groups) -> torch.Tensor:
     """Σ of ``probs`` [..., T] over each group -> [..., G] (float64)."""
-    probs = probs.double()
-    out = probs.new_zeros(*probs.shape[:-1], len(groups.labels))
-    return out.index_add_(-1, groups.index.to(probs.device), probs)
+    return bucket_masses(probs.double(), groups.index.to(probs.device), len(groups.labels))
 
 
 def account(masses: torch.Tensor, steps, groups: Groups) -> pd.DataFrame:
@@ -100,48 +98,51 @@ def account(masses: torch.Tensor, steps, groups: Groups) -> pd.DataFrame:
 class Explanation:
     """What :func:`explain_run` found: the run's settings, its groups, the account and where it came from."""
 
-    run_dir: Path
+    run_dir: Optional[Path]
     config: dict
     chosen: list[str]
     groups: Groups
     masses: torch.Tensor  # [S, G]
     table: pd.DataFrame
-    source: str  # "history.csv" or "re-run"
+    source: str  # "metrics.csv", "history", "re-run" (folders) or "metrics", "history" (results)
     note: str = ""  # set when a re-run ends away from the folder's summary.json
 
 
 def _load(run_dir: Path):
-    from ..training import TrainConfig, resolve_dataset
-    from ..tree import load_dataset
+    from ..runs import load_run
     if not run_dir.is_dir() or not (run_dir / "config.json").is_file():
         raise UserError(f"{str(run_dir)!r} is not a treemdp run folder (no config.json)")
-    try:
-        raw = json.loads((run_dir / "config.json").read_text())
-        config = TrainConfig.from_dict(raw) if isinstance(raw, dict) else None
-    except (json.JSONDecodeError, TypeError) as e:
-        raise UserError(f"{str(run_dir / 'config.json')!r} is not a treemdp config: {e}") from None
-    if config is None:
-        raise UserError(f"{str(run_dir / 'config.json')!r} is not a treemdp config")
-    config = config.validate()
+    run = load_run(run_dir)
+    config = run.config.validate()
     mdp = TreeMDP(config.branching, config.depth)
-    data_file = run_dir / "data.json"
-    dataset = load_dataset(data_file, mdp) if data_file.is_file() else resolve_dataset(config, mdp)
+    if (run_dir / "data.json").is_file():
+        dataset = run.dataset
+    else:
+        from ..training import resolve_dataset
+        dataset = resolve_dataset(config, mdp)
     if config.daa_steps < 1 or not dataset.preferences:
         raise UserError(f"run {str(run_dir)!r} has no DAA phase: nothing to explain")
-    return config, mdp, dataset
+    return run, config, mdp, dataset
 
 
-def _masses_from_history(run_dir: Path, mdp: TreeMDP, groups: Groups):
-    """Group masses at every logged DAA step from history.csv, or None when it lacks trajectories."""
-    path = run_dir / "history.csv"
-    if not path.is_file():
+def masses_from_metrics(metrics: pd.DataFrame, groups: Groups):
+    """Group masses at every logged DAA step from a metrics table's bucket columns, or None."""
+    if not set(groups.columns) <= set(metrics):
         return None
-    history = pd.read_csv(path, usecols=["phase", "step", "trajectory", "prob"])
+    daa = metrics[metrics["phase"] == "daa"]
+    return daa["step"].to_numpy(), torch.tensor(daa[list(groups.columns)].to_numpy(), dtype=torch.float64)
+
+
+def _masses_from_history(run, mdp: TreeMDP, groups: Groups):
+    """Group masses at every logged DAA step from the history, or None when it lacks trajectories."""
+    names = [n for n in ("history.csv", "history.parquet") if (run.path / n).is_file()]
+    if not names:
+        return None
+    history = run.history
     daa = history[history["phase"] == "daa"]
     if daa.empty or daa.groupby("step").size().min() < mdp.n_trajectories:
         return None
-    table = daa.pivot(index="step", columns="trajectory", values="prob")
-    table = table[mdp.trajectory_names()]
+    table = daa.pivot(index="step", columns="trajectory", values="prob")[mdp.trajectory_names()]
     probs = torch.tensor(table.to_numpy(), dtype=torch.float64)
     return table.index.to_numpy(), group_masses(probs, groups)
 
@@ -166,29 +167,51 @@ def explain_run(run_dir: str | Path, *, pair: Optional[int] = None, progress: bo
         UserError: not a run folder, no DAA phase, ``pair`` out of range.
     """
     run_dir = Path(run_dir)
-    config, mdp, dataset = _load(run_dir)
-    groups = trajectory_groups(mdp, dataset, pair)
-    found = _masses_from_history(run_dir, mdp, groups)
-    source = "history.csv"
+    run, config, mdp, dataset = _load(run_dir)
+    groups = trajectory_groups(mdp, dataset, pair, config.in_distribution)
+    found, source = None, ""
+    if pair is None and (run_dir / "metrics.csv").is_file():
+        found, source = masses_from_metrics(run.metrics, groups), "metrics.csv"
+    if found is None:
+        found, source = _masses_from_history(run, mdp, groups), "history"
     if found is None:
         found, source = _masses_from_rerun(config, dataset, groups, progress), "re-run"
     steps, masses = found
-    chosen_rows = (groups.index == 0).nonzero()[:, 0].tolist()
-    names = [mdp.trajectory_name(mdp.trajectories_row(i)) for i in chosen_rows]
     note = ""
-    summary = run_dir / "summary.json"
-    if source == "re-run" and len(dataset.preferences) == 1 and summary.is_file():
-        saved = json.loads(summary.read_text()).get("final_chosen_prob")
+    if source == "re-run" and len(dataset.preferences) == 1:
+        saved = run.summary.get("final_chosen_prob")
         if saved is not None and abs(float(masses[-1, 0]) - float(saved)) > 1e-4:
             note = (f"note: the re-run ends with π(chosen) = {float(masses[-1, 0]):.4f}, the folder's summary.json "
                     f"says {float(saved):.4f} (another torch version or device?)")
-    return Explanation(run_dir, config.to_dict(), names, groups, masses, account(masses, steps, groups), source, note)
+    return Explanation(run_dir, config.to_dict(), chosen_names(mdp, groups), groups, masses,
+                       account(masses, steps, groups), source, note)
+
+
+def explain_result(result, *, pair: Optional[int] = None) -> Explanation:
+    """The same account for a :class:`~treemdp.training.RunResult` in memory (``train(...)``)."""
+    config = result.config
+    mdp = TreeMDP(config.branching, config.depth)
+    groups = trajectory_groups(mdp, result.dataset, pair, config.in_distribution)
+    found = masses_from_metrics(result.metrics, groups) if pair is None else None
+    source = "metrics"
+    if found is None:
+        daa = result.history[result.history["phase"] == "daa"]
+        table = daa.pivot(index="step", columns="trajectory", values="prob")[mdp.trajectory_names()]
+        found = table.index.to_numpy(), group_masses(torch.tensor(table.to_numpy(), dtype=torch.float64), groups)
+        source = "history"
+    steps, masses = found
+    return Explanation(None, config.to_dict(), chosen_names(mdp, groups), groups, masses,
+                       account(masses, steps, groups), source)
+
+
+def chosen_names(mdp: TreeMDP, groups: Groups) -> list[str]:
+    return [mdp.trajectory_name(mdp.trajectories_row(i)) for i in (groups.index == 0).nonzero()[:, 0].tolist()]
 
 
 def key_steps(table: pd.DataFrame, rows: int = 8) -> pd.DataFrame:
     """A few telling rows: the start, log-spaced steps, the chosen's lowest point, the OOD peak, the end."""
     steps = table["step"].to_numpy()
-    ood = table[[c for c in table if c.startswith("gain: OOD")]].sum(1).to_numpy()
+    ood = table[[c for c in table if c.startswith("gain: OOD")]].sum(axis=1).to_numpy()
     wanted = {int(steps[0]), int(steps[-1]), int(steps[int(table["chosen"].to_numpy().argmin())]),
               int(steps[int(ood.argmax())])}
     for x in np.geomspace(1, max(1, steps[-1]), num=max(1, rows - len(wanted))):
@@ -251,5 +274,6 @@ def plot_explanation(explanation: Explanation, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["Groups", "trajectory_groups", "group_masses", "account", "Explanation", "explain_run", "key_steps",
-           "format_table", "plot_explanation"]
+__all__ = ["Groups", "group_labels", "trajectory_groups", "group_masses", "account", "Explanation",
+           "masses_from_metrics", "explain_run", "explain_result", "chosen_names", "key_steps", "format_table",
+           "plot_explanation"]

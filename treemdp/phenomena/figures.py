@@ -314,7 +314,7 @@ def figure_explain(paper_folder, out) -> Path:
     for _, row in table.iterrows():
         e = explain_run(row["_dir"])
         ood_cols = [c for c in e.table if c.startswith("gain: OOD")]
-        peak = int(e.table[ood_cols].sum(1).to_numpy().argmax())
+        peak = int(e.table[ood_cols].sum(axis=1).to_numpy().argmax())
         shares.append({"loss": row["loss"], "beta": row["beta"], "seed": row["seed"],
                        **{c[len("gain: "):]: float(e.table[c].iloc[peak]) for c in ood_cols}})
         if row["loss"] == "dpo" and np.isclose(row["beta"], 0.1) and one is None:
@@ -344,7 +344,7 @@ def figure_explain(paper_folder, out) -> Path:
     right.set_xticks(range(len(means)), [f"{loss.upper()}\nb={beta:g}" for loss, beta in means.index], fontsize=8)
     right.set_ylabel("OOD mass gained at the run's OOD peak (mean over seeds)")
     right.legend(fontsize=8)
-    total = shares[groups].sum(1)
+    total = shares[groups].sum(axis=1)
     sharing = shares[groups[-1]] / total.where(total > 1e-9)
     right.set_title(f"every paper run at its OOD peak: OOD siblings of the chosen leaf (prefix s1-a1-s3-a1)\n"
                     f"hold {sharing.median():.0%} of the OOD gain (median over runs)", fontsize=9)
