@@ -161,3 +161,34 @@ def test_dpo_rejected_probability_goes_to_zero_for_every_beta():
         assert p_rejected[2] < p_rejected[1] < p_rejected[0]  # still falling: no finite optimum
     assert ipo.ipo_rejected_at_optimum(ref, 0, 1, 1.0) == pytest.approx(
         math.exp(-0.5) / (math.exp(0.5) + math.exp(-0.5) + 1))
+
+
+# ----- unseen answers ------------------------------------------------------------------------------------------
+def test_rlhf_optimum_with_a_tabular_reward_never_raises_an_unseen_answer():
+    from treemdp.phenomena import unseen
+    mdp, data = TreeMDP(), paper_dataset()
+    reward = unseen.fit_tabular_reward(mdp, data, weight_decay=1e-2)
+    mask = unseen.unseen_mask(mdp, data)
+    assert int((~mask).sum()) == 2 and torch.all(reward[mask] == 0)
+    margin = reward[12] - reward[0]  # stationarity of softplus(-m) + λ(r_w² + r_l²) with r_w = -r_l = m/2
+    assert float(torch.sigmoid(-margin)) == pytest.approx(2 * 1e-2 * float(margin), rel=1e-9)
+    g = torch.Generator().manual_seed(1)
+    ref = torch.log_softmax(torch.randn(27, generator=g, dtype=torch.float64), 0)
+    ref[12] = ref[0] = ref.max()  # ref(y_w) = ref(y_l): E_ref[r] = 0, so Z >= 1 (Jensen)
+    ref = torch.log_softmax(ref, 0)
+    for beta in (0.01, 0.1, 1.0):
+        logp = unseen.rlhf_optimum(ref, reward, beta)
+        ratios = unseen.unseen_ratios(logp, ref, mask)
+        assert torch.allclose(ratios, ratios[0].expand_as(ratios)) and float(ratios[0]) <= 1.0
+        # the closed form maximises E_pi[r] - beta KL(pi || ref): random perturbations do worse
+        value = lambda lp: float((lp.exp() * (reward - beta * (lp - ref))).sum())  # noqa: E731
+        for _ in range(5):
+            other = torch.log_softmax(logp + 0.1 * torch.randn(27, generator=g, dtype=torch.float64), 0)
+            assert value(other) < value(logp)
+
+
+def test_unseen_experiment_runs_small():
+    from treemdp.phenomena import unseen
+    frame = unseen.unseen_experiment(seeds=[0], betas=[0.5], daa_steps=20)
+    assert len(frame) == 3 and frame["max_ratio"].gt(0).all()
+    assert frame.loc[frame["method"].str.startswith("RLHF"), "raised"].eq(0).all()

@@ -111,10 +111,10 @@ def figure_displacement(out, plan: PhenPlan = FULL, *, progress: bool = False) -
                     f"shared prefix {rho['rho_shared_prefix'].mean():+.2f}", fontsize=10)
     fig.suptitle("Likelihood displacement (Razin et al. 2024): when does DPO lower the chosen answer, and does CHES "
                  "predict it?", fontsize=11)
-    _foot(fig, f"left/middle: GRU hidden 16, DPO beta 0.1, Adam lr 1e-3 x 200, reference = init, near-synonyms: "
-               f"W- = W+ + 10% noise; seeds {plan.token_seeds[0]}-{plan.token_seeds[-1]} | right: GRU hidden 32, "
-               f"SFT Adam 1e-2 x 200 on {plan.ches_demos} random demos, then DPO beta 0.1 Adam 1e-2 x {plan.ches_steps} "
-               f"per pair; seeds {', '.join(map(str, plan.ches_seeds))}")
+    _foot(fig, f"left, middle: GRU hidden 16, DPO beta 0.1, Adam 1e-3 x 200, ref = init, near-synonyms W- = W+ + 10% "
+               f"noise, seeds {plan.token_seeds[0]}-{plan.token_seeds[-1]} | right: GRU hidden 32, SFT Adam 1e-2 x 200 "
+               f"on {plan.ches_demos} random demos, DPO beta 0.1 Adam 1e-2 x {plan.ches_steps} per pair, seeds "
+               f"{plan.ches_seeds[0]}-{plan.ches_seeds[-1]}")
     return _save(fig, out)
 
 
@@ -355,6 +355,44 @@ def figure_explain(paper_folder, out) -> Path:
     return _save(fig, out)
 
 
+# ----- 4. unseen answers ------------------------------------------------------------------------------------
+def figure_unseen(out, plan: PhenPlan = FULL) -> Path:
+    """Left: per beta and method, the largest π/ref over the answers no preference mentions (one dot
+    per seed); right: how many unseen answers end above their reference."""
+    from .unseen import unseen_experiment
+    frame = unseen_experiment(seeds=plan.unseen_seeds, daa_steps=1000 if plan is FULL else 120)
+    fig = _figure("phen_unseen")
+    left, right = fig.subplots(1, 2, width_ratios=(1.4, 1))
+    methods = list(dict.fromkeys(frame["method"]))
+    betas = sorted(frame["beta"].unique())
+    width = 0.8 / len(methods)
+    for k, method in enumerate(methods):
+        for j, beta in enumerate(betas):
+            part = frame[(frame["method"] == method) & (frame["beta"] == beta)]
+            x = j + (k - (len(methods) - 1) / 2) * width
+            left.scatter(np.full(len(part), x), part["max_ratio"].clip(lower=1e-12), s=14, color=f"C{k}",
+                         label=method if j == 0 else None, alpha=0.8)
+            raised = int((part["raised"] > 0).sum())
+            right.bar(x, raised / len(part), width=width * 0.95, color=f"C{k}")
+            right.text(x, raised / len(part) + 0.02, f"{raised}/{len(part)}", ha="center", fontsize=7)
+    for ax in (left, right):
+        ax.set_xticks(range(len(betas)), [f"beta={b:g}" for b in betas])
+    left.axhline(1.0, color="0.3", ls="--", lw=1)
+    left.set_yscale("log")
+    left.set_ylabel("max over unseen answers of π(y)/ref(y), at the end")
+    left.legend(fontsize=8, loc="lower right")
+    left.set_title("above the dashed line: an answer no preference mentions gained on its reference", fontsize=9)
+    right.set_ylim(0, 1.1)
+    right.set_ylabel("runs where some unseen answer rose above ref")
+    right.set_title("how often", fontsize=9)
+    fig.suptitle("Unseen answers (Xu et al. 2024): DPO's solutions raise answers no preference mentions; the "
+                 "KL-regularised RLHF optimum does not", fontsize=11)
+    _foot(fig, f"paper tree and data, DPO from the paper's settings (GRU, or tabular with SFT lr 3e-2), seeds "
+               f"{plan.unseen_seeds[0]}-{plan.unseen_seeds[-1]}; RLHF = ref·exp(r/β)/Z with a per-answer reward "
+               f"fit by L2-regularised Bradley-Terry (interim, until the lab's RLHF lands)")
+    return _save(fig, out)
+
+
 def draw_all(paper_folder, out, *, quick: bool = False, progress: bool = False) -> list[Path]:
     """Every phenomena figure into ``out`` (``reproduce`` calls this after its sweeps)."""
     plan = QUICK if quick else FULL
@@ -362,10 +400,11 @@ def draw_all(paper_folder, out, *, quick: bool = False, progress: bool = False) 
     made = [figure_theory(out / "phen_theory"),
             figure_explain(paper_folder, out / "phen_explain"),
             figure_ipo(out / "phen_ipo", plan),
+            figure_unseen(out / "phen_unseen", plan),
             figure_squeezing(paper_folder, out / "phen_squeezing", plan, progress=progress),
             figure_displacement(out / "phen_displacement", plan, progress=progress)]
     return made
 
 
 __all__ = ["SIZES", "PhenPlan", "FULL", "QUICK", "figure_displacement", "figure_squeezing", "figure_ipo",
-           "figure_theory", "figure_explain", "draw_all"]
+           "figure_theory", "figure_explain", "figure_unseen", "draw_all"]
