@@ -170,8 +170,8 @@ def test_rlhf_optimum_with_a_tabular_reward_never_raises_an_unseen_answer():
     reward = unseen.fit_tabular_reward(mdp, data, weight_decay=1e-2)
     mask = unseen.unseen_mask(mdp, data)
     assert int((~mask).sum()) == 2 and torch.all(reward[mask] == 0)
-    margin = reward[12] - reward[0]  # stationarity of softplus(-m) + λ(r_w² + r_l²) with r_w = -r_l = m/2
-    assert float(torch.sigmoid(-margin)) == pytest.approx(2 * 1e-2 * float(margin), rel=1e-9)
+    margin = reward[12] - reward[0]  # stationarity of softplus(-m) + λ(r_w² + r_l²), r_w = -r_l = m/2: σ(-m) = λ m
+    assert float(torch.sigmoid(-margin)) == pytest.approx(1e-2 * float(margin), rel=1e-9)
     g = torch.Generator().manual_seed(1)
     ref = torch.log_softmax(torch.randn(27, generator=g, dtype=torch.float64), 0)
     ref[12] = ref[0] = ref.max()  # ref(y_w) = ref(y_l): E_ref[r] = 0, so Z >= 1 (Jensen)
