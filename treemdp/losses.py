@@ -1137,57 +1137,6 @@ def preference_loss(
     return objective(batch, beta)  # per-example losses, [..., B]
 
 
-# ----- objectives (interim: the registry lands with the loss zoo) ---------------------------------
-import dataclasses as _dc
-
-
-@_dc.dataclass(frozen=True)
-class PreferenceBatch:
-    """Sequence log-probs of a batch of preference pairs, each [..., B] (last dim: the pairs)."""
-
-    policy_chosen: torch.Tensor
-    policy_rejected: torch.Tensor
-    ref_chosen: torch.Tensor
-    ref_rejected: torch.Tensor
-    chosen_lengths: torch.Tensor | None = None
-    rejected_lengths: torch.Tensor | None = None
-
-    @property
-    def h(self) -> torch.Tensor:
-        return preference_h(self.policy_chosen, self.policy_rejected, self.ref_chosen, self.ref_rejected)
-
-
-@_dc.dataclass(frozen=True)
-class Objective:
-    name: str
-    fn: Callable
-    params: dict = _dc.field(default_factory=dict)
-    defaults: dict = _dc.field(default_factory=dict)
-    batch_coupled: bool = False
-
-    def __call__(self, batch: PreferenceBatch, beta) -> torch.Tensor:
-        return self.fn(batch, beta, **{**self.defaults, **self.params})
-
-    def bind(self, **params) -> "Objective":
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            raise ValueError(f"objective {self.name!r} has no parameter {sorted(unknown)[0]!r}")
-        return _dc.replace(self, params={**self.params, **params})
-
-    @property
-    def spec(self) -> str:
-        changed = {k: v for k, v in self.params.items() if self.defaults.get(k) != v}
-        return self.name + ("(" + ", ".join(f"{k}={v}" for k, v in sorted(changed.items())) + ")" if changed else "")
-
-
-def get_objective(spec) -> Objective:
-    if isinstance(spec, Objective):
-        return spec
-    g = get_g(spec)
-    return Objective(spec if isinstance(spec, str) else getattr(g, "__name__", "custom"),
-                     lambda batch, beta: g(beta * batch.h))
-
-
 def implicit_reward(policy_logps: torch.Tensor, ref_logps: torch.Tensor, *, beta: float) -> torch.Tensor:
     """The DAA implicit reward r(y) = beta * log(pi(y) / ref(y)), elementwise."""
     return check_beta(beta) * (policy_logps - ref_logps)

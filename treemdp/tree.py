@@ -314,8 +314,9 @@ def _read_data_file(path: str | Path) -> dict:
     return raw
 
 
-def data_shape(path: str | Path) -> tuple[int | None, int]:
-    """The tree shape a ``--data`` file implies: (its ``"branching"`` key or None, the sequences' length).
+def data_shape(path: str | Path) -> tuple[int | None, int | None]:
+    """The tree shape a ``--data`` file implies: (its ``"branching"`` key or None, the sequences' length
+    or None when they disagree).
 
     The branching is never guessed from the largest action (a typo must stay an error).
     """
@@ -325,10 +326,8 @@ def data_shape(path: str | Path) -> tuple[int | None, int]:
                                                      if isinstance(p, dict) for k in ("chosen", "rejected")]:
         if isinstance(seq, list):
             lengths.add(len(seq))
-    if len(lengths) != 1:
-        raise UserError(f"data file {str(path)!r}: sequences must all have one length, got lengths "
-                        f"{sorted(lengths) or 'none'}")
-    return raw.get("branching"), lengths.pop()
+    # No sequences, or sequences of several lengths: nothing to infer (validation then names the problem).
+    return raw.get("branching"), lengths.pop() if len(lengths) == 1 else None
 
 
 def load_dataset(path: str | Path, mdp: TreeMDP) -> Dataset:
