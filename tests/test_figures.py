@@ -15,7 +15,7 @@ from treemdp.phenomena.figures import SIZES as PHEN_SIZES
 EXPECTED = (["fig06_tree_mdp", "fig07_mass_summary"]
             + [f"fig{9 + 3 * i + j:02d}_{loss}_beta{beta}" for i, loss in enumerate(("dpo", "ipo", "slic"))
                for j, beta in enumerate(("0.01", "0.1", "0.5"))]
-            + ["fig18_dpo_seeds", "atlas_peak_ood", "atlas_final_ood", "optimizers", "tabular_vs_gru"]
+            + ["fig18_dpo_seeds", "atlas_peak_ood", "atlas_final_ood", "optimizers", "tabular_vs_gru", "zoo_ood_map"]
             + ["phen_theory", "phen_explain", "phen_ipo", "phen_unseen", "phen_squeezing", "phen_displacement"])
 
 

@@ -487,7 +487,8 @@ tabular policy, with nothing shared, does not leak.
 tabular vs RNN, live → summary → exercises → glossary.
 """),
 ("code", SETUP + """
-from treemdp import LOSSES, TreeMDP, paper_dataset, preference_h, preference_loss, trajectory_log_probs
+from treemdp import (LOSSES, TreeMDP, in_distribution_mask, paper_dataset, preference_h, preference_loss,
+                     theory, trajectory_log_probs)
 from treemdp.training import train
 """),
 ("md", """
@@ -558,43 +559,37 @@ h_i = q_i · Δ and L = Σ_i g(β q_i · Δ). With one preference Q is 1 × 27: 
 null space of directions the loss cannot see.
 """),
 ("code", """
-Q = torch.zeros(len(data.preferences), mdp.n_trajectories)
-Q[torch.arange(len(chosen)), chosen] = 1.0
-Q[torch.arange(len(rejected)), rejected] = -1.0
-rank = int(torch.linalg.matrix_rank(Q))
-print(f"Q is {tuple(Q.shape)}, rank {rank}, null space of dimension {mdp.n_trajectories - rank}")
+Q = theory.query_matrix(mdp, data)   # [1, 27]: +1 at the chosen trajectory, -1 at the rejected one
+rank = theory.query_rank(Q)
+basis = theory.null_space(Q)         # [27, 26]: the directions the loss cannot see
+print(f"Q is {tuple(Q.shape)}, rank {rank}, null space of dimension {basis.shape[1]}")
 
 run = train(loss="dpo", beta=0.1, daa_steps=24, progress=False)  # stopped near its OOD peak
 with torch.no_grad():
-    logp, ref_logp = trajectory_log_probs(run.policy), trajectory_log_probs(run.reference)
-delta = logp - ref_logp
-print("h from Q:              ", float(Q @ delta))
+    logp, ref_logp = trajectory_log_probs(run.policy).double(), trajectory_log_probs(run.reference).double()
+print("h from Q:              ", float(theory.margins(Q, logp, ref_logp)[0]))
 print("h from preference_h:   ", float(preference_h(logp[chosen], logp[rejected], ref_logp[chosen], ref_logp[rejected])))
 """),
 ("md", """
 ## 3. Same loss, very different policies
 
-Keep π(chosen) and π(rejected) and move the rest of the mass anywhere: h, hence the loss, does not
-change. Below, the DPO policy of section 2 (stopped after 24 steps, when about half its mass was
-OOD) and two rearrangements — all the remaining mass on one OOD
-trajectory, or spread evenly — have exactly the same DPO loss. The optimiser is free to end up at
-any of them; which one it reaches depends on the policy's parameterisation and on the path.
+Move the policy along the null space of Q and h, hence every loss at every β, stays put. Each row
+of Q sums to zero and Q is zero off the data, so adding a constant to the OOD log-probs (then
+renormalising) is such a move: `theory.with_ood_mass` dials the OOD mass to any value in closed
+form. Below, the DPO policy of section 2 (stopped after 24 steps, when about half its mass was
+OOD), the same policy with its OOD mass set to 1%, and with 99% piled onto one OOD trajectory
+have exactly the same DPO loss. The optimiser is free to end up at any of them; which one it
+reaches depends on the policy's parameterisation and on the path.
 """),
 ("code", """
-probs = logp.exp()
-others = torch.ones(mdp.n_trajectories, dtype=torch.bool)
-others[chosen] = others[rejected] = False
-rest = 1 - probs[chosen] - probs[rejected]
-one_ood = probs.clone()
-one_ood[others] = 0.0
-one_ood[mdp.trajectory_index([[2, 0, 1]])] = rest
-spread = probs.clone()
-spread[others] = rest / int(others.sum())
+inside = in_distribution_mask(mdp, data)
+one_ood = theory.with_ood_mass(logp, inside, 0.99, onto=int(mdp.trajectory_index([[2, 0, 1]])[0]))
+little_ood = theory.with_ood_mass(logp, inside, 0.01)
 
 fig, axes = plt.subplots(1, 3, figsize=(14, 3), sharey=True)
-for ax, (title, p) in zip(axes, [("trained policy", probs), ("rest on one OOD trajectory", one_ood),
-                                 ("rest spread evenly", spread)]):
-    lp = p.log()
+for ax, (title, lp) in zip(axes, [("trained policy", logp), ("OOD mass 99%, on one trajectory", one_ood),
+                                  ("OOD mass 1%", little_ood)]):
+    p = lp.exp()
     value = preference_loss(lp[chosen], lp[rejected], ref_logp[chosen], ref_logp[rejected], beta=0.1, loss="dpo")
     ax.bar(range(mdp.n_trajectories), p, color=["tab:blue" if i in (int(chosen), int(rejected)) else "0.6"
                                                 for i in range(mdp.n_trajectories)])
@@ -679,8 +674,9 @@ display(live_plot(draw_sharing, [kind, hidden, lr], figsize=(12, 3.8)))
 |---|---|
 | `LOSSES` | the registry of g: `{"dpo": dpo_g, "ipo": ipo_g, "slic": slic_g}` |
 | Δ = log π − log ref | the per-trajectory log-ratios the loss reads |
-| Q | data matrix: one row per preference, +1 at chosen, −1 at rejected; h = Q·Δ |
-| rank / null space | directions Q sees / directions it cannot see (changes the loss ignores) |
+| Q | data matrix: one row per preference, +1 at chosen, −1 at rejected; h = Q·Δ (`theory.query_matrix`) |
+| rank / null space | directions Q sees / directions it cannot see (`theory.query_rank`, `theory.null_space`) |
+| `theory.with_ood_mass` | a null-space move: the same policy with any OOD mass, every loss unchanged |
 | `preference_h` | the margin h from the four log-probs |
 | parameter sharing | one weight affects many states (RNN); none in `TabularPolicy` |
 | total variation (TV) | ½ Σ\\|p − q\\|, here between next-action distributions |
@@ -701,7 +697,7 @@ soft maximum a hard one: more optimism about unseen tokens.
 the soft maximum and β → Q-values after training, live → summary → exercises → glossary.
 """),
 ("code", SETUP + """
-from treemdp import TreeMDP, implicit_reward, trajectory_log_probs
+from treemdp import TreeMDP, implicit_reward, theory, trajectory_log_probs
 from treemdp.training import train
 """),
 ("md", """
@@ -724,15 +720,17 @@ for row in reward.argsort(descending=True)[:4].tolist():
 ("md", """
 ## 2. The soft Bellman backup on the tree
 
-Token level, with V(s∞) = 0:
+Token level, in the paper's form (Appendix D, eq. 11), with V(s∞) = 0 and the sequence reward
+paid at the last token:
 
-    Q(s, a) = r(y)          if a is the last token (s, a completes y)
-    Q(s, a) = V(s')         otherwise, s' the next state (the bootstrap)
-    V(s)    = β log Σ_a ref(a|s) exp(Q(s, a)/β)
-    π(a|s)  = ref(a|s) exp((Q(s, a) − V(s))/β)
+    Q(s, a) = r(s, a) + β log ref(a|s) + V(s')     r(s, a) = r(y) if (s, a) completes y, else 0
+    V(s)    = β logsumexp_a Q(s, a)/β
+    π(a|s)  = exp((Q(s, a) − V(s))/β)
 
-The function below runs it backwards, level by level, from the implicit reward. If the view is
-right, the recovered π(a|s) equals the policy's own next-action probabilities and V(s1) = 0.
+`theory.soft_q_of_policy` runs it backwards, level by level, from the implicit reward (Q and V come
+back as one tensor per depth, states in BFS order). If the view is right, the recovered π(a|s)
+equals the policy's own next-action probabilities and V(s1) = 0. The same Q and V also give
+per-token rewards β log π(a|s)/ref(a|s) whose sum along every trajectory is r(y).
 """),
 ("code", """
 def prefixes(t):
@@ -740,60 +738,46 @@ def prefixes(t):
     return TreeMDP(mdp.branching, t).trajectories() if t else torch.zeros(1, 0, dtype=torch.long)
 
 
-def soft_backup(run, beta):
-    \"\"\"Q [b**t, b] and V [b**t] at every depth t from r(y) = beta log(pi/ref), and ref's log-probs.\"\"\"
-    with torch.no_grad():
-        r = implicit_reward(trajectory_log_probs(run.policy), trajectory_log_probs(run.reference), beta=beta)
-        ref_step = [run.reference.action_log_probs(prefixes(t)) for t in range(mdp.depth)]
-    Q, V = [None] * mdp.depth, [None] * mdp.depth
-    q = r.reshape(-1, mdp.branching)  # last level: Q is the reward, [b**(depth-1), b]
-    for t in reversed(range(mdp.depth)):
-        Q[t] = q
-        V[t] = beta * torch.logsumexp(ref_step[t] + q / beta, dim=-1)  # [b**t]: a soft max over tokens
-        if t:
-            q = V[t].reshape(-1, mdp.branching)  # bootstrap: a parent's Q is its child's V
-    return Q, V, ref_step
-
-
-Q, V, ref_step = soft_backup(run, beta)
+view = theory.soft_q_of_policy(logp.double(), ref_logp.double(), mdp, beta)
 with torch.no_grad():
-    error = max(float((ref_step[t] + (Q[t] - V[t][:, None]) / beta
-                       - run.policy.action_log_probs(prefixes(t))).abs().max()) for t in range(mdp.depth))
-print(f"V(s1) = {float(V[0][0]):.2e}    max |log pi recovered - log pi| = {error:.2e}")
+    error = max(float((view.log_pi[t] - run.policy.action_log_probs(prefixes(t)).double()).abs().max())
+                for t in range(mdp.depth))
+print(f"V(s1) = {float(view.V[0][0]):.2e}    max |log pi recovered - log pi| = {error:.2e}")
+summed = view.trajectory_sums(view.token_rewards)  # per-token rewards added up along each trajectory
+print(f"max |sum of token rewards - r(y)| = {float((summed - reward.double()).abs().max()):.2e}")
+view.table().head(6)
 """),
 ("md", """
 ## 3. The soft maximum, and what β does to it
 
-V(s) = β log Σ_a ref(a|s) exp(Q(s, a)/β) lies between the reference average of Q and its maximum.
-As β → 0 it becomes max_a Q(s, a): a state is worth as much as its best continuation, whether
-or not any data supports that continuation. Below, the Q-values at `s3` (after `a1`) from the run
-above, and V as the temperature β varies.
+V(s) = β log Σ_a exp(Q(s, a)/β) with the reference inside Q: unrolled, it is β log of the
+reference average of exp(r/β) over every continuation of s, so it lies between the reference
+average of those rewards and their maximum. As β → 0 it becomes the best continuation's reward:
+a state is worth as much as its best continuation, whether or not any data supports that
+continuation. Below, `theory.values_over_beta` recomputes V(s3) (the state after `a1`) for the
+reward of the run above at other temperatures β.
 """ + WIDGET_NOTE),
 ("code", """
-q_s3, ref_s3 = Q[1][1], ref_step[1][1].exp()  # state s3 = prefix (a1,), row 1 of depth 1
 temperature = widgets.FloatLogSlider(value=0.1, base=10, min=-3, max=1, step=0.25, description="beta")
-
-
-def soft_value(q, ref, b):
-    return b * torch.logsumexp(ref.log() + q / b, dim=-1)
+grid = torch.logspace(-3, 1, 60).tolist()
+values_s3 = theory.values_over_beta(view.reward, ref_logp.double(), mdp, grid).query("state == 's3'")
 
 
 def draw_softmax(fig):
     b = temperature.value
-    grid = torch.logspace(-3, 1, 200)
-    values = torch.stack([soft_value(q_s3, ref_s3, float(x)) for x in grid])
-    induced = ref_s3 * torch.exp((q_s3 - soft_value(q_s3, ref_s3, b)) / b)
+    at_b = theory.soft_q(view.reward, ref_logp.double(), mdp, b)  # the same reward, backed up at this beta
+    induced = at_b.log_pi[1][1].exp()  # depth 1, row 1: state s3
     left, right = fig.subplots(1, 2)
-    left.semilogx(grid, values, label="V = soft max of Q")
-    left.axhline(float(q_s3.max()), color="tab:red", ls="--", label="max Q")
-    left.axhline(float((ref_s3 * q_s3).sum()), color="0.5", ls=":", label="ref-average of Q")
+    left.semilogx(values_s3["beta"], values_s3["V"], label="V(s3) = soft max of its continuations")
+    left.axhline(values_s3["max_r"].iloc[0], color="tab:red", ls="--", label="max r below s3")
+    left.axhline(values_s3["ref_mean_r"].iloc[0], color="0.5", ls=":", label="ref-average of r below s3")
     left.axvline(b, color="k", lw=0.8)
     left.set_xlabel("beta (temperature)")
-    left.set_title(f"V(s3) at beta={b:.3g}: {float(soft_value(q_s3, ref_s3, b)):.3f}", fontsize=10)
+    left.set_title(f"V(s3) at beta={b:.3g}: {float(at_b.V[1][1]):.3f}", fontsize=10)
     left.legend(fontsize=8)
     right.bar(["a0", "a1", "a2"], induced, color="tab:purple")
     right.set_ylim(0, 1)
-    right.set_title("ref(a|s3) exp((Q - V)/beta): the policy these Q-values give", fontsize=10)
+    right.set_title("exp((Q(s3, a) - V(s3))/beta): the policy at this beta", fontsize=10)
 
 
 display(live_plot(draw_softmax, [temperature], figsize=(11, 3.5)))
@@ -802,9 +786,10 @@ display(live_plot(draw_softmax, [temperature], figsize=(11, 3.5)))
 ## 4. Q-values after training, live
 
 Now train at each β and look at the Q-values along the chosen path `s1 → s3 → s9`. At `s9` the
-Q-values are rewards: the data fix r(chosen) − r(rejected) only, so the rewards of the two OOD
-leaves `…-a1-s∞` and `…-a2-s∞` are whatever the RNN made them. At `s3` and `s1` every Q is a
-bootstrapped V, a soft maximum that can be pulled up by those unconstrained leaves.
+Q-values are rewards (plus β log ref): the data fix r(chosen) − r(rejected) only, so the rewards of
+the two OOD leaves `…-a1-s∞` and `…-a2-s∞` are whatever the RNN made them. At `s3` and `s1` every Q
+holds a bootstrapped V (`view.bootstrap`), a soft maximum that can be pulled up by those
+unconstrained leaves.
 """ + WIDGET_NOTE),
 ("code", """
 train_loss = widgets.Dropdown(options=["dpo", "ipo", "slic"], value="dpo", description="loss")
@@ -815,11 +800,14 @@ chosen_path = [(0, 0, "s1"), (1, 1, "s3"), (2, 4, "s9")]  # (depth, row at that 
 def draw_q(fig):
     b = train_beta.value
     trained = train(loss=train_loss.value, beta=b, daa_steps=150, progress=False)
-    Q_t, V_t, _ = soft_backup(trained, b)
+    with torch.no_grad():
+        trained_logp = trajectory_log_probs(trained.policy).double()
+        trained_ref = trajectory_log_probs(trained.reference).double()
+    v = theory.soft_q_of_policy(trained_logp, trained_ref, mdp, b)
     axes = fig.subplots(1, 3)
     for ax, (t, row, name) in zip(axes, chosen_path):
-        ax.bar(["a0", "a1", "a2"], Q_t[t][row], color=["0.6", "tab:blue", "0.6"] if t < 2 else ["tab:green", "tab:orange", "tab:orange"])
-        ax.axhline(float(V_t[t][row]), color="k", ls="--", label=f"V({name})")
+        ax.bar(["a0", "a1", "a2"], v.Q[t][row], color=["0.6", "tab:blue", "0.6"] if t < 2 else ["tab:green", "tab:orange", "tab:orange"])
+        ax.axhline(float(v.V[t][row]), color="k", ls="--", label=f"V({name})")
         ax.set_title(f"Q({name}, a)", fontsize=10)
         ax.legend(fontsize=8)
     fig.suptitle(f"{train_loss.value.upper()} beta={b}: OOD mass {trained.summary['final_ood_mass']:.1%} "
@@ -840,11 +828,12 @@ display(live_plot(draw_q, [train_loss, train_beta], figsize=(12, 3.6)))
 
 ## Exercises
 
-1. Check numerically that V(s) lies between the ref-average and the maximum of Q(s, ·) at every
-   state, for β = 0.01 and β = 1.
+1. Check numerically (`theory.values_over_beta`) that V(s) lies between the ref-average and the
+   maximum of the rewards below s at every state, for β = 0.01 and β = 1.
 2. At `s9`, the chosen leaf's reward minus the rejected leaf's reward should relate to h. Write the
    relation and check it with `run.summary` and `reward`.
-3. Repeat section 2 with `run = train(policy="tabular", ...)`. Which Q-values stay at 0, and why?
+3. Repeat section 2 with `run = train(policy="tabular", ...)`. Which token rewards
+   (`view.token_rewards`) stay at 0, and why?
 """),
 ("code", """
 # Your experiments here.
@@ -855,11 +844,12 @@ display(live_plot(draw_q, [train_loss, train_beta], figsize=(12, 3.6)))
 | name | meaning |
 |---|---|
 | implicit reward | r(y) = β log π(y)/ref(y), `implicit_reward(logp, ref_logp, beta=)` |
-| Q(s, a) | soft action value: the reward at the last token, else the next state's V |
-| V(s) | soft state value β log Σ ref(a\\|s) exp(Q(s,a)/β) — a soft maximum |
+| Q(s, a) | soft action value r(s, a) + β log ref(a\\|s) + V(s') (eq. 11): the reward at the last token, else the bootstrap |
+| V(s) | soft state value β logsumexp_a Q(s,a)/β (Q includes β log ref) — a soft maximum |
 | bootstrapping | using V of the next state (all its continuations, seen or not) inside Q |
 | soft maximum | β log-sum-exp; tends to max as β → 0 |
-| `soft_backup` | this lesson's backward pass over the tree (not a library function) |
+| `theory.soft_q_of_policy` | the backward pass over the tree: Q, V, bootstrap and token rewards per depth |
+| `theory.values_over_beta` | V of every state for a fixed reward at other β, with its two limits |
 """),
 ]
 
