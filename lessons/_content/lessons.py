@@ -982,6 +982,248 @@ display(live_plot(draw_seed, [seed, hidden_size, daa_lr], figsize=(10, 6)))
 """),
 ]
 
+# ------------------------------------------------------------------------------------------------
+LESSON_9 = [
+("md", """
+# Lesson 9 — "My chosen log-probs are falling"
+
+**Goal.** Answer the question DPO users ask most often (TRL, the DPO reference repository,
+LLaMA-Factory and OpenRLHF all have issues about it): *"during DPO the log-probability of my chosen
+answers goes down — is my training broken, and where does the probability go?"* On the tree we
+can account for every bit of it exactly, and test three explanations from the literature:
+likelihood displacement (Razin et al. 2024), the squeezing effect of a negative gradient (Ren &
+Sutherland 2025) and the soft-Q bootstrapping term (this paper, Appendix D).
+
+**Plan.** the symptom → an exact account of where the mass went, live → displacement and the
+CHES score, live → squeezing, live → the bootstrapping term, live → summary → exercises
+(one auto-checked) → glossary.
+"""),
+("code", SETUP + """
+import numpy as np
+
+from treemdp import TreeMDP, in_distribution_mask, make_dataset, paper_dataset, theory, trajectory_log_probs
+from treemdp.exercises import check_ches_score, hint
+from treemdp.phenomena import displacement, squeezing
+from treemdp.phenomena.explain import draw_explanation, explain_result, format_table
+from treemdp.training import train
+"""),
+("md", """
+## 1. The symptom
+
+DPO at the settings of the paper-style figures (GRU, Adam, DAA learning rate 3e-2), β = 0.1. The
+loss only asks for the *margin* h = log π(y_w)/ref(y_w) − log π(y_l)/ref(y_l) to grow; nothing in
+it keeps log π(y_w) itself up.
+"""),
+("code", """
+mdp, data = TreeMDP(), paper_dataset()
+run = train(loss="dpo", beta=0.1, daa_lr=3e-2, daa_steps=150, progress=False)
+daa = run.metrics.query("phase == 'daa'")
+fig, ax = plt.subplots(figsize=(8, 3.5))
+ax.plot(daa["step"], np.log(daa["chosen_prob"]), label="log π(chosen)")
+ax.plot(daa["step"], np.log(daa["rejected_prob"]), label="log π(rejected)")
+ax.set_xlabel("DAA step")
+ax.set_ylabel("log-probability")
+ax.legend();
+"""),
+("md", """
+## 2. Where did it go? An exact account, live
+
+Probability sums to one, so what the chosen answer loses between DAA step 0 and step t, the other
+trajectories gain, to the last digit. `explain_result(run)` (the library behind
+`treemdp explain RUN`) splits the gain into the rejected answer, the rest of the data, and the OOD
+trajectories by how many leading tokens they share with the chosen answer.
+""" + WIDGET_NOTE),
+("code", """
+print(format_table(explain_result(run)))
+
+account_loss = widgets.Dropdown(options=["dpo", "ipo", "slic"], value="dpo", description="loss")
+account_beta = widgets.SelectionSlider(options=[0.01, 0.1, 0.5], value=0.1, description="beta")
+account_seed = widgets.IntSlider(value=0, min=0, max=9, description="seed")
+
+
+def draw_account(fig):
+    trained = train(loss=account_loss.value, beta=account_beta.value, seed=account_seed.value, daa_lr=3e-2,
+                    daa_steps=150, progress=False)
+    left, right = fig.subplots(1, 2)
+    draw_explanation(explain_result(trained), left, right)
+
+
+display(live_plot(draw_account, [account_loss, account_beta, account_seed], figsize=(12, 4)))
+"""),
+("md", """
+Whenever the chosen answer dips, the mass goes almost entirely to **OOD trajectories that share
+its first two tokens** (`s1-a1-s3-a1-s9-a1` and `…-a2`): siblings of the chosen leaf that no data
+mentions. The rejected answer and the other demonstration lose everything they had early on.
+
+## 3. Likelihood displacement and the CHES score
+
+Razin et al. predict which pairs displace the chosen answer from the model's hidden states: with
+h(y_<k) the state the head reads before the k-th token,
+
+    CHES(y+, y−) = ⟨Σ_k h(y+_<k), Σ_k h(y−_<k)⟩ − ‖Σ_k h(y+_<k)‖²
+
+High CHES (the two answers look alike inside the model) predicts a larger fall of log π(y+). Below,
+CHES of every ordered pair of the three demonstrations under the SFT policy; then pick a pair and
+β and watch log π(y+) during DPO on that pair alone.
+""" + WIDGET_NOTE),
+("code", """
+demos = data.demonstrations.tolist()
+names = {i: mdp.trajectory_name(d) for i, d in enumerate(demos)}
+pairs = [(i, j) for i in range(3) for j in range(3) if i != j]
+rows = mdp.trajectory_index(demos)
+scores = displacement.ches(run.reference, rows[[i for i, _ in pairs]], rows[[j for _, j in pairs]])
+for (i, j), score in zip(pairs, scores):
+    print(f"CHES = {float(score):8.3f}   chosen {names[i]}  over  {names[j]}")
+
+pair_choice = widgets.Dropdown(options=[(f"{names[i]} over {names[j]}", (i, j)) for i, j in pairs],
+                               value=(1, 0), description="pair")
+pair_beta = widgets.SelectionSlider(options=[0.01, 0.1, 0.5], value=0.1, description="beta")
+
+
+def draw_pair(fig):
+    i, j = pair_choice.value
+    pair_data = make_dataset(mdp, demos, [{"chosen": demos[i], "rejected": demos[j]}])
+    trained = train(loss="dpo", beta=pair_beta.value, daa_lr=3e-2, daa_steps=150, progress=False, dataset=pair_data)
+    steps = trained.metrics.query("phase == 'daa'")
+    chosen_logp = np.log(steps["chosen_prob"].to_numpy())
+    ax = fig.subplots()
+    ax.plot(steps["step"], chosen_logp, label="log π(y+)")
+    ax.plot(steps["step"], np.log(steps["rejected_prob"].to_numpy()), label="log π(y−)")
+    score = float(displacement.ches(trained.reference, rows[[i]], rows[[j]])[0])
+    ax.set_title(f"CHES {score:.2f}; lowest change of log π(y+): {chosen_logp.min() - chosen_logp[0]:+.2f}", fontsize=10)
+    ax.set_xlabel("DAA step")
+    ax.legend(fontsize=8)
+
+
+display(live_plot(draw_pair, [pair_choice, pair_beta], figsize=(9, 3.6)))
+"""),
+("md", """
+`figures/phen_displacement.png` runs this on every pair of 8 random demonstrations in a 3×4 tree
+over 5 seeds: CHES rank-correlates with the fall in every seed, but the length of the prefix the
+two answers share predicts it as well or better (`figures/README.md` has the numbers).
+
+## 4. Squeezing: where a negative gradient sends the mass
+
+DPO pushes log π(y_l) down. For a softmax, one gradient step of size η on log π(ȳ) changes every
+other log-probability by η (π_k − Σπ² + π(ȳ)) to first order: answer k gains only if π_k exceeds
+Σπ² − π(ȳ). With a peaked π and a small π(ȳ) only the argmax gains; everything else is squeezed.
+Below, a softmax over 30 answers (logits at a temperature), one exact step; the dashed line is the
+threshold.
+""" + WIDGET_NOTE),
+("code", """
+squeeze_temperature = widgets.FloatLogSlider(value=1.0, base=10, min=-0.5, max=0.7, step=0.1, description="temperature")
+squeeze_rank = widgets.IntSlider(value=25, min=0, max=29, description="ȳ rank")  # 0 = the most likely answer
+
+
+def draw_squeeze(fig):
+    logits = torch.randn(30, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * squeeze_temperature.value
+    order = torch.argsort(logits, descending=True)
+    negative = int(order[squeeze_rank.value])
+    before = torch.softmax(logits, 0)
+    after = squeezing.negative_step(logits, negative, 0.5).exp()
+    ax = fig.subplots()
+    x = torch.arange(30)
+    ax.bar(x - 0.2, before[order], width=0.4, label="before")
+    ax.bar(x + 0.2, after[order], width=0.4, label="after one negative step")
+    ax.axhline(float(squeezing.gain_threshold(before, negative)), color="k", ls="--", lw=1,
+               label="Σπ² − π(ȳ): above it, an answer gains")
+    ax.set_xlabel("answers, most likely first")
+    ax.set_ylabel("probability")
+    ax.set_title(f"ȳ = answer ranked {squeeze_rank.value}: the argmax takes "
+                 f"{float((after - before)[order[0]] / (before - after)[negative]):.0%} of what ȳ lost", fontsize=10)
+    ax.legend(fontsize=8)
+
+
+display(live_plot(draw_squeeze, [squeeze_temperature, squeeze_rank], figsize=(10, 3.6)))
+"""),
+("md", """
+On the tree the argmax just before an OOD trajectory takes off is the *chosen* trajectory, in every
+paper run we measured (`figures/phen_squeezing.png`): squeezing explains why the chosen answer
+keeps most of the mass, not which OOD trajectory wins.
+
+## 5. The bootstrapping term
+
+In the soft-Q view (lesson 5) Q(s, a) = r(s, a) + β log ref(a|s) + V(s'), and V(s') is a soft maximum
+over *every* continuation of s', seen or not. `theory.ood_bootstrap_share` measures how much of each
+V comes from OOD leaves. Below, the implicit reward of the run of section 1 backed up at another
+β: small β turns the soft maximum into a hard one and hands V to the best (OOD) continuation.
+""" + WIDGET_NOTE),
+("code", """
+with torch.no_grad():
+    logp, ref_logp = trajectory_log_probs(run.policy).double(), trajectory_log_probs(run.reference).double()
+reward = theory.soft_q_of_policy(logp, ref_logp, mdp, 0.1).reward
+inside = in_distribution_mask(mdp, data)
+backup_beta = widgets.FloatLogSlider(value=0.1, base=10, min=-3, max=1, step=0.25, description="beta")
+path = [(0, 0, "s1"), (1, 1, "s3"), (2, 4, "s9")]
+
+
+def draw_bootstrap(fig):
+    view = theory.soft_q(reward, ref_logp, mdp, backup_beta.value)
+    share = theory.ood_bootstrap_share(view, inside)
+    left, right = fig.subplots(1, 2)
+    left.bar([name for _, _, name in path], [float(view.V[t][j]) for t, j, _ in path], color="tab:blue")
+    left.set_ylabel("V(s)")
+    left.set_title(f"V on the chosen path, backup at beta={backup_beta.value:.3g}", fontsize=10)
+    right.bar([name for _, _, name in path], [float(share[t][j]) for t, j, _ in path], color="tab:orange")
+    right.set_ylim(0, 1)
+    right.set_title("share of V carried by OOD continuations", fontsize=10)
+
+
+display(live_plot(draw_bootstrap, [backup_beta], figsize=(10, 3.4)))
+"""),
+("md", """
+## Summary
+
+- A falling log π(chosen) is not by itself a bug: the DAA losses constrain margins, not
+  likelihoods. Probability sums to one, so the fall is always someone's gain, and
+  `treemdp explain RUN` says whose, exactly.
+- On the paper's tree the chosen answer's losses go to OOD siblings of the chosen leaf, the
+  continuations the soft-Q view says are bootstrapped from.
+- CHES (Razin et al.) flags pairs that displace, but on the tree the plain shared-prefix length does
+  as well; their single-token displacement needs the unembeddings to dominate the hidden state.
+- Squeezing (Ren & Sutherland) holds for a softmax and for a GRU under a pure negative gradient, and
+  explains why the argmax (here: the chosen answer) keeps gaining, not which OOD answer wins.
+
+## Exercises
+
+1. **(auto-checked)** Write `ches_score(h_chosen, h_rejected)` below from the definition in section 3.
+   `hint("l9.ches_score")` helps; run the check cell after it.
+2. In section 3, which pair has the highest CHES? Does it displace most at every β?
+3. In section 2, find a (loss, β, seed) where the chosen answer ends *below* where it started.
+   Which group holds its mass at the end?
+"""),
+("code", """
+def ches_score(h_chosen, h_rejected):
+    \"\"\"CHES of one preference pair (Razin et al. 2024, Definition 2).
+
+    Args:
+        h_chosen: Tensor [K+, H], the hidden state before each token of the chosen answer.
+        h_rejected: Tensor [K-, H], the same for the rejected answer.
+
+    Returns:
+        one number: <sum_k h+, sum_k h-> - ||sum_k h+||^2.
+    \"\"\"
+    # YOUR CODE HERE
+    raise NotImplementedError
+"""),
+("code", """
+check_ches_score(ches_score)
+"""),
+("md", """
+## Glossary
+
+| name | meaning |
+|---|---|
+| likelihood displacement | the chosen answer's probability falls while the margin grows (Razin et al. 2024) |
+| CHES | ⟨Σh+, Σh−⟩ − ‖Σh+‖², `displacement.ches(policy, chosen, rejected)`; normalised: means |
+| squeezing | a negative gradient on ȳ sends the freed mass to the argmax (Ren & Sutherland 2025) |
+| Σπ² − π(ȳ) | the first-order threshold: an answer gains from the step only above it |
+| `explain_result`, `treemdp explain` | the exact account of where the chosen probability went |
+| OOD sharing k tokens | OOD trajectories whose first k actions are the chosen answer's |
+| bootstrapping term | V(s') inside Q(s, a), eq. 11; `theory.ood_bootstrap_share` splits it |
+"""),
+]
+
 LESSONS = {
     "01_token_tree.ipynb": LESSON_1,
     "02_behaviour_cloning.ipynb": LESSON_2,
@@ -989,4 +1231,5 @@ LESSONS = {
     "04_why_rank_deficiency.ipynb": LESSON_4,
     "05_soft_q.ipynb": LESSON_5,
     "06_noise_many_optima.ipynb": LESSON_6,
+    "09_chosen_logprobs_falling.ipynb": LESSON_9,
 }

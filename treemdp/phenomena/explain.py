@@ -238,15 +238,13 @@ def format_table(explanation: Explanation, rows: int = 8) -> str:
     return "\n".join(lines)
 
 
-def plot_explanation(explanation: Explanation, path: str | Path) -> Path:
-    """Two panels over DAA steps: the mass of every group (stacked), and each group's change."""
+def draw_explanation(explanation: Explanation, left, right) -> None:
+    """Draw the account on two matplotlib axes: every group's mass (stacked), and each group's change."""
     from ..plots import pyplot
-    plt = pyplot()
     table, labels = explanation.table, explanation.groups.labels
     steps = table["step"].to_numpy()
     masses = explanation.masses.numpy()
-    colors = ["#2ca02c", "#d62728", "#1f77b4"] + list(plt.get_cmap("Oranges")(np.linspace(0.35, 0.95, len(labels) - 3)))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=100, layout="constrained")
+    colors = ["#2ca02c", "#d62728", "#1f77b4"] + list(pyplot().get_cmap("Oranges")(np.linspace(0.35, 0.95, len(labels) - 3)))
     left.stackplot(steps, masses.T, labels=labels, colors=colors, alpha=0.9)
     left.set_ylim(0, 1)
     left.set_ylabel("probability mass")
@@ -264,6 +262,14 @@ def plot_explanation(explanation: Explanation, path: str | Path) -> Path:
         ax.set_xlim(steps[0], steps[-1])
         ax.grid(alpha=0.3)
     right.legend(fontsize=8, loc="best")
+
+
+def plot_explanation(explanation: Explanation, path: str | Path) -> Path:
+    """:func:`draw_explanation` on a new figure, saved to ``path``."""
+    from ..plots import pyplot
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=100, layout="constrained")
+    draw_explanation(explanation, left, right)
     c = explanation.config
     fig.suptitle(f"{c['loss']} beta={c['beta']:g} seed={c['seed']}: chosen {', '.join(explanation.chosen)} "
                  f"({explanation.source})", fontsize=10)
@@ -276,4 +282,4 @@ def plot_explanation(explanation: Explanation, path: str | Path) -> Path:
 
 __all__ = ["Groups", "group_labels", "trajectory_groups", "group_masses", "account", "Explanation",
            "masses_from_metrics", "explain_run", "explain_result", "chosen_names", "key_steps", "format_table",
-           "plot_explanation"]
+           "draw_explanation", "plot_explanation"]

@@ -25,7 +25,7 @@ SIZES = {
     "phen_squeezing": (16, 8),
     "phen_ipo": (13, 4.8),
     "phen_theory": (16, 4.8),
-    "phen_explain": (15, 5.2),
+    "phen_explain": (18, 5.2),
     "phen_unseen": (13, 4.8),
 }
 
@@ -304,9 +304,9 @@ def figure_theory(out) -> Path:
 
 # ----- 6. explain ------------------------------------------------------------------------------------------------
 def figure_explain(paper_folder, out) -> Path:
-    """Left: the account of one paper run (DPO beta 0.1 seed 0); right: at each paper run's OOD
-    peak, the OOD gain by the length of the prefix it shares with the chosen, per (loss, beta)."""
-    from .explain import explain_run
+    """Left and middle: the account of one paper run (DPO beta 0.1, first seed); right: at each paper
+    run's OOD peak, the OOD gain by the length of the prefix it shares with the chosen, per (loss, beta)."""
+    from .explain import draw_explanation, explain_run
     table = _paper_runs(paper_folder)
     mdp = TreeMDP()
     shares = []
@@ -321,20 +321,11 @@ def figure_explain(paper_folder, out) -> Path:
             one = e
     shares = pd.DataFrame(shares)
     fig = _figure("phen_explain")
-    left, right = fig.subplots(1, 2, width_ratios=(1.2, 1))
-    steps = one.table["step"].to_numpy()
-    left.plot(steps, -one.table["lost"], color="#2ca02c", lw=2.2, label="chosen")
+    stacked, change, right = fig.subplots(1, 3, width_ratios=(1, 1, 1.1))
+    draw_explanation(one, stacked, change)
+    change.set_title(f"DPO beta 0.1 seed {int(table[table['loss'] == 'dpo']['seed'].iloc[0])}: what the chosen lost, "
+                     f"who gained it\n(residual {one.table['residual'].abs().max():.0e})", fontsize=9)
     colors = ["#d62728", "#1f77b4"] + list(pyplot().get_cmap("Oranges")(np.linspace(0.35, 0.95, mdp.depth)))
-    for k, label in enumerate(one.groups.labels[1:]):
-        left.plot(steps, one.table[f"gain: {label}"], color=colors[k], lw=1.5, label=label)
-    left.set_xscale("symlog", linthresh=10)
-    left.set_xlim(0, steps[-1])
-    left.axhline(0, color="0.5", lw=0.8)
-    left.set_xlabel("DAA step (linear to 10, then log)")
-    left.set_ylabel("change of mass since DAA step 0")
-    left.legend(fontsize=8)
-    left.set_title(f"treemdp explain: DPO beta 0.1 seed {int(table[table['loss'] == 'dpo']['seed'].iloc[0])} "
-                   f"(residual {one.table['residual'].abs().max():.0e})", fontsize=10)
     groups = [c for c in shares if c.startswith("OOD")]
     means = shares.groupby(["loss", "beta"])[groups].mean()
     bottom = np.zeros(len(means))
