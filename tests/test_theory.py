@@ -68,11 +68,12 @@ def test_equal_loss_pair_has_equal_loss_and_different_ood_mass(trained, beta):
         assert torch.allclose(a, pair.low, atol=1e-10) and torch.allclose(b, pair.high, atol=1e-10)
         assert torch.allclose(losses(a, ref, mdp, data, beta), losses(b, ref, mdp, data, beta), atol=1e-6, rtol=0)
         assert torch.allclose(losses(a, ref, mdp, data, beta), losses(logp, ref, mdp, data, beta), atol=1e-6, rtol=0)
-    if True:  # onto: the one trajectory holds every OOD gain
-        moved = theory.with_ood_mass(logp, inside, 0.9, onto=int(mdp.trajectory_index([[1, 1, 2]])[0]))
-        others = ~inside
-        others[int(mdp.trajectory_index([[1, 1, 2]])[0])] = False
-        assert float(moved.exp()[others].sum()) < float(logp.exp()[others].sum())
+    # with `onto`, that one trajectory takes every gain: the other OOD trajectories lose
+    onto = int(mdp.trajectory_index([[1, 1, 2]])[0])
+    moved = theory.with_ood_mass(logp, inside, 0.9, onto=onto)
+    others = ~inside
+    others[onto] = False
+    assert float(moved.exp()[others].sum()) < float(logp.exp()[others].sum())
 
 
 def test_any_null_space_move_keeps_the_loss(trained):

@@ -19,7 +19,6 @@ else a re-run of the saved config (same seed, same numbers) summing the groups a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional

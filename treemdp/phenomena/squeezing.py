@@ -28,6 +28,7 @@ import torch
 from ..exact import in_distribution_mask
 from ..policies import RNNPolicy, TabularPolicy
 from ..tree import Dataset, TreeMDP, paper_dataset
+from .displacement import shared_prefix
 from .stacked import daa_stacked, sft_stacked
 
 
@@ -196,7 +197,7 @@ def ood_winners(run_dirs: Sequence[str | Path], dataset: Dataset | None = None, 
         risen = (probs[:, winner] > threshold).nonzero()
         row = {"loss": config["loss"], "beta": config["beta"], "seed": config["seed"], "winner": names[winner],
                "peak": float(peaks.max()), "rank_at_start": start_rank,
-               "shares_prefix": int((mdp.trajectories()[winner] == chosen).long().cumprod(0).sum())}
+               "shares_prefix": int(shared_prefix(mdp.trajectories()[winner], chosen))}
         if len(risen) and int(risen[0]) > 0:
             before = int(probs[int(risen[0]) - 1].argmax())
             row.update({"rise_step": int(risen[0]), "argmax_before": names[before], "winner_was_argmax": before == winner})
