@@ -143,7 +143,7 @@ def negative_gradient_loss(ctx, beta):
 
 
 def tree_experiment(*, policies: Sequence[str] = ("rnn", "tabular"), seeds: Sequence[int] = range(5),
-                    hidden_size: int = 32, sft_steps: int = 200, steps: int = 300, lr: float = 0.1,
+                    hidden_size: int = 32, sft_steps: int = 200, steps: int = 300, lr: float = 0.01,
                     optimizer: str = "sgd", progress: bool = False) -> pd.DataFrame:
     """The negative gradient alone on the paper's tree: SFT on the three demonstrations, then
     gradient descent on log π(y_l) of the paper's rejected trajectory; every step measured."""

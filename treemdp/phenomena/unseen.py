@@ -11,12 +11,13 @@ If r_φ is 0 on every answer no pair mentions (a reward model that learns nothin
 zero-initialised per-answer table with weight decay), every unseen answer gets π/ref = 1/Z, and
 Z ≥ exp(E_ref[r_φ]/β) ≥ 1 whenever E_ref[r_φ] ≥ 0 (Jensen): no unseen answer rises.
 
-**Interim baseline.** The lab's classical-RLHF code (reward-model scorers fit by Bradley-Terry,
-the KL-regularised objective maximised on the engine; issue 10) had not landed on ``main`` when
-this was written. Until it does, RLHF here is that closed-form optimum with a tabular
-per-answer reward model fit by :func:`fit_tabular_reward` (L2-regularised Bradley-Terry, exact
-convex fit). TODO(lab): switch :func:`rlhf_optimum`'s reward model to ``treemdp.lab.rlhf`` (and
-add its GRU scorer, which extrapolates to unseen answers) once merged.
+**Interim baseline.** The lab's classical-RLHF code (issue 10: reward-model scorers in
+``treemdp.lab.rlhf`` fit with ``engine.bradley_terry_loss``, then ``engine.kl_regularised_loss`` on
+the engine, wired in ``treemdp.lab.runner``) was on branch ``lab``, not on ``main``, when this was
+written. Until it is merged, RLHF here is that closed-form optimum with a tabular per-answer
+reward model fit by :func:`fit_tabular_reward` (L2-regularised Bradley-Terry, exact convex fit).
+TODO(lab): once merged, fit r_φ with the lab's scorers (tabular, and the GRU one, which
+extrapolates to unseen answers) and add the engine-trained RLHF policy beside the closed form.
 """
 
 from __future__ import annotations
