@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..training import TrainConfig
-from .train import add_config_flags, apply_objective_flags, shape_from_data
+from .train import add_config_flags, apply_objective_flags, shape_from_data, wants_loss_help
 
 
 def add_parsers(subparsers) -> None:
@@ -50,6 +50,8 @@ def add_parsers(subparsers) -> None:
 
 
 def _sweep_command(args) -> int:
+    if wants_loss_help(args.loss):
+        return 0
     from ..sweep import format_table, grid, parse_seeds, sweep
     axes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
             if f.name != "seed" and getattr(args, f.name) is not None}

@@ -133,7 +133,18 @@ def default_out(config: TrainConfig) -> Path:
     return Path("runs") / f"{name}-beta{config.beta:g}-seed{config.seed}"
 
 
+def wants_loss_help(losses) -> bool:
+    """``--loss help``: list the objectives instead of training."""
+    if losses is not None and "help" in ([losses] if isinstance(losses, str) else losses):
+        from .losses import print_objectives
+        print_objectives()
+        return True
+    return False
+
+
 def run_train(args: argparse.Namespace) -> int:
+    if wants_loss_help(args.loss):
+        return 0
     from ..runs import check_writable, write_run
     from ..training import resolve_dataset, train
     from ..tree import TreeMDP
