@@ -127,6 +127,10 @@ def run_reproduce(out: str | Path = "figures", *, runs: str | Path | None = None
                  ("figure_tabular", ([paper, runs / "policies"], out / "tabular_vs_gru"), {}),
                  ("figure_zoo", (runs / "zoo", out / "zoo_ood_map"), {})]
     made = [_draw_one(*drawing) for drawing in drawings]  # a process pool measured no faster here
+    # The neighbouring results (displacement, squeezing, IPO's argument, theory, explain): their own
+    # small experiments, plus the paper sweep above; settings pinned in treemdp.phenomena.figures.
+    from .phenomena.figures import draw_all as draw_phenomena
+    made += draw_phenomena(paper, out, quick=quick, progress=progress)
     if progress:
         total = time.perf_counter() - started
         n_runs = sum(len(job.configs) for job in jobs)
