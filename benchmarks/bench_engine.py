@@ -46,17 +46,25 @@ if case == "single":
         train(seed=seed, progress=False)
         seconds.append(time.perf_counter() - started)
     print(json.dumps({"seconds": min(seconds)}))
-elif case in ("grid", "zoo"):
-    losses = ["dpo", "ipo", "slic"] if case == "grid" else json.loads(sys.argv[2])
-    configs = grid(TrainConfig(), loss=losses, beta=[0.01, 0.1, 0.5], seed=range(10))
+elif case == "grid":
+    configs = grid(TrainConfig(), loss=["dpo", "ipo", "slic"], beta=[0.01, 0.1, 0.5], seed=range(10))
     train_batch(configs[:2])  # warm-up
     started = time.perf_counter()
-    results = train_batch(configs, keep_history=False) if case == "zoo" else train_batch(configs)
+    results = train_batch(configs)
     for r in results:  # what a sweep reads of every run
-        if not isinstance(r, Exception):
-            r.summary
-    print(json.dumps({"seconds": time.perf_counter() - started, "runs": len(configs),
-                      "diverged": sum(isinstance(r, Exception) for r in results)}))
+        r.summary
+    print(json.dumps({"seconds": time.perf_counter() - started, "runs": len(configs)}))
+elif case == "zoo":  # a light sweep in one process: batches of the default size, run folders written
+    import tempfile
+    from treemdp.sweep import sweep
+    configs = grid(TrainConfig(), loss=json.loads(sys.argv[2]), beta=[0.01, 0.1, 0.5], seed=range(10))
+    train_batch(configs[:2])  # warm-up
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        table = sweep(configs, out, light=True, workers=1, progress=False)
+        seconds = time.perf_counter() - started
+    diverged = int(table["diverged"].notna().sum()) if "diverged" in table else 0
+    print(json.dumps({"seconds": seconds, "runs": len(configs), "diverged": diverged}))
 """
 
 ENUMERATION = r"""
@@ -126,7 +134,7 @@ def side_by_side(case: str, before: Path, rounds: int) -> tuple[float, float]:
 def zoo_specs() -> list[str]:
     """Every registered objective, TRL's loss types one by one (the zoo figure's set)."""
     sys.path.insert(0, str(ROOT))
-    from treemdp.figures_zoo import zoo_objectives
+    from treemdp.reproduce import zoo_objectives
     return zoo_objectives()
 
 
@@ -158,8 +166,9 @@ def main() -> None:
     if "error" in zoo:
         print(f"zoo sweep failed: {zoo['error']}")
     else:
-        print(f"zoo sweep: {len(specs)} objectives x 3 betas x 10 seeds = {zoo['runs']} runs in {zoo['seconds']:.1f} s "
-              f"({zoo['diverged']} diverged) -> {zoo['seconds'] / grid_new:.1f}x the 90-run grid (target <= 8x)")
+        print(f"zoo sweep (light, one process, default batches): {len(specs)} objectives x 3 betas x 10 seeds = "
+              f"{zoo['runs']} runs in {zoo['seconds']:.1f} s ({zoo['diverged']} diverged) -> "
+              f"{zoo['seconds'] / grid_new:.1f}x the 90-run grid (target <= 8x)")
 
     cases = [(4, 10)] + ([] if args.skip_large else [(10, 7)])
     for branching, depth in cases:

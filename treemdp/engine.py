@@ -304,6 +304,8 @@ class PhaseRecord:
     def table(self) -> dict[str, torch.Tensor]:
         """Every step's scalars: ``loss`` and each measurement, [steps + 1, R] float64."""
         self.flush()
+        if getattr(self, "_table", None) is not None and self._table_steps == len(self.loss):
+            return self._table
         out = {"loss": torch.stack(self.loss).double().cpu()}
         for name, parts in self.values.items():
             values = torch.cat(parts)
@@ -311,6 +313,7 @@ class PhaseRecord:
                 out.update({column: values[..., k] for k, column in enumerate(self.columns[name])})
             else:
                 out[name] = values
+        self._table, self._table_steps = out, len(self.loss)
         return out
 
 
@@ -433,6 +436,7 @@ def daa_loss(ctx: RunContext, objectives: Sequence[Any], beta: torch.Tensor, *,
     inverse = torch.argsort(torch.cat(list(index.values()))) if len(groups) > 1 else None
     if lengths is None:
         lengths = torch.full((1, 1), ctx.mdp.depth, dtype=torch.long, device=device)
+    lengths = lengths.expand(ctx.chosen.shape)  # [R, P]: the log-probs' shape (no broadcast check per step)
     mask = full_or_none(ctx.pair_mask)
 
     def loss(logp, step):
@@ -448,7 +452,7 @@ def daa_loss(ctx: RunContext, objectives: Sequence[Any], beta: torch.Tensor, *,
         else:
             parts = []
             for spec, rows in index.items():
-                batch = PreferenceBatch(pi_w[rows], pi_l[rows], ref_w[rows], ref_l[rows], lengths, lengths)
+                batch = PreferenceBatch(pi_w[rows], pi_l[rows], ref_w[rows], ref_l[rows], lengths[rows], lengths[rows])
                 parts.append(by_spec[spec](batch, beta[rows]))
             per_pair = torch.cat(parts)[inverse]
         return masked_mean(per_pair, mask)  # [R]

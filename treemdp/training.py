@@ -234,11 +234,8 @@ class RunResult:
     def steps(self) -> pd.DataFrame:
         frames = []
         for record, row in self._parts:
-            table = record.table()
-            frame = pd.DataFrame({"phase": record.name, "step": np.arange(record.steps + 1)})
-            for name, values in table.items():
-                frame[name] = values[:, row].numpy()
-            frames.append(frame)
+            columns = {name: values[:, row].numpy() for name, values in record.table().items()}
+            frames.append(pd.DataFrame({"phase": record.name, "step": np.arange(record.steps + 1), **columns}))
         return pd.concat(frames, ignore_index=True)
 
     @functools.cached_property
