@@ -15,8 +15,10 @@ from .conftest import DATA, ENV, treemdp_cli
 
 
 def read_metrics(path):
+    """metrics.csv rows, numbers as floats (the objective column stays text)."""
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: v if k == "objective" else float(v) for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def weights(folder):
@@ -151,7 +153,8 @@ def test_two_process_ddp_equals_one_process(sft_run, prefs_small, llm_tmp):
                            *map(str, common), "--out", two, "--batch-size", "2", "--grad-accum", "1"],
                           env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    config = json.loads((two / "config.json").read_text())
+    assert config["world_size"] == 2 and config["shared_prompt_used"]  # two forwards under DDP
     a, b = read_metrics(one / "metrics.csv"), read_metrics(two / "metrics.csv")
     assert len(a) == len(b) == 3
     for ra, rb in zip(a, b):
