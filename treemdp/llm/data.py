@@ -107,8 +107,9 @@ def validate_row(raw: Any, fields: tuple[str, ...], where: str) -> dict:
     row = dict(raw)
     if "chosen" in fields and "prompt" not in row and "chosen" in row and "rejected" in row:
         if type(row["chosen"]) is type(row["rejected"]) and isinstance(row["chosen"], (str, list)):
-            row["prompt"], row["chosen"], row["rejected"] = _extract_prompt(row["chosen"],
-                                                                            row["rejected"])
+            prompt, chosen, rejected = _extract_prompt(row["chosen"], row["rejected"])
+            if prompt:  # nothing shared: not an implicit-prompt row (a column not mapped?)
+                row.update(prompt=prompt, chosen=chosen, rejected=rejected)
     for name in fields:
         if name not in row:
             raise UserError(f"{where}: missing field '{name}' (need {', '.join(fields)})")
