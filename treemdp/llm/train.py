@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import hashlib
 import json
 import math
@@ -413,6 +412,32 @@ def _save(accelerator, model, tokenizer, path: Path, state: dict | None) -> None
     accelerator.wait_for_everyone()
 
 
+def _fsdp(accelerator) -> bool:
+    return str(accelerator.distributed_type).endswith("FSDP")
+
+
+def optimizer_state(accelerator, model, optimizer) -> dict:
+    """The optimizer's state as one file can hold it. Under FSDP each process holds a shard:
+    the full state is gathered (a collective: every process calls this) onto the main one."""
+    if not _fsdp(accelerator):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    return get_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer),
+                                    options=StateDictOptions(full_state_dict=True,
+                                                             cpu_offload=True))
+
+
+def load_optimizer_state(accelerator, model, optimizer, state: dict) -> None:
+    """Inverse of :func:`optimizer_state`, after ``accelerator.prepare`` (every process reads
+    the full state and keeps its shard under FSDP)."""
+    if not _fsdp(accelerator):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
 def _load_reference_cache(path: Path, key: str, main: bool):
     """The cached reference tables if ``path`` holds them for ``key``; None otherwise (an
     unreadable file, e.g. cut short by a kill before atomic writes, is recomputed)."""
@@ -541,28 +566,30 @@ def train(cfg: TrainConfig) -> RunResult:
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     scheduler = warmup_schedule(optimizer, cfg.warmup_steps)
     step = 0
+    if resume_from is None:
+        seed_everything(cfg.seed)
+    model, optimizer = accelerator.prepare(model, optimizer)
     if resume_from is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(accelerator, model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step = state["step"]
         if main:
             print(f"resumed from {resume_from} at step {step}", file=sys.stderr)
-    else:
-        seed_everything(cfg.seed)
-    model, optimizer = accelerator.prepare(model, optimizer)
 
     if main:
         config = cfg.to_dict() | {
             "world_size": world, "global_batch": global_batch, "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps, "save_every": save_every, "rows": asdict(stats),
             "data_source": label, "shared_prompt_used": shared,
+            "distributed": str(accelerator.distributed_type).split(".")[-1],
             "precision_used": "bf16" if bf16 else "fp32", "device_used": device}
         write_json(config, out / "config.json")
     log = MetricsLog(out / "metrics.csv", keep_until=step if resume_from else None) if main else None
 
     def state_dict(step_done: int) -> dict:
-        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        return {"optimizer": optimizer_state(accelerator, model, optimizer),
+                "scheduler": scheduler.state_dict(),
                 "step": step_done, "rng": rng_state(), "config": cfg.to_dict()}
 
     def last_saved() -> str:
