@@ -103,7 +103,8 @@ def worker_ours(data: Path, model_dir: Path, out: Path, steps: int, warmup: int,
                       loss="dpo", beta=0.1, optimizer="adamw", lr=1e-4, warmup_steps=0,
                       batch_size=8, grad_accum=1, max_steps=steps, save_every=10 ** 9,
                       max_length=512, max_prompt_length=384, device="cpu", precision="fp32",
-                      progress=False, threads=2, shared_prompt=shared))
+                      progress=False, threads=int(os.environ["OMP_NUM_THREADS"]),
+                      shared_prompt=shared))
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return {"step_times": [float(r["time_s"]) for r in rows],
@@ -118,7 +119,7 @@ def worker_trl(data: Path, model_dir: Path, out: Path, steps: int, warmup: int,
     from transformers.utils import logging
     from trl import DPOConfig, DPOTrainer
     logging.set_verbosity_error()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     rows = [json.loads(l) for l in data.read_text().splitlines()]
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -169,6 +170,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of all variants")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS))
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads per run (1 makes CPU time the work alone: no "
+                             "threads spinning while they wait for a busy core)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -177,7 +181,8 @@ def main() -> None:
     if args.worker:
         run_worker(args)
         return
-    env = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = make_data(work, n_pairs=8 * args.steps, shape=args.shape)
@@ -214,7 +219,8 @@ def main() -> None:
                       f"{r['tokens_per_s']:9.0f} tokens/s  peak RSS {r['peak_rss_mib']:6.0f} MiB",
                       flush=True)
         print(f"\nmedian over {args.repeats} rounds, {args.steps} steps of 8 pairs "
-              f"({tok_step:.0f} tokens/step), first {args.warmup} steps excluded:")
+              f"({tok_step:.0f} tokens/step), {args.threads} thread(s), first {args.warmup} steps "
+              "excluded:")
         print(f"{'variant':15s} {'steps/s':>8s} {'tokens/s':>9s} {'peak RSS MiB':>13s} "
               f"{'steps/CPU-s':>14s}")
         med = {}

@@ -116,10 +116,11 @@ def test_datasets_sources_give_the_jsonl_rows(tmp_path):
 
 
 def test_hub_name_offline_is_one_line(monkeypatch):
-    pytest.importorskip("datasets")
+    datasets = pytest.importorskip("datasets")
     from treemdp.llm.data import load_rows
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # read at import time, maybe before the test environment's HF_HUB_OFFLINE=1: set it here too
+    # (else datasets retries the unreachable hub for ~25 s before giving up)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="cannot load dataset 'nobody/no-such-dataset'") as info:
         load_rows("nobody/no-such-dataset", PAIR_FIELDS)
     assert "\n" not in str(info.value)
