@@ -107,6 +107,9 @@ def test_datasets_sources_give_the_jsonl_rows(tmp_path):
         assert rows == expected, label
     rows, _ = load_rows(str(tmp_path / "dict"), PAIR_FIELDS, split="test")
     assert rows == expected[:4]
+    rows, _ = load_rows(datasets.DatasetDict({"test": ds.select(range(3))}), PAIR_FIELDS,
+                        split="test")
+    assert rows == expected[:3]
     with pytest.raises(UserError, match="has no split 'validation'; splits: train, test"):
         load_rows(str(tmp_path / "dict"), PAIR_FIELDS, split="validation")
     with pytest.raises(UserError, match="missing field 'prompt'"):

@@ -192,12 +192,16 @@ def _load_dataset(source: str, split: str):
     except Exception as e:  # noqa: BLE001 - missing names, offline hub, bad files: one line each
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"cannot load dataset {source!r}: {first}") from None
-    if isinstance(data, dict) or hasattr(data, "keys"):  # a DatasetDict
-        if split not in data:
-            raise UserError(f"dataset {source!r} has no split {split!r}; splits: "
-                            f"{', '.join(data.keys())}")
-        data = data[split]
-    return data
+    return _pick_split(data, split, repr(source))
+
+
+def _pick_split(data, split: str, name: str):
+    """``data[split]`` of a ``DatasetDict`` (a dict of splits); anything else as it is."""
+    if not isinstance(data, dict):
+        return data
+    if split not in data:
+        raise UserError(f"dataset {name} has no split {split!r}; splits: {', '.join(data)}")
+    return data[split]
 
 
 def load_rows(source: Any, fields: tuple[str, ...], *, split: str = "train",
@@ -224,8 +228,7 @@ def load_rows(source: Any, fields: tuple[str, ...], *, split: str = "train",
             raise UserError(f"data file not found: {text}")
         source, label = _load_dataset(text, split), f"{text} [{split}]"
     else:
-        if hasattr(source, "keys") and not isinstance(source, dict) and split in source:
-            source = source[split]  # a DatasetDict
+        source = _pick_split(source, split, f"<{type(source).__name__}>")
         label = f"<{type(source).__name__} of {len(source)} rows>" if hasattr(source, "__len__") \
             else f"<{type(source).__name__}>"
     rows = [validate_row(_renamed(raw, columns), fields, f"{label} row {i}")
@@ -236,7 +239,7 @@ def load_rows(source: Any, fields: tuple[str, ...], *, split: str = "train",
 
 
 def rows_digest(rows: list[dict]) -> str:
-    """A hash of validated rows (keys the reference log-prob cache and describes in-memory data)."""
+    """A hash of validated rows (part of the key of the reference log-prob cache)."""
     digest = hashlib.sha256()
     for row in rows:
         digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
