@@ -1,16 +1,23 @@
 """Benchmark: our DAA (DPO) step against TRL's DPOTrainer on the same tiny GPT-NeoX, on CPU.
 
-    .venv/bin/python benchmarks/bench_llm.py [--steps 40] [--repeats 2]
+    .venv/bin/python benchmarks/bench_llm.py [--shape tldr|short] [--steps 40] [--repeats 2]
+        [--variants ours ours-unshared trl-precompute trl-ref]
 
-Same random-init GPT-NeoX (hidden 64, 2 layers, 4 heads, vocab 512), same pairs (synthetic
-prompts with completions of 32-64 tokens), 8 pairs per step, AdamW lr 1e-4 constant, fp32,
-2 torch threads, no gradient checkpointing, no checkpoints written during the timed steps.
-Variants: ``ours`` (``treemdp.llm.train``, reference log-probs precomputed once),
-``trl-precompute`` (DPOTrainer, loss_type sigmoid, precompute_ref_log_probs=True) and
-``trl-ref`` (the reference model run every step). Each run is a fresh subprocess (so peak RSS is
-its own), and the variants alternate A B C A B C in one invocation. Steps/s is 1 / the median step time
-over the steps after the first ``--warmup`` ones (the mean is printed too) (setup, reference precomputation and the first steps are
-excluded for everyone); tokens/s counts the real (unpadded) tokens of those steps.
+Same random-init GPT-NeoX (hidden 64, 2 layers, 4 heads, vocab 512), same pairs, 8 pairs per
+step, AdamW lr 1e-4 constant, fp32, 2 torch threads, no gradient checkpointing, no checkpoints
+written during the timed steps. Shapes: ``tldr`` (default; the paper's TL;DR setting: prompts of
+200-380 tokens, completions of 20-60) and ``short`` (synthetic prompts of ~60 tokens,
+completions of 32-64). Variants: ``ours`` (``treemdp.llm.train``: reference log-probs
+precomputed once, each pair's prompt computed once), ``ours-unshared`` (the same with the prompt
+computed per completion, ``shared_prompt=False``), ``trl-precompute`` (DPOTrainer, loss_type
+sigmoid, precompute_ref_log_probs=True) and ``trl-ref`` (the reference model run every step).
+Each run is a fresh subprocess (so peak RSS is its own), and the variants alternate A B C A B C
+in one invocation. Steps/s is 1 / the median step time over the steps after the first
+``--warmup`` ones (the mean is printed too; setup, reference precomputation and the first steps
+are excluded for everyone); tokens/s counts the real (unpadded) tokens of the sequences each
+trainer scores, a pair's prompt once per completion (2 P + |y_w| + |y_l|), the same number for
+every variant. Steps per CPU-second (process time, all threads) is printed too: it is the
+figure least moved by other jobs on a shared machine.
 """
 
 from __future__ import annotations
@@ -27,13 +34,17 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("ours", "trl-precompute", "trl-ref")
+VARIANTS = ("ours", "ours-unshared", "trl-precompute", "trl-ref")
+DEFAULT_VARIANTS = ("ours", "ours-unshared", "trl-precompute")
+#: (prompt tokens, completion tokens) ranges per shape; None: the synthetic prompt as it comes.
+SHAPES = {"tldr": ((200, 380), (20, 60)), "short": (None, (32, 63))}
 WORDS = ("my car broke and i am sad so i called my friend who said it was fine but the landlord "
          "yelled at the team while the cat slept in the kitchen and the phone crashed again").split()
 
 
-def make_data(workdir: Path, n_pairs: int, seed: int = 0) -> Path:
-    """Pairs whose chosen/rejected completions have 32-64 tokens under the tiny tokenizer."""
+def make_data(workdir: Path, n_pairs: int, shape: str = "tldr", seed: int = 0) -> Path:
+    """Pairs whose prompts and completions have the shape's token counts (tiny tokenizer; +1 EOS
+    on each completion)."""
     from treemdp.llm.models import build_tiny_model, load_tokenizer
     from treemdp.llm.synthetic import make_prompt
     model_dir = build_tiny_model(workdir / "tiny", hidden_size=64, num_layers=2, num_heads=4,
@@ -41,16 +52,24 @@ def make_data(workdir: Path, n_pairs: int, seed: int = 0) -> Path:
     tok = load_tokenizer(str(model_dir), quiet=True)
     rng = random.Random(seed)
 
-    def completion() -> str:
-        target, text = rng.randint(32, 63), ""  # + EOS = 33..64 tokens
+    prompt_range, completion_range = SHAPES[shape]
+
+    def extend(text: str, low: int, high: int) -> str:
+        """``text`` plus random words, cut to a token count drawn from [low, high]."""
+        target = rng.randint(low, high)
         while len(tok(text, add_special_tokens=False)["input_ids"]) < target:
             text += " " + rng.choice(WORDS)
-        ids = tok(text, add_special_tokens=False)["input_ids"][:target]
-        return tok.decode(ids)
+        return tok.decode(tok(text, add_special_tokens=False)["input_ids"][:target])
+
+    def completion() -> str:
+        return extend("", *completion_range)
 
     rows = []
     for _ in range(n_pairs):
         prompt, _ = make_prompt(rng)
+        if prompt_range:  # a long post, still ending in the TL;DR cue
+            prompt = extend(prompt.removesuffix("\nTL;DR:"), prompt_range[0] - 4,
+                            prompt_range[1] - 4) + "\nTL;DR:"
         chosen, rejected = completion(), completion()
         while rejected == chosen:
             rejected = completion()
@@ -60,24 +79,32 @@ def make_data(workdir: Path, n_pairs: int, seed: int = 0) -> Path:
     return path
 
 
-def tokens_per_step(data: Path, model_dir: Path, batch: int, steps: list[list[int]] | None = None):
+def data_shape(data: Path, model_dir: Path) -> dict:
+    """Mean prompt and completion token counts, and the tokens a pair counts for (2 P + Cw + Cl)."""
     from treemdp.llm.data import PAIR_FIELDS, read_jsonl, tokenize_rows
     from treemdp.llm.models import load_tokenizer
     tok = load_tokenizer(str(model_dir), quiet=True)
-    ex, _ = tokenize_rows(read_jsonl(data, PAIR_FIELDS), tok, kind="pairs", max_length=512,
-                          max_prompt_length=384)
-    per_pair = [2 * len(e.prompt_ids) + len(e.completions[0]) + len(e.completions[1]) for e in ex]
-    return batch * statistics.mean(per_pair)
+    ex, stats = tokenize_rows(read_jsonl(data, PAIR_FIELDS), tok, kind="pairs", max_length=512,
+                              max_prompt_length=384)
+    assert stats.truncated == stats.dropped == 0
+    prompts = [len(e.prompt_ids) for e in ex]
+    completions = [len(c) for e in ex for c in e.completions]
+    return {"prompt": (statistics.mean(prompts), min(prompts), max(prompts)),
+            "completion": (statistics.mean(completions), min(completions), max(completions)),
+            "pair_tokens": statistics.mean(2 * len(e.prompt_ids) + sum(map(len, e.completions))
+                                           for e in ex)}
 
 
-def worker_ours(data: Path, model_dir: Path, out: Path, steps: int, warmup: int) -> dict:
+def worker_ours(data: Path, model_dir: Path, out: Path, steps: int, warmup: int,
+                shared: bool = True) -> dict:
     import csv
     from treemdp.llm.train import TrainConfig, train
     train(TrainConfig(phase="daa", model=str(model_dir), data=str(data), out=str(out),
                       loss="dpo", beta=0.1, optimizer="adamw", lr=1e-4, warmup_steps=0,
                       batch_size=8, grad_accum=1, max_steps=steps, save_every=10 ** 9,
                       max_length=512, max_prompt_length=384, device="cpu", precision="fp32",
-                      progress=False, threads=2))
+                      progress=False, threads=int(os.environ["OMP_NUM_THREADS"]),
+                      shared_prompt=shared))
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return {"step_times": [float(r["time_s"]) for r in rows],
@@ -92,7 +119,7 @@ def worker_trl(data: Path, model_dir: Path, out: Path, steps: int, warmup: int,
     from transformers.utils import logging
     from trl import DPOConfig, DPOTrainer
     logging.set_verbosity_error()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     rows = [json.loads(l) for l in data.read_text().splitlines()]
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -124,8 +151,9 @@ def worker_trl(data: Path, model_dir: Path, out: Path, steps: int, warmup: int,
 
 def run_worker(args) -> None:
     data, model_dir, out = Path(args.data), Path(args.model), Path(args.out)
-    if args.worker == "ours":
-        result = worker_ours(data, model_dir, out, args.steps, args.warmup)
+    if args.worker.startswith("ours"):
+        result = worker_ours(data, model_dir, out, args.steps, args.warmup,
+                             shared=args.worker == "ours")
     else:
         result = worker_trl(data, model_dir, out, args.steps, args.warmup,
                             precompute=args.worker == "trl-precompute")
@@ -135,9 +163,16 @@ def run_worker(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=list(SHAPES), default="tldr",
+                        help="tldr: prompts of 200-380 tokens, completions 20-60 (default); "
+                             "short: ~60-token prompts, completions 32-64")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
-    parser.add_argument("--repeats", type=int, default=2, help="A B C rounds")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of all variants")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS))
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads per run (1 makes CPU time the work alone: no "
+                             "threads spinning while they wait for a busy core)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -146,15 +181,21 @@ def main() -> None:
     if args.worker:
         run_worker(args)
         return
-    env = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = make_data(work, n_pairs=8 * args.steps)
+        data = make_data(work, n_pairs=8 * args.steps, shape=args.shape)
         model_dir = work / "tiny"
-        tok_step = tokens_per_step(data, model_dir, 8)
-        results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+        shape = data_shape(data, model_dir)
+        tok_step = 8 * shape["pair_tokens"]
+        print(f"{args.shape} pairs: prompts {shape['prompt'][0]:.0f} tokens "
+              f"({shape['prompt'][1]}-{shape['prompt'][2]}), completions "
+              f"{shape['completion'][0]:.0f} ({shape['completion'][1]}-{shape['completion'][2]}, "
+              f"EOS included)", flush=True)
+        results: dict[str, list[dict]] = {v: [] for v in args.variants}
         for rep in range(args.repeats):
-            for variant in VARIANTS:
+            for variant in args.variants:
                 out = work / f"{variant}-{rep}"
                 proc = subprocess.run(
                     [sys.executable, __file__, "--worker", variant, "--data", str(data),
@@ -178,7 +219,8 @@ def main() -> None:
                       f"{r['tokens_per_s']:9.0f} tokens/s  peak RSS {r['peak_rss_mib']:6.0f} MiB",
                       flush=True)
         print(f"\nmedian over {args.repeats} rounds, {args.steps} steps of 8 pairs "
-              f"({tok_step:.0f} tokens/step), first {args.warmup} steps excluded:")
+              f"({tok_step:.0f} tokens/step), {args.threads} thread(s), first {args.warmup} steps "
+              "excluded:")
         print(f"{'variant':15s} {'steps/s':>8s} {'tokens/s':>9s} {'peak RSS MiB':>13s} "
               f"{'steps/CPU-s':>14s}")
         med = {}
@@ -188,11 +230,14 @@ def main() -> None:
             m = med[variant]
             print(f"{variant:15s} {m['steps_per_s']:8.2f} {m['tokens_per_s']:9.0f} "
                   f"{m['peak_rss_mib']:13.0f} {m['steps_per_cpu_s']:14.2f}")
-        speedup = med["ours"]["steps_per_s"] / med["trl-precompute"]["steps_per_s"]
-        cpu_speedup = med["ours"]["steps_per_cpu_s"] / med["trl-precompute"]["steps_per_cpu_s"]
-        print(f"\nours / trl-precompute: {speedup:.2f}x steps/s ({cpu_speedup:.2f}x per CPU-s); "
-              f"peak RSS "
-              f"{med['ours']['peak_rss_mib']:.0f} vs {med['trl-precompute']['peak_rss_mib']:.0f} MiB")
+        if "trl-precompute" in med:
+            base = med["trl-precompute"]
+            print()
+            for variant in (v for v in med if v.startswith("ours")):
+                m = med[variant]
+                print(f"{variant} / trl-precompute: {m['steps_per_s'] / base['steps_per_s']:.2f}x "
+                      f"steps/s ({m['steps_per_cpu_s'] / base['steps_per_cpu_s']:.2f}x per CPU-s); "
+                      f"peak RSS {m['peak_rss_mib']:.0f} vs {base['peak_rss_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

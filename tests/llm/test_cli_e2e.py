@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +16,10 @@ from .conftest import DATA, ENV, treemdp_cli
 
 
 def read_metrics(path):
+    """metrics.csv rows, numbers as floats (the objective column stays text)."""
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: v if k == "objective" else float(v) for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def weights(folder):
@@ -135,27 +138,72 @@ def test_stop_kill_and_resume_equal_uninterrupted(sft_run, prefs_small, llm_tmp)
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+_ONE_PROCESS = {}
+
+
+def one_process_run(sft_run, prefs_small, llm_tmp):
+    """3 DAA steps of a global batch of 4 in one process: what 2-process runs must reproduce."""
+    if not _ONE_PROCESS:
+        out = llm_tmp / "one"
+        treemdp_cli(*DIST_COMMON(sft_run, prefs_small), "--out", out, "--batch-size", "2",
+                    "--grad-accum", "2")
+        _ONE_PROCESS["out"] = out
+    return _ONE_PROCESS["out"]
+
+
+def DIST_COMMON(sft_run, prefs_small):
+    return ["llm", "daa", "--model", sft_run / "final", "--data", prefs_small, "--threads", "1",
+            "--no-progress", "--max-steps", "3", "--device", "cpu", "--lr", "3e-4"]
+
+
+def assert_same_run(one, two):
+    a, b = read_metrics(one / "metrics.csv"), read_metrics(two / "metrics.csv")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        for key in ("loss", "logp_chosen", "logp_rejected", "tokens"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5), key
+    wa, wb = weights(one / "final"), weights(two / "final")
+    assert wa.keys() == wb.keys()
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
 @pytest.mark.slow
 def test_two_process_ddp_equals_one_process(sft_run, prefs_small, llm_tmp):
     """accelerate launch with 2 CPU processes (gloo DDP) == 1 process, same global batch of 4."""
-    common = ["llm", "daa", "--model", sft_run / "final", "--data", prefs_small, "--threads", "1",
-              "--no-progress", "--max-steps", "3", "--device", "cpu", "--lr", "3e-4"]
-    one, two = llm_tmp / "one", llm_tmp / "two"
-    treemdp_cli(*common, "--out", one, "--batch-size", "2", "--grad-accum", "2")
+    one, two = one_process_run(sft_run, prefs_small, llm_tmp), llm_tmp / "two"
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     # `--multi_gpu` picks accelerate's torchrun launcher; on a machine without GPUs the processes
     # run MULTI_CPU over gloo (`--cpu --num_processes 2` alone starts a single process).
     proc = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend",
                            "no", "--main_process_port", "29517", "-m", "treemdp",
-                           *map(str, common), "--out", two, "--batch-size", "2", "--grad-accum", "1"],
+                           *map(str, DIST_COMMON(sft_run, prefs_small)), "--out", two,
+                           "--batch-size", "2", "--grad-accum", "1"],
                           env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((two / "config.json").read_text())["world_size"] == 2
-    a, b = read_metrics(one / "metrics.csv"), read_metrics(two / "metrics.csv")
-    assert len(a) == len(b) == 3
-    for ra, rb in zip(a, b):
-        for key in ("loss", "logp_chosen", "logp_rejected", "tokens"):
-            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5), key
-    wa, wb = weights(one / "final"), weights(two / "final")
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+    config = json.loads((two / "config.json").read_text())
+    assert config["world_size"] == 2 and config["distributed"] == "MULTI_CPU"
+    assert config["shared_prompt_used"]  # two forward passes per micro-batch under DDP
+    assert_same_run(one, two)
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_with_resume_equals_one_process(sft_run, prefs_small, llm_tmp):
+    """FSDP2 through accelerate on 2 CPU processes (gloo; tests/llm/fsdp_cpu.py lifts
+    accelerate's GPU-only switch): stop after 2 steps, resume, and end where 1 process ends
+    (weights gathered for every save, the optimizer state gathered and re-sharded)."""
+    one, fsdp = one_process_run(sft_run, prefs_small, llm_tmp), llm_tmp / "fsdp"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = dict(ENV, ACCELERATE_USE_FSDP="true", FSDP_VERSION="2",
+               FSDP_STATE_DICT_TYPE="FULL_STATE_DICT")
+    for extra in (["--stop-after", "2", "--save-every", "1"], ["--resume"]):
+        proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29519",
+                               str(Path(__file__).with_name("fsdp_cpu.py")),
+                               *map(str, DIST_COMMON(sft_run, prefs_small)), "--out", fsdp,
+                               "--batch-size", "2", "--grad-accum", "1", *extra],
+                              env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr
+    config = json.loads((fsdp / "config.json").read_text())
+    assert config["world_size"] == 2 and config["distributed"] == "FSDP"
+    assert_same_run(one, fsdp)

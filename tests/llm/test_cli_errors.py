@@ -10,7 +10,10 @@ from .conftest import DATA, treemdp_cli
 
 
 def run(capsys, *args):
-    code = main([str(a) for a in args])
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's own errors (bad flag values)
+        code = e.code
     captured = capsys.readouterr()
     return code, captured.err
 
@@ -35,7 +38,7 @@ def bad_files(tmp_path_factory):
 
 @pytest.mark.parametrize("beta, fragment", [("0", "beta must be"), ("-1", "beta must be"),
                                             ("nan", "beta must be"), ("inf", "beta must be"),
-                                            ("abc", "beta must be a number")])
+                                            ("abc", "--beta: invalid float value")])
 def test_invalid_beta(capsys, tiny, prefs_small, tmp_path, beta, fragment):
     code, err = run(capsys, "llm", "daa", "--beta", beta, "--model", tiny, "--data", prefs_small,
                     "--out", tmp_path / "o")
@@ -134,13 +137,13 @@ def test_subprocess_error_has_no_traceback(prefs_small, tmp_path):
                        "--out", tmp_path / "o", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "error: beta must be a finite number > 0, got '-0.5'"]
+        "error: beta must be a finite number > 0, got -0.5"]
 
 
 def test_import_and_help_stay_light():
     import subprocess
     import sys
-    code = ("import sys, treemdp, treemdp.llm, treemdp.llm.cli; "
+    code = ("import sys, treemdp, treemdp.llm, treemdp.cli.llm; "
             "sys.exit(int(any(m in sys.modules for m in ('transformers', 'accelerate', 'trl'))))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     code = ("import sys; from treemdp.cli import build_parser; build_parser(); "

@@ -1,6 +1,7 @@
 """Library-level checks of training options and evaluation metrics (in process, tiny model)."""
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -91,3 +92,34 @@ def test_reward_model_and_custom_judges(tiny, tmp_path):
     assert verdicts[1] == 0.5 and verdicts[0] in (0.0, 1.0)
     assert get_judge("treemdp.llm.evaluate:gold_judge") is gold_judge
     assert get_judge("none") is None
+
+
+@pytest.mark.parametrize("args, spec, first_loss", [
+    (["--loss", "cdpo", "--epsilon", "0.2"], "cdpo(epsilon=0.2)", math.log(2)),
+    # TRL's ipo normalises by the completion lengths (chosen_lengths / rejected_lengths): at h = 0
+    # its loss is (1 / (2 beta))^2 = 25 for beta 0.1
+    (["--loss", "trl(loss_type=ipo)"], "trl(loss_type=ipo)", 25.0),
+    (["--loss", "treemdp.losses:exponential_g"], "treemdp.losses:exponential_g", 1.0),
+])
+def test_any_objective_through_the_cli(tiny, prefs_small, tmp_path, args, spec, first_loss):
+    """`llm daa --loss` takes any objective of treemdp.losses, its parameters as flags; the
+    canonical spec lands in config.json and metrics.csv; policy == reference at step 1."""
+    import json
+
+    from treemdp.cli import main
+    out = tmp_path / "run"
+    assert main(["llm", "daa", "--model", str(tiny), "--data", str(prefs_small), "--out", str(out),
+                 "--no-progress", "--batch-size", "4", "--max-steps", "1", *args]) == 0
+    assert json.loads((out / "config.json").read_text())["loss"] == spec
+    with open(out / "metrics.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["objective"] == spec and float(row["loss"]) == pytest.approx(first_loss, rel=1e-5)
+
+
+def test_objective_flag_no_objective_has(capsys, tiny, prefs_small, tmp_path):
+    from treemdp.cli import main
+    code = main(["llm", "daa", "--model", str(tiny), "--data", str(prefs_small), "--out",
+                 str(tmp_path / "o"), "--loss", "dpo", "--epsilon", "0.2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: unrecognized argument --epsilon")
+    assert not (tmp_path / "o").exists()

@@ -105,3 +105,52 @@ def test_a_wrong_mapping_is_caught():
     mine = ours(per_token, shift, ref_w, ref_l, loss="ipo", beta=0.1, average=True)
     theirs = trl_loss(per_token, mask, ref_w, ref_l, loss_type="ipo", beta=0.1)
     assert not torch.allclose(mine, 0.1 ** 2 * theirs)
+
+
+def test_one_training_step_equals_trls(tiny, prefs_small, tmp_path):
+    """One SGD step of DPO on 8 pairs from the same weights: treemdp (shared-prompt forward,
+    ``tokenization="trl"``, ``truncation="keep_start"``) and TRL 1.16's DPOTrainer end with the
+    same weights. The batch is the whole data set, so the order TRL draws it in does not matter.
+    Two rows differ between the conventions, so ``tokenization="default"`` fails this test."""
+    import json
+
+    datasets = pytest.importorskip("datasets")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig
+
+    from treemdp.llm.train import TrainConfig, train
+
+    rows = [json.loads(line) for line in prefs_small.read_text().splitlines()[:8]]
+    # two rows where the conventions differ: a space merging across the boundary, an EOS in text
+    rows[0]["prompt"] += " "
+    rows[0]["chosen"], rows[0]["rejected"] = rows[0]["chosen"].lstrip(), rows[0]["rejected"].lstrip()
+    rows[1]["chosen"] += "<|endoftext|>"
+    data = tmp_path / "pairs8.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lr, beta = 0.5, 0.1
+    train(TrainConfig(phase="daa", model=str(tiny), data=str(data), out=str(tmp_path / "ours"),
+                      loss="dpo", beta=beta, optimizer="sgd", lr=lr, warmup_steps=0, batch_size=8,
+                      grad_accum=1, max_steps=1, max_length=128, max_prompt_length=96,
+                      truncation="keep_start", tokenization="trl", device="cpu",
+                      precision="fp32", progress=False))
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "ours" / "final")
+
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), loss_type=["sigmoid"], beta=beta,
+                     learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0,
+                     optim="sgd", weight_decay=0.0, max_grad_norm=0.0,
+                     per_device_train_batch_size=8, gradient_accumulation_steps=1, max_steps=1,
+                     max_length=128, bf16=False, fp16=False, save_strategy="no",
+                     report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+                     logging_steps=10 ** 6, dataloader_num_workers=0)
+    DPOTrainer(model=policy, ref_model=ref, args=args, processing_class=AutoTokenizer.from_pretrained(tiny),
+               train_dataset=datasets.Dataset.from_list(rows)).train()
+
+    start = AutoModelForCausalLM.from_pretrained(tiny).state_dict()
+    theirs, mine = policy.state_dict(), ours.state_dict()
+    moved = max((theirs[k] - start[k]).abs().max().item() for k in start)
+    assert moved > 1e-3  # the step did something
+    for key in start:
+        torch.testing.assert_close(mine[key], theirs[key], atol=2e-6, rtol=1e-5, msg=key)

@@ -1,8 +1,11 @@
-"""The LLM track: SFT then DPO/IPO/SLiC on causal LMs (Pythia / GPT-NeoX), tested on CPU.
+"""The LLM track: SFT then any direct alignment objective on causal LMs (Pythia / GPT-NeoX),
+tested on CPU.
 
 Modules (each imports ``transformers`` only inside functions, so importing this package is
-cheap): ``data`` (JSONL, tokenisation, masking, padding), ``logprobs`` (sequence log-probs),
-``models`` (loading, the offline tiny model), ``train`` (SFT and DAA loops calling
+cheap): ``data`` (JSONL, datasets and hub data, conversational rows, tokenisation, masking,
+padding), ``logprobs`` (sequence log-probs, each pair's prompt computed once), ``models``
+(loading, the offline tiny model), ``train`` (SFT and DAA loops calling
 ``treemdp.losses.preference_loss``), ``evaluate`` (implicit-reward accuracy, KL, eq. 6, win
-rate), ``plots``, ``synthetic`` (the shipped TL;DR-like data and its gold scorer), ``cli``.
+rate), ``plots``, ``synthetic`` (the shipped TL;DR-like data and its gold scorer). The command
+line is ``treemdp.cli.llm``.
 """

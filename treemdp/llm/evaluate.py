@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import csv
 import importlib
-import json
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,26 +33,46 @@ import torch
 
 from ..errors import UserError
 from ..losses import check_beta
-from .data import PAIR_FIELDS, Example, read_jsonl, tokenize_rows
+from .data import PAIR_FIELDS, Example, load_rows, tokenize_rows
+from .logprobs import log_prob_table, shared_prompt_works
 
 Judge = Callable[[list[str], list[str], list[str]], list[float]]
 
 
 @dataclass
 class EvalConfig:
-    """Settings of one evaluation (see ``treemdp llm eval --help``)."""
+    """Settings of one evaluation (``treemdp llm eval`` has one flag per field)."""
+
     data: str = ""
+    """Held-out preference pairs: JSONL file, datasets folder or hub dataset name (Python: also a datasets.Dataset)."""
+    split: str = "test"
+    """Split of a hub dataset or DatasetDict folder."""
+    columns: str | None = None
+    """Column mapping FIELD=COLUMN,... for prompt, chosen, rejected."""
     ref: str | None = None
-    beta: float | str | None = None
-    judge: str | Judge | None = "gold"
+    """Reference model (default: the run's reference, else its starting model)."""
+    beta: float | None = None
+    """Beta of the implicit reward (default: the run's, else 0.1)."""
+    judge: str | None = "gold"
+    """Win-rate judge: gold, none, rm:PATH (a sequence-classification reward model) or module:function."""
     n_prompts: int = 32
+    """Distinct prompts to sample answers for."""
     samples: int = 2
+    """Answers sampled per prompt (temperature 1, full distribution)."""
     max_new_tokens: int = 48
+    """Longest sampled answer in tokens."""
     max_length: int = 512
+    """Max prompt + completion tokens of the held-out pairs."""
     max_prompt_length: int = 384
+    """Prompt tokens kept when truncating, >= 1."""
+    tokenization: str | None = None
+    """default or trl (default: the run's)."""
     batch_size: int = 16
+    """Sequences per forward pass."""
     seed: int = 0
+    """Seeds the sampler (a local generator)."""
     device: str = "auto"
+    """auto, cpu or cuda."""
 
 
 def gold_judge(prompts: list[str], completions: list[str], references: list[str]) -> list[float]:
@@ -66,15 +86,26 @@ def gold_judge(prompts: list[str], completions: list[str], references: list[str]
 
 
 def reward_model_judge(path: str, device: str = "cpu") -> Judge:
-    """A judge comparing the scalar scores of a sequence-classification reward model."""
+    """A judge comparing the scalar scores of a sequence-classification reward model.
+
+    Refuses a checkpoint without trained reward-head weights (a causal LM, say): transformers
+    would fill the head with random numbers and the verdicts would be noise.
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from .models import check_model_path
     path = check_model_path(path)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        rm = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        rm, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load reward model {path}: {str(e).splitlines()[0]}") from None
+    missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
+    if missing:
+        first = missing[0] if isinstance(missing[0], str) else missing[0][0]
+        raise UserError(f"rm:{path} has no trained reward head ({first} is not in the checkpoint, "
+                        "so it would be random); give a sequence-classification reward model")
+    rm = rm.to(device).eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     rm.config.pad_token_id = tok.pad_token_id
@@ -105,9 +136,13 @@ def get_judge(spec, device: str = "cpu") -> Judge | None:
     if not name:
         raise UserError(f"unknown judge {spec!r}; use gold, none, rm:PATH or module:function")
     try:
-        return getattr(importlib.import_module(module), name)
+        judge = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise UserError(f"cannot import judge {spec!r}: {e}") from None
+    if not callable(judge):
+        raise UserError(f"judge {spec!r} is a {type(judge).__name__}, not a function "
+                        "judge(prompts, completions, references) -> list[float]")
+    return judge
 
 
 def r_squared(x: list[float], y: list[float]) -> float:
@@ -120,43 +155,68 @@ def r_squared(x: list[float], y: list[float]) -> float:
 
 
 @torch.no_grad()
-def _logps(model, examples: list[Example], pad_id: int, device, batch_size: int, k: int):
-    from .train import compute_logps
-    return compute_logps(model, examples, pad_id, device, batch_size, pairs=k == 2)
+def sample(model, prompt_ids: list[list[int]], *, max_new_tokens: int, eos_id: int, pad_id: int,
+           device, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Answers drawn token by token at temperature 1 from the model's full distribution, each
+    cut after its first EOS (or at ``max_new_tokens``).
 
-
-@torch.no_grad()
-def sample(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int, device,
-           batch_size: int) -> list[list[int]]:
-    """Answers drawn at temperature 1 from the full distribution, cut after the first EOS."""
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    Written out rather than ``model.generate``: ``generate`` merges the model folder's
+    ``generation_config.json`` (a ``repetition_penalty``, ``top_k``, ...) into any settings it is
+    given, which would bias the KL estimate. Here nothing but the logits decides a token.
+    """
     answers = []
     model.eval()
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters \
+        else {}
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start: start + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        n, width = len(chunk), max(map(len, chunk))
+        ids = torch.full((n, width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for i, p in enumerate(chunk):  # left padding: generation continues every row's end
+        for i, p in enumerate(chunk):  # left padding: every row continues at the last column
             ids[i, width - len(p):] = torch.tensor(p)
             mask[i, width - len(p):] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
-        for row in out[:, width:].tolist():
-            answers.append(row[: row.index(eos) + 1] if eos in row else row)
-    return [a if a else [eos] for a in answers]
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    **keep)
+        next_position = positions[:, -1:] + 1  # [n, 1]
+        done = torch.zeros(n, dtype=torch.bool, device=device)
+        drawn = []
+        for t in range(max_new_tokens):
+            probs = torch.softmax(out.logits[:, -1].float(), dim=-1)  # [n, V]
+            token = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            token = torch.where(done, torch.full_like(token, pad_id), token)
+            drawn.append(token)
+            done |= token == eos_id
+            if done.all() or t == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
+                        past_key_values=out.past_key_values, use_cache=True)
+            next_position = next_position + 1
+        for row in torch.stack(drawn, dim=1).tolist():
+            answers.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
+    return answers
 
 
 def evaluate_model(model_path: str, cfg: EvalConfig, *, ref_model=None, ref_path=None,
-                   tokenizer=None) -> dict:
-    """Every metric of the module docstring for one policy folder; see :class:`EvalConfig`."""
-    from .models import load_model, load_tokenizer, resolve_device
-    from .train import _quiet_transformers, seed_everything
+                   tokenizer=None, shared: bool | None = None) -> dict:
+    """Every metric of the module docstring for one policy folder; see :class:`EvalConfig`.
+
+    ``shared`` (None: checked on this model) says whether pairs are scored with each prompt
+    computed once (:func:`treemdp.llm.logprobs.shared_prompt_works`).
+    """
+    from .models import (check_causal, check_finite_weights, check_same_vocabulary, load_model,
+                         load_tokenizer, resolve_device)
+    from .train import _quiet_transformers
     _quiet_transformers()
     device = resolve_device(cfg.device)
-    beta = cfg.beta
+    for name in ("n_prompts", "samples", "max_new_tokens", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     run_cfg = _run_config(Path(model_path))
+    beta = cfg.beta
     if beta is None:
         beta = run_cfg.get("beta", 0.1) if run_cfg.get("phase") == "daa" else 0.1
     try:
@@ -167,22 +227,30 @@ def evaluate_model(model_path: str, cfg: EvalConfig, *, ref_model=None, ref_path
     ref_path = ref_path or cfg.ref or run_cfg.get("ref") or run_cfg.get("model")
     if ref_model is None and not ref_path:
         raise UserError(f"no reference model: pass --ref (no config.json beside {model_path})")
-    from .models import check_causal
-    for name in filter(None, (model_path, ref_path if ref_model is None else None)):
-        check_causal(name)
+    policy_config = check_causal(model_path)
+    check_same_vocabulary(policy_config, ref_model.config if ref_model is not None
+                          else check_causal(ref_path), model_path, ref_path)
     tokenizer = tokenizer or load_tokenizer(model_path)
     pad_id = tokenizer.pad_token_id
-    rows = read_jsonl(cfg.data, PAIR_FIELDS)
-    examples, stats = tokenize_rows(rows, tokenizer, kind="pairs", max_length=cfg.max_length,
-                                    max_prompt_length=cfg.max_prompt_length, path=cfg.data)
+    rows, label = load_rows(cfg.data, PAIR_FIELDS, split=cfg.split, columns=cfg.columns)
+    examples, _ = tokenize_rows(rows, tokenizer, kind="pairs", max_length=cfg.max_length,
+                                max_prompt_length=cfg.max_prompt_length,
+                                tokenization=cfg.tokenization or run_cfg.get("tokenization")
+                                or "default", path=label)
     policy = load_model(model_path).to(device).eval()
+    check_finite_weights(policy, model_path)
     ref = ref_model if ref_model is not None else load_model(ref_path).to(device).eval()
+    if shared is None:
+        shared = shared_prompt_works(policy, examples[:4], pad_id, device, name=model_path)
 
     # held-out pairs
-    pi, _ = _logps(policy, examples, pad_id, device, cfg.batch_size, 2)
-    rf, _ = _logps(ref, examples, pad_id, device, cfg.batch_size, 2)
+    pi, _ = log_prob_table(policy, examples, pad_id, device, cfg.batch_size, pairs=True,
+                           shared=shared)
+    rf, _ = log_prob_table(ref, examples, pad_id, device, cfg.batch_size, pairs=True,
+                           shared=shared)
     r = beta * (pi - rf)  # [n, 2] implicit rewards of chosen, rejected
     result = {"model": str(model_path), "ref": str(ref_path), "beta": beta, "pairs": len(examples),
+              "shared_prompt": shared,
               "reward_accuracy": float((r[:, 0] > r[:, 1]).float().mean()),
               "reward_chosen": float(r[:, 0].mean()), "reward_rejected": float(r[:, 1].mean()),
               "logp_chosen": float(pi[:, 0].mean()), "logp_rejected": float(pi[:, 1].mean()),
@@ -195,17 +263,17 @@ def evaluate_model(model_path: str, cfg: EvalConfig, *, ref_model=None, ref_path
         key = tuple(ex.prompt_ids)
         if key not in seen:
             seen.add(key)
-            picks.append(ex.index)
+            picks.append(ex)
         if len(picks) == cfg.n_prompts:
             break
-    kept_rows = _kept_rows(rows, examples, tokenizer, cfg)
-    prompts = [examples[i].prompt_ids for i in picks for _ in range(cfg.samples)]
-    seed_everything(cfg.seed)
-    answers = sample(policy, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                     device=device, batch_size=cfg.batch_size)
+    prompts = [ex.prompt_ids for ex in picks for _ in range(cfg.samples)]
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    answers = sample(policy, prompts, max_new_tokens=cfg.max_new_tokens,
+                     eos_id=tokenizer.eos_token_id, pad_id=pad_id, device=device,
+                     batch_size=cfg.batch_size, generator=generator)
     sampled = [Example(p, [a], index=i) for i, (p, a) in enumerate(zip(prompts, answers))]
-    pi_s, n_tok = _logps(policy, sampled, pad_id, device, cfg.batch_size, 1)
-    rf_s, _ = _logps(ref, sampled, pad_id, device, cfg.batch_size, 1)
+    pi_s, _ = log_prob_table(policy, sampled, pad_id, device, cfg.batch_size, pairs=False)
+    rf_s, _ = log_prob_table(ref, sampled, pad_id, device, cfg.batch_size, pairs=False)
     log_ratio = (pi_s - rf_s)[:, 0].double()  # [n] log pi(y|x) - log ref(y|x), y ~ pi
     lengths = [float(len(a)) for a in answers]
     n = len(answers)
@@ -218,37 +286,25 @@ def evaluate_model(model_path: str, cfg: EvalConfig, *, ref_model=None, ref_path
     })
     if judge is not None:
         texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
-        prompt_text = [kept_rows[i]["prompt"] for i in picks for _ in range(cfg.samples)]
-        refs = [kept_rows[i]["chosen"] for i in picks for _ in range(cfg.samples)]
+        prompt_text = [_text(rows[ex.row]["prompt"]) for ex in picks for _ in range(cfg.samples)]
+        refs = [_text(rows[ex.row]["chosen"]) for ex in picks for _ in range(cfg.samples)]
         verdicts = [float(v) for v in judge(prompt_text, texts, refs)]
         result["win_rate"] = sum(verdicts) / n
         result["win_rate_se"] = float(torch.tensor(verdicts).std() / math.sqrt(n)) if n > 1 else 0.0
     return result
 
 
-def _kept_rows(rows, examples, tokenizer, cfg) -> list[dict]:
-    """The raw rows aligned with the kept examples (tokenisation may drop rows)."""
-    if len(rows) == len(examples):
-        return rows
-    kept = []
-    for row in rows:
-        try:
-            tokenize_rows([row], tokenizer, kind="pairs", max_length=cfg.max_length,
-                          max_prompt_length=cfg.max_prompt_length)
-            kept.append(row)
-        except UserError:
-            pass
-    return kept
+def _text(value) -> str:
+    """A row field as text for a judge (messages joined by their contents)."""
+    return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
 
 
 def _run_config(model_dir: Path) -> dict:
     """The ``config.json`` of the run a checkpoint folder belongs to (empty if none)."""
+    from .train import read_json
     for candidate in (model_dir / "run_config.json", model_dir.parent / "config.json"):
         if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except json.JSONDecodeError:
-                return {}
+            return read_json(candidate)
     return {}
 
 
@@ -261,18 +317,23 @@ def evaluate_run(run_dir: str, cfg: EvalConfig) -> list[dict]:
     run_cfg = _run_config(run / "final")
     if not run_cfg:
         raise UserError(f"{run_dir} is not a run folder (no config.json)")
-    folders = checkpoints(run) + ([run / "final"] if (run / "final").is_dir() else [])
+    final = run / "final"
+    if final.is_dir() and not (final / "trainer_state.pt").is_file():
+        raise UserError(f"{final} has no trainer_state.pt: an incomplete or foreign folder; "
+                        "move it away or evaluate it with --model")
+    folders = checkpoints(run) + ([final] if final.is_dir() else [])
     if not folders:
         raise UserError(f"{run_dir} has no checkpoints")
     ref_path = cfg.ref or run_cfg.get("ref") or run_cfg.get("model")
     device = resolve_device(cfg.device)
     ref = load_model(ref_path).to(device).eval()
     tokenizer = load_tokenizer(str(folders[0]), quiet=True)
-    rows = []
+    rows, shared = [], None
     for folder in folders:
         state = torch.load(folder / "trainer_state.pt", weights_only=False)
         metrics = evaluate_model(str(folder), cfg, ref_model=ref, ref_path=ref_path,
-                                 tokenizer=tokenizer)
+                                 tokenizer=tokenizer, shared=shared)
+        shared = metrics["shared_prompt"]  # same architecture for every checkpoint: check once
         rows.append({"checkpoint": folder.name, "step": state["step"],
                      "phase": run_cfg.get("phase"), "loss_name": run_cfg.get("loss"),
                      "run_beta": run_cfg.get("beta"), **metrics})

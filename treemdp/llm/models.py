@@ -84,6 +84,23 @@ def check_causal(name: str):
     return config
 
 
+def check_same_vocabulary(policy_config, ref_config, policy: str, ref: str) -> None:
+    """UserError if two model configs index different vocabularies (log-probs would not compare)."""
+    a, b = getattr(policy_config, "vocab_size", None), getattr(ref_config, "vocab_size", None)
+    if a is not None and b is not None and a != b:
+        raise UserError(f"the policy {policy} (vocabulary of {a} tokens) and the reference {ref} "
+                        f"({b} tokens) do not share a vocabulary; give a reference of the same "
+                        "model family")
+
+
+def check_finite_weights(model, name: str) -> None:
+    """UserError if any weight of ``model`` is NaN or infinite (e.g. saved by a diverged run)."""
+    for pname, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise UserError(f"{name} has NaN or infinite weights ({pname}); it cannot be "
+                            "evaluated (was it saved by a run whose loss diverged?)")
+
+
 def load_model(name: str, *, dtype: torch.dtype = torch.float32):
     """Load a causal LM; fails with one line if the folder is missing or the model not causal."""
     from transformers import AutoModelForCausalLM

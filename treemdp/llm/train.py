@@ -1,16 +1,18 @@
 """SFT and DAA training loops for causal LMs (paper §3, App. B), single process or accelerate.
 
 One :class:`TrainConfig` per run, presets for the paper / one GPU / CPU, then :func:`train`.
-The DAA step is the toy track's: sequence log-probs of chosen and rejected (one concatenated
-forward pass), reference log-probs precomputed once and cached in ``OUT/ref_logps.pt``, and
-``treemdp.losses.preference_loss`` (paper eq. 4). Runs write ``config.json``, ``metrics.csv``,
-``checkpoint-STEP/`` folders (model, tokenizer, ``trainer_state.pt`` with optimizer, scheduler,
-step and RNG) and ``final/``; ``resume=True`` continues from the newest checkpoint.
+The DAA step is the toy track's: sequence log-probs of chosen and rejected (each pair's prompt
+computed once, :mod:`treemdp.llm.logprobs`), reference log-probs precomputed once and cached in
+``OUT/ref_logps.pt``, and ``treemdp.losses.preference_loss`` with any registered objective
+(paper eq. 4 and the zoo). Runs write ``config.json``, ``metrics.csv``, ``checkpoint-STEP/``
+folders (model, tokenizer, ``trainer_state.pt`` with optimizer, scheduler, step and RNG) and
+``final/``, each folder through :func:`treemdp.runs.atomic_directory`; ``resume=True`` continues
+from the newest checkpoint.
 
 Data order is a pure function of (seed, epoch): step s of epoch e always sees the same rows, so
 a resumed run matches an uninterrupted one. Under ``accelerate launch`` every global batch is cut
-into equal per-process slices and gradients are averaged (DDP), so the update equals the single
-process one on the same global batch.
+into equal per-process slices and gradients are averaged (DDP, FSDP), so the update equals the
+single process one on the same global batch.
 """
 
 from __future__ import annotations
@@ -21,19 +23,21 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..errors import UserError
-from ..losses import check_beta, get_g, preference_loss
-from .data import (PAIR_FIELDS, SFT_FIELDS, collate_pairs, collate_sft, read_jsonl,
-                   tokenize_rows)
-from .logprobs import sequence_log_probs
+from ..losses import check_beta, get_objective, preference_loss
+from ..runs import atomic_directory
+from ..training import TrainingDiverged, loss_spec
+from .data import (PAIR_FIELDS, SFT_FIELDS, TOKENIZATIONS, TRUNCATION_MODES, check_lengths,
+                   collate_sft, load_rows, rows_digest, tokenize_rows)
+from .logprobs import log_prob_table, pair_log_probs, sequence_log_probs, shared_prompt_works
 
 #: Presets: App. B of the paper, a scaled-down single-GPU one, and a CPU one for the tiny model.
 PRESETS: dict[str, dict] = {
@@ -48,48 +52,96 @@ PRESETS: dict[str, dict] = {
                 max_prompt_length=96),
 }
 OPTIMIZERS = ("rmsprop", "adamw", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+#: DAA-only settings (``treemdp llm sft`` has no flags for them).
+DAA_FIELDS = ("ref", "loss", "beta", "average_logps", "shared_prompt")
+#: Settings a resumed run may change; any other must equal the checkpoint's.
+RESUMABLE = ("resume", "stop_after", "max_steps", "epochs", "save_every", "checkpoints_per_epoch",
+             "log_every", "progress", "threads", "device")
 
 
 @dataclass
 class TrainConfig:
     """Every setting of one SFT or DAA run (``None`` fields come from the preset)."""
-    phase: str = "daa"                 #: "sft" (behaviour cloning) or "daa" (preference loss)
-    model: str = ""                    #: policy to start from: hub name or local folder
-    ref: str | None = None             #: reference model (DAA); default: the starting policy
-    data: str = ""                     #: JSONL file (SFT: prompt/completion; DAA: prompt/chosen/rejected)
-    out: str = ""                      #: output folder
-    loss: str = "dpo"                  #: DAA loss: dpo | ipo | slic
-    beta: float = 0.1                  #: DAA inverse temperature (> 0)
-    preset: str = "cpu"                #: paper | gpu | cpu
-    optimizer: str | None = None       #: rmsprop | adamw | sgd
-    lr: float | None = None            #: peak learning rate
-    warmup_steps: int | None = None    #: linear warm-up steps, then constant
-    batch_size: int | None = None      #: rows (pairs) per micro-batch per process
-    grad_accum: int | None = None      #: micro-batches per optimizer step
-    epochs: float | None = None        #: passes over the data (fractions allowed)
-    max_steps: int | None = None       #: cap on optimizer steps
-    stop_after: int | None = None      #: save and stop once this many steps are done (resume later)
-    checkpoints_per_epoch: int | None = None  #: intermediate checkpoints per epoch
-    save_every: int | None = None      #: checkpoint every N steps (overrides the above)
-    max_length: int | None = None      #: max prompt + completion tokens
-    max_prompt_length: int | None = None  #: prompt tokens kept when truncating
-    truncation: str = "truncate"       #: truncate | drop rows over max_length
-    average_logps: bool = False        #: per-token mean log-probs instead of sums
-    max_grad_norm: float | None = None  #: gradient clipping (None: off)
-    seed: int = 0                      #: seeds model init noise and the data order
-    device: str = "auto"               #: auto | cpu | cuda
-    precision: str = "auto"            #: auto (bf16 on a bf16 GPU) | fp32 | bf16
-    gradient_checkpointing: bool = False  #: trade compute for activation memory
-    resume: bool = False               #: continue from the newest checkpoint in out
-    log_every: int = 1                 #: steps between metric rows
-    progress: bool = True              #: tqdm progress bar
-    threads: int | None = None         #: torch CPU threads (None: torch default)
+
+    phase: str = "daa"
+    """sft (behaviour cloning on prompt/completion rows) or daa (a preference objective)."""
+    model: str = ""
+    """Policy to start from: a local folder (save_pretrained) or a hub name, e.g. EleutherAI/pythia-160m."""
+    ref: str | None = None
+    """Reference model; default: the starting policy (the SFT model)."""
+    data: str = ""
+    """JSONL file, datasets folder (save_to_disk) or hub dataset name; in Python also a datasets.Dataset or a list of dicts."""
+    split: str = "train"
+    """Split of a hub dataset or DatasetDict folder."""
+    columns: str | None = None
+    """Column mapping FIELD=COLUMN,... for prompt, completion, chosen, rejected (e.g. prompt=question,chosen=good)."""
+    out: str = ""
+    """Output folder: config.json, metrics.csv, checkpoint-STEP/, final/."""
+    loss: str = "dpo"
+    """DAA objective: dpo, ipo, slic or any name of 'treemdp losses', NAME(k=v, ...), or package.module:function."""
+    beta: float = 0.1
+    """DAA inverse temperature beta; finite and > 0."""
+    preset: str = "cpu"
+    """Defaults for every setting left at None: paper (App. B), gpu (one GPU, Pythia 70m-1b), cpu (tiny model)."""
+    optimizer: str | None = None
+    """rmsprop, adamw or sgd (None: the preset's)."""
+    lr: float | None = None
+    """Peak learning rate (None: the preset's)."""
+    warmup_steps: int | None = None
+    """Linear warm-up steps, then constant (None: the preset's)."""
+    batch_size: int | None = None
+    """Rows (pairs) per micro-batch per process (None: the preset's)."""
+    grad_accum: int | None = None
+    """Micro-batches per optimizer step (None: the preset's)."""
+    epochs: float | None = None
+    """Passes over the data, fractions allowed (None: the preset's)."""
+    max_steps: int | None = None
+    """Cap on optimizer steps."""
+    stop_after: int | None = None
+    """Checkpoint and stop after this many steps of this invocation (continue with --resume)."""
+    checkpoints_per_epoch: int | None = None
+    """Intermediate checkpoints per epoch (None: the preset's)."""
+    save_every: int | None = None
+    """Checkpoint every N steps (overrides checkpoints per epoch)."""
+    max_length: int | None = None
+    """Max prompt + completion tokens (None: the preset's)."""
+    max_prompt_length: int | None = None
+    """Prompt tokens kept when truncating, >= 1 (None: the preset's)."""
+    truncation: str = "truncate"
+    """Rows over max length: truncate (keep the prompt's end, cut the completion), drop, or keep_start (TRL)."""
+    tokenization: str = "default"
+    """default (BOS/EOS as the tokenizer defines them, no double EOS) or trl (TRL 1.16's joint-text split)."""
+    average_logps: bool = False
+    """DAA: per-token mean log-probs instead of sums (TRL's ipo convention)."""
+    shared_prompt: bool = True
+    """DAA: compute each pair's prompt once for both answers (falls back where a model cannot)."""
+    max_grad_norm: float | None = None
+    """Clip gradients to this norm, > 0 (None: no clipping)."""
+    seed: int = 0
+    """Seeds the data order and any random initialisation; same seed, same numbers on CPU."""
+    device: str = "auto"
+    """auto (a GPU when there is one), cpu or cuda."""
+    precision: str = "auto"
+    """auto (bf16 autocast on a GPU that supports it, else fp32), fp32 or bf16."""
+    gradient_checkpointing: bool = False
+    """Trade compute for activation memory (prompts are then scored twice per pair)."""
+    resume: bool = False
+    """Continue from the newest checkpoint in out (settings not given come from its config)."""
+    log_every: int = 1
+    """Optimizer steps per metrics.csv row."""
+    progress: bool = True
+    """Show a progress bar."""
+    threads: int | None = None
+    """torch CPU threads (None: torch's default)."""
 
     def resolved(self) -> "TrainConfig":
-        """A copy with preset values filled in and every field validated (UserError if bad)."""
+        """A copy with preset values filled in, the objective's canonical spec, local paths made
+        absolute, and every field validated (UserError naming the first bad one)."""
         if self.preset not in PRESETS:
             raise UserError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
-        values = asdict(self)
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
         preset = dict(PRESETS[self.preset])
         sft_lr = preset.pop("sft_lr")
         if self.phase == "sft":
@@ -98,14 +150,15 @@ class TrainConfig:
             if values[key] is None:
                 values[key] = value
         cfg = TrainConfig(**values)
-        if cfg.phase not in ("sft", "daa"):
-            raise UserError(f"unknown phase {cfg.phase!r}")
-        if cfg.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown optimizer {cfg.optimizer!r}; choose one of: "
-                            f"{', '.join(OPTIMIZERS)}")
+        for name, allowed in (("phase", ("sft", "daa")), ("optimizer", OPTIMIZERS),
+                              ("device", DEVICES), ("precision", PRECISIONS),
+                              ("truncation", TRUNCATION_MODES), ("tokenization", TOKENIZATIONS)):
+            if getattr(cfg, name) not in allowed:
+                raise UserError(f"unknown {name} {getattr(cfg, name)!r}; choose one of: "
+                                f"{', '.join(allowed)}")
         if cfg.phase == "daa":
             try:
-                get_g(cfg.loss)
+                cfg.loss = objective_spec(cfg.loss)
                 cfg.beta = check_beta(cfg.beta)
             except ValueError as e:
                 raise UserError(str(e)) from None
@@ -119,11 +172,45 @@ class TrainConfig:
             raise UserError(f"--lr must be a finite number > 0, got {cfg.lr}")
         if cfg.warmup_steps < 0 or not cfg.epochs > 0:
             raise UserError("--warmup-steps must be >= 0 and --epochs > 0")
-        if cfg.precision not in ("auto", "fp32", "bf16"):
-            raise UserError(f"unknown precision {cfg.precision!r}; choose auto, fp32 or bf16")
+        if cfg.max_grad_norm is not None and not (cfg.max_grad_norm > 0
+                                                  and math.isfinite(cfg.max_grad_norm)):
+            raise UserError(f"--max-grad-norm must be a finite number > 0 (leave it out for no "
+                            f"clipping), got {cfg.max_grad_norm}")
+        check_lengths(cfg.max_length, cfg.max_prompt_length, cfg.truncation, cfg.tokenization)
         if not cfg.out:
             raise UserError("no output folder (--out)")
+        if not cfg.model:
+            raise UserError("no model given (--model PATH or hub name)")
+        cfg.out = str(Path(cfg.out).expanduser().absolute())
+        cfg.model, cfg.ref = absolute_if_local(cfg.model), absolute_if_local(cfg.ref)
+        if isinstance(cfg.data, (str, Path)):
+            cfg.data = absolute_if_local(str(cfg.data))
         return cfg
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings (``config.json``): the loss as its spec, in-memory data described."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["loss"] = loss_spec(self.loss)
+        if not isinstance(self.data, (str, Path)):
+            out["data"] = f"<in-memory {type(self.data).__name__}>"
+        else:
+            out["data"] = str(self.data)
+        return out
+
+
+def objective_spec(loss) -> Any:
+    """The canonical spec of a named objective (``"cdpo(epsilon=0.2)"``); objects are kept."""
+    objective = get_objective(loss)
+    return objective.spec if isinstance(loss, str) else loss
+
+
+def absolute_if_local(name: str | None) -> str | None:
+    """An existing local path made absolute (config.json must not depend on the working folder);
+    hub names and None unchanged."""
+    if not name:
+        return name
+    path = Path(name).expanduser()
+    return str(path.absolute()) if path.exists() else name
 
 
 # ---------------------------------------------------------------- small helpers
@@ -173,51 +260,47 @@ def warmup_schedule(optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.La
         optimizer, lambda s: min(1.0, (s + 1) / (warmup_steps + 1)) if warmup_steps else 1.0)
 
 
-def data_key(cfg: TrainConfig, tokenizer_name: str, ref_name: str) -> str:
+def data_key(cfg: TrainConfig, rows: list[dict], tokenizer_name: str, ref_name: str) -> str:
     """Hash of everything the cached reference log-probs depend on."""
-    digest = hashlib.sha256(Path(cfg.data).read_bytes())
-    for part in (ref_name, tokenizer_name, cfg.max_length, cfg.max_prompt_length, cfg.truncation):
+    digest = hashlib.sha256(rows_digest(rows).encode())
+    for part in (ref_name, tokenizer_name, cfg.max_length, cfg.max_prompt_length, cfg.truncation,
+                 cfg.tokenization):
         digest.update(repr(part).encode())
     return digest.hexdigest()
 
 
-@torch.no_grad()
-def compute_logps(model, examples, pad_id: int, device, batch_size: int, *, pairs: bool,
-                  accelerator=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs and token counts for every example, [n, k] each (k = 2 for pairs).
+def save_file_atomic(obj, path: Path) -> None:
+    """``torch.save`` into a hidden sibling, then rename: a kill never leaves a truncated file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
-    With an ``accelerator`` of several processes each computes a strided share and the results
-    are gathered, so every process ends with the full tables.
-    """
-    world = accelerator.num_processes if accelerator else 1
-    rank = accelerator.process_index if accelerator else 0
-    n, k = len(examples), 2 if pairs else 1
-    padded = math.ceil(n / world) * world
-    mine = list(range(rank, padded, world))
-    sums = torch.zeros(len(mine), k, dtype=torch.float32, device=device)
-    counts = torch.zeros(len(mine), k, dtype=torch.float32, device=device)
-    was_training = model.training
-    model.eval()
-    autocast = accelerator.autocast() if accelerator else contextlib.nullcontext()
-    with autocast:
-        for start in range(0, len(mine), batch_size):
-            rows = mine[start: start + batch_size]
-            batch_ex = [examples[i % n] for i in rows]
-            batch = (collate_pairs if pairs else collate_sft)(batch_ex, pad_id)
-            batch = {key: v.to(device) for key, v in batch.items()}
-            logps, n_tok = sequence_log_probs(model, batch)
-            sums[start: start + len(rows)] = logps.float().view(k, -1).T
-            counts[start: start + len(rows)] = n_tok.float().view(k, -1).T
-    model.train(was_training)
-    if world > 1:
-        sums, counts = accelerator.gather(sums), accelerator.gather(counts)
-        # gathered rows are [rank0 share, rank1 share, ...]; share r holds r, r + world, ...
-        order = torch.arange(padded, device=sums.device).view(-1, world).T.flatten()
-        full_s = torch.empty_like(sums)
-        full_c = torch.empty_like(counts)
-        full_s[order], full_c[order] = sums, counts
-        sums, counts = full_s, full_c
-    return sums[:n].cpu(), counts[:n].cpu()
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``, or {} if it is missing or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_json(obj, path: Path) -> None:
+    """Standard JSON (NaN and inf written as null), written atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(json_ready(obj), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def json_ready(obj):
+    """``obj`` with every non-finite float replaced by None (standard JSON has no NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
 
 
 class MetricsLog:
@@ -259,6 +342,50 @@ class MetricsLog:
                     self.tb.add_scalar(key, value, row["step"])
 
 
+# ---------------------------------------------------------------- the output folder
+
+def check_out_folder(cfg: TrainConfig) -> None:
+    """Refuse an ``out`` whose files a run would damage: the model or reference folder itself,
+    a model folder, a run of the other phase, or (without ``resume``) an earlier run."""
+    out = Path(cfg.out)
+    for what, name in (("--model", cfg.model), ("--ref", cfg.ref)):
+        if name and Path(name).exists() and Path(name).resolve() == out.resolve():
+            raise UserError(f"--out {cfg.out} is the {what} folder; writing the run there would "
+                            "overwrite the model's files; choose another --out")
+    config_file = out / "config.json"
+    if not config_file.is_file():
+        return
+    saved = read_json(config_file)
+    phase = saved.get("phase")
+    if phase not in ("sft", "daa") or "preset" not in saved:
+        raise UserError(f"--out {cfg.out} holds a config.json that is not a treemdp llm run "
+                        "(a model folder?); choose another --out")
+    if phase != cfg.phase:
+        raise UserError(f"--out {cfg.out} holds an {phase} run; a {cfg.phase} run there would "
+                        "replace its checkpoints and final/; choose another --out")
+    if not cfg.resume:
+        raise UserError(f"--out {cfg.out} already holds a {phase} run; pass --resume to continue "
+                        "it, or choose another --out")
+
+
+def check_resume_config(cfg: TrainConfig, saved: dict, where: Path) -> None:
+    """Refuse to resume with settings that differ from the checkpoint's (other than RESUMABLE)."""
+    current = cfg.to_dict()
+    for key, value in saved.items():
+        if key in RESUMABLE or key not in current or current[key] == value:
+            continue
+        raise UserError(f"--resume: --{key.replace('_', '-')} is {current[key]!r} here but "
+                        f"{value!r} in {where}; leave it out to keep the run's value, or start "
+                        "a new run in another --out")
+
+
+def config_for_resume(out: str | Path) -> dict:
+    """The settings a run folder was started with (``config.json``), as TrainConfig fields."""
+    saved = read_json(Path(out) / "config.json")
+    names = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in saved.items() if k in names}
+
+
 # ---------------------------------------------------------------- the run
 
 @dataclass
@@ -272,35 +399,78 @@ class RunResult:
 
 
 def _save(accelerator, model, tokenizer, path: Path, state: dict | None) -> None:
-    """Write a model folder atomically (temp folder, then rename) so a kill leaves no half copy."""
+    """Write a model folder (every process gathers its shard of the weights; the main one writes)
+    through :func:`treemdp.runs.atomic_directory`, so a kill leaves no half copy."""
     accelerator.wait_for_everyone()
+    weights = accelerator.get_state_dict(model)  # collective under FSDP
     if accelerator.is_main_process:
-        tmp = path.with_name("." + path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if state is not None:
-            torch.save(state, tmp / "trainer_state.pt")
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        with atomic_directory(path) as tmp:
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=weights)
+            tokenizer.save_pretrained(tmp)
+            if state is not None:
+                torch.save(state, tmp / "trainer_state.pt")
     accelerator.wait_for_everyone()
+
+
+def _fsdp(accelerator) -> bool:
+    return str(accelerator.distributed_type).endswith("FSDP")
+
+
+def optimizer_state(accelerator, model, optimizer) -> dict:
+    """The optimizer's state as one file can hold it. Under FSDP each process holds a shard:
+    the full state is gathered (a collective: every process calls this) onto the main one."""
+    if not _fsdp(accelerator):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    return get_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer),
+                                    options=StateDictOptions(full_state_dict=True,
+                                                             cpu_offload=True))
+
+
+def load_optimizer_state(accelerator, model, optimizer, state: dict) -> None:
+    """Inverse of :func:`optimizer_state`, after ``accelerator.prepare`` (every process reads
+    the full state and keeps its shard under FSDP)."""
+    if not _fsdp(accelerator):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def _load_reference_cache(path: Path, key: str, main: bool):
+    """The cached reference tables if ``path`` holds them for ``key``; None otherwise (an
+    unreadable file, e.g. cut short by a kill before atomic writes, is recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        cached = torch.load(path)
+    except Exception:  # noqa: BLE001 - truncated or foreign file: recompute it
+        if main:
+            print(f"note: {path} is unreadable; recomputing the reference log-probs",
+                  file=sys.stderr)
+        return None
+    if not isinstance(cached, dict) or cached.get("key") != key:
+        return None
+    return cached["sums"], cached["counts"]
 
 
 def train(cfg: TrainConfig) -> RunResult:
     """Run SFT or DAA as ``cfg`` says; see the module docstring for what is written."""
     cfg = cfg.resolved()
     from accelerate import Accelerator
-    from .models import check_causal, load_model, load_tokenizer, resolve_device
+    from .models import check_causal, check_same_vocabulary, load_model, load_tokenizer, \
+        resolve_device
     _quiet_transformers()
     device = resolve_device(cfg.device)
-    for name in filter(None, (cfg.model, cfg.ref)):
-        check_causal(name)
+    check_out_folder(cfg)
+    policy_config = check_causal(cfg.model)
+    if cfg.phase == "daa" and cfg.ref:
+        check_same_vocabulary(policy_config, check_causal(cfg.ref), cfg.model, cfg.ref)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device == "cuda"
                                        and torch.cuda.is_bf16_supported())
-    if bf16 and device == "cpu" and cfg.precision == "bf16":
-        pass  # allowed (slow) for experiments
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if bf16 else "no")
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -313,25 +483,31 @@ def train(cfg: TrainConfig) -> RunResult:
     except OSError as e:
         raise UserError(f"cannot write output folder {out}: {e.strerror or e}") from None
 
-    resume_from = checkpoints(out)[-1] if cfg.resume and checkpoints(out) else None
-    if cfg.resume and resume_from is None and main:
+    found = checkpoints(out) if cfg.resume else []
+    resume_from = found[-1] if found else None
+    if resume_from is not None:
+        state = torch.load(resume_from / "trainer_state.pt", weights_only=False)
+        check_resume_config(cfg, state.get("config", {}), resume_from)
+    elif cfg.resume and main:
         print(f"note: no checkpoint in {out}; starting from the beginning", file=sys.stderr)
 
     tokenizer = load_tokenizer(cfg.model, quiet=not main)
     pad_id = tokenizer.pad_token_id
     kind = "sft" if cfg.phase == "sft" else "pairs"
-    rows = read_jsonl(cfg.data, SFT_FIELDS if kind == "sft" else PAIR_FIELDS)
+    rows, label = load_rows(cfg.data, SFT_FIELDS if kind == "sft" else PAIR_FIELDS,
+                            split=cfg.split, columns=cfg.columns)
     examples, stats = tokenize_rows(rows, tokenizer, kind=kind, max_length=cfg.max_length,
                                     max_prompt_length=cfg.max_prompt_length,
-                                    truncation=cfg.truncation, path=cfg.data)
+                                    truncation=cfg.truncation, tokenization=cfg.tokenization,
+                                    path=label)
 
     global_batch = cfg.batch_size * cfg.grad_accum * world
     steps_per_epoch = len(examples) // global_batch
     if steps_per_epoch == 0:
-        raise UserError(f"{cfg.data}: {len(examples)} usable rows, fewer than one global batch "
+        raise UserError(f"{label}: {len(examples)} usable rows, fewer than one global batch "
                         f"of {global_batch} (batch size x grad accum x processes)")
     if main:
-        print(stats.line(cfg.data), file=sys.stderr)
+        print(stats.line(label), file=sys.stderr)
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -349,62 +525,76 @@ def train(cfg: TrainConfig) -> RunResult:
     model = load_model(str(resume_from) if resume_from else cfg.model, dtype=dtype)
     model.config.use_cache = False
     model.to(accelerator.device)
+    if cfg.gradient_checkpointing:  # transformers 5 renamed it activation_checkpointing_enable
+        enable = getattr(model, "activation_checkpointing_enable", None) or \
+            model.gradient_checkpointing_enable
+        enable()
 
     ref_sums = None
+    shared = False
     if cfg.phase == "daa":
+        objective = get_objective(cfg.loss)
+        probe_rows = examples[: min(4, len(examples))]
+        shared = cfg.shared_prompt and shared_prompt_works(
+            model, probe_rows, pad_id, accelerator.device, name=cfg.model, quiet=not main)
         ref_name = cfg.ref or cfg.model
         cache = out / "ref_logps.pt"
-        key = data_key(cfg, cfg.model, ref_name)
-        cached = torch.load(cache) if cache.is_file() else None
-        if cached is not None and cached.get("key") == key:
-            ref_sums, ref_counts = cached["sums"], cached["counts"]
+        key = data_key(cfg, rows, cfg.model, ref_name)
+        cached = _load_reference_cache(cache, key, main)
+        if cached is not None:
+            ref_sums, ref_counts = cached
         else:
             ref_model = model if (ref_name == cfg.model and resume_from is None) else \
                 load_model(ref_name, dtype=dtype).to(accelerator.device)
+            ref_shared = shared if ref_model is model else cfg.shared_prompt and \
+                shared_prompt_works(ref_model, probe_rows, pad_id, accelerator.device,
+                                    name=ref_name, quiet=not main)
             t0 = time.perf_counter()
-            ref_sums, ref_counts = compute_logps(ref_model, examples, pad_id, accelerator.device,
-                                                 2 * cfg.batch_size, pairs=True,
-                                                 accelerator=accelerator)
+            ref_sums, ref_counts = log_prob_table(ref_model, examples, pad_id, accelerator.device,
+                                                  cfg.batch_size, pairs=True, shared=ref_shared,
+                                                  accelerator=accelerator)
             if ref_model is not model:
                 del ref_model
             if main:
-                torch.save({"key": key, "sums": ref_sums, "counts": ref_counts}, cache)
+                save_file_atomic({"key": key, "sums": ref_sums, "counts": ref_counts}, cache)
                 print(f"reference log-probs of {len(examples)} pairs computed in "
                       f"{time.perf_counter() - t0:.1f}s and cached in {cache}", file=sys.stderr)
         if cfg.average_logps:
             ref_sums = ref_sums / ref_counts.clamp(min=1)
 
-    if cfg.gradient_checkpointing:  # transformers 5 renamed it activation_checkpointing_enable
-        enable = getattr(model, "activation_checkpointing_enable", None) or \
-            model.gradient_checkpointing_enable
-        enable()
     model.train()
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     scheduler = warmup_schedule(optimizer, cfg.warmup_steps)
     step = 0
+    if resume_from is None:
+        seed_everything(cfg.seed)
+    model, optimizer = accelerator.prepare(model, optimizer)
     if resume_from is not None:
-        state = torch.load(resume_from / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(accelerator, model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step = state["step"]
         if main:
             print(f"resumed from {resume_from} at step {step}", file=sys.stderr)
-    else:
-        seed_everything(cfg.seed)
-    model, optimizer = accelerator.prepare(model, optimizer)
 
     if main:
-        config = asdict(cfg) | {"world_size": world, "global_batch": global_batch,
-                                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                                "save_every": save_every, "rows": asdict(stats),
-                                "precision_used": "bf16" if bf16 else "fp32", "device_used": device}
-        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        config = cfg.to_dict() | {
+            "world_size": world, "global_batch": global_batch, "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps, "save_every": save_every, "rows": asdict(stats),
+            "data_source": label, "shared_prompt_used": shared,
+            "distributed": str(accelerator.distributed_type).split(".")[-1],
+            "precision_used": "bf16" if bf16 else "fp32", "device_used": device}
+        write_json(config, out / "config.json")
     log = MetricsLog(out / "metrics.csv", keep_until=step if resume_from else None) if main else None
 
     def state_dict(step_done: int) -> dict:
-        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step_done, "rng": rng_state(), "config": asdict(cfg)}
+        return {"optimizer": optimizer_state(accelerator, model, optimizer),
+                "scheduler": scheduler.state_dict(),
+                "step": step_done, "rng": rng_state(), "config": cfg.to_dict()}
+
+    def last_saved() -> str:
+        done = checkpoints(out)
+        return f"the last checkpoint is {done[-1]}" if done else "no checkpoint was written"
 
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=step, disable=not (main and cfg.progress),
@@ -428,6 +618,9 @@ def train(cfg: TrainConfig) -> RunResult:
             micro = [examples[i] for i in idx]
             last = a == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+            # tokens of the sequences scored, each prompt counted once per completion
+            stats_step["tokens"] += sum(len(e.prompt_ids) * len(e.completions)
+                                        + sum(map(len, e.completions)) for e in micro)
             with sync:
                 if cfg.phase == "sft":
                     batch = {k: v.to(accelerator.device) for k, v in
@@ -435,18 +628,16 @@ def train(cfg: TrainConfig) -> RunResult:
                     with accelerator.autocast():
                         logps, n_tok = sequence_log_probs(model, batch)
                     loss = -logps.sum() / n_tok.sum().clamp(min=1)  # mean token NLL
-                    stats_step["tokens"] += float(batch["attention_mask"].sum())
                 else:
-                    batch = {k: v.to(accelerator.device) for k, v in
-                             collate_pairs(micro, pad_id).items()}
                     with accelerator.autocast():
-                        logps, n_tok = sequence_log_probs(model, batch,
-                                                          average=cfg.average_logps)
-                    pi_w, pi_l = logps.chunk(2)  # [B] each
+                        logps, n_tok = pair_log_probs(model, micro, pad_id, accelerator.device,
+                                                      shared=shared, average=cfg.average_logps)
+                    pi_w, pi_l = logps[:, 0], logps[:, 1]  # [B] each
                     ref = ref_sums[idx].to(accelerator.device)
                     ref_w, ref_l = ref[:, 0], ref[:, 1]
                     losses = preference_loss(pi_w, pi_l, ref_w, ref_l, beta=cfg.beta,
-                                             loss=cfg.loss)
+                                             loss=objective, chosen_lengths=n_tok[:, 0],
+                                             rejected_lengths=n_tok[:, 1])
                     loss = losses.mean()
                     with torch.no_grad():
                         r_w = cfg.beta * (pi_w - ref_w)
@@ -455,9 +646,21 @@ def train(cfg: TrainConfig) -> RunResult:
                                         ("reward_accuracy", (r_w > r_l).float()),
                                         ("logp_chosen", pi_w), ("logp_rejected", pi_l)):
                             stats_step[name] = stats_step.get(name, 0.0) + float(v.mean())
-                    stats_step["tokens"] += float(batch["attention_mask"].sum())
                 accelerator.backward(loss / cfg.grad_accum)
             stats_step["loss"] += float(loss.detach())
+
+        # average micro-batch means over accumulation, then over processes (before the update:
+        # every process must see a NaN loss and stop together, with the weights untouched)
+        keys = sorted(stats_step)
+        vec = torch.tensor([stats_step[k] for k in keys], device=accelerator.device)
+        if world > 1:
+            vec = accelerator.reduce(vec, reduction="sum")
+        values = {k: float(v) for k, v in zip(keys, vec)}
+        if not math.isfinite(values["loss"]):
+            bar.close()
+            raise TrainingDiverged(
+                f"{cfg.phase} step {step + 1}: the loss became NaN/inf (learning rate too high?); "
+                f"stopped before updating the weights; {last_saved()}")
         if cfg.max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
@@ -465,12 +668,6 @@ def train(cfg: TrainConfig) -> RunResult:
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        # average micro-batch means over accumulation, then over processes
-        keys = sorted(stats_step)
-        vec = torch.tensor([stats_step[k] for k in keys], device=accelerator.device)
-        if world > 1:
-            vec = accelerator.reduce(vec, reduction="sum")
-        values = {k: float(v) for k, v in zip(keys, vec)}
         for k in keys:
             if k != "tokens":
                 values[k] /= cfg.grad_accum * world
@@ -488,6 +685,8 @@ def train(cfg: TrainConfig) -> RunResult:
             row["tokens_per_s"] = tok_since / max(now - t_last, 1e-9)
             row["time_s"] = now - t_start  # wall time in this invocation
             row["cpu_s"] = time.process_time() - cpu_start  # CPU time (all threads) of this process
+            if cfg.phase == "daa":
+                row["objective"] = loss_spec(cfg.loss)
             sums, tok_since, t_last = {}, 0, now
             if main:
                 log.add(row)

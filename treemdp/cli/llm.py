@@ -1,0 +1,155 @@
+"""``treemdp llm ...``: tiny-model, sft, daa, eval, plot.
+
+The ``sft``/``daa`` flags are the fields of :class:`treemdp.llm.train.TrainConfig` and the
+``eval`` flags those of :class:`treemdp.llm.evaluate.EvalConfig` (one field, one flag, its
+docstring the help); ``daa`` also takes the chosen objective's parameters as flags
+(``--loss cdpo --epsilon 0.2``), as ``treemdp train`` does. Handlers parse and validate; the
+work is in ``treemdp.llm.models``, ``train``, ``evaluate`` and ``plots``, imported inside them
+so ``treemdp --help`` never loads transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from ..errors import UserError
+from .flags import add_dataclass_flags, values_from_args
+
+
+def _choices() -> dict:
+    from ..llm.data import TOKENIZATIONS, TRUNCATION_MODES
+    from ..llm.train import DEVICES, OPTIMIZERS, PRECISIONS, PRESETS
+    return {"preset": list(PRESETS), "optimizer": list(OPTIMIZERS), "device": list(DEVICES),
+            "precision": list(PRECISIONS), "truncation": list(TRUNCATION_MODES),
+            "tokenization": list(TOKENIZATIONS)}
+
+
+def add_parsers(subparsers) -> None:
+    """Register ``treemdp llm`` and its subcommands."""
+    from ..llm.evaluate import EvalConfig
+    from ..llm.train import DAA_FIELDS, TrainConfig
+    llm = subparsers.add_parser("llm", help="the same objectives on causal LMs (Pythia / GPT-NeoX)",
+                                description="SFT, DPO/IPO/SLiC (any objective of 'treemdp losses') "
+                                            "and evaluation on causal LMs; see docs/llm.md.")
+    sub = llm.add_subparsers(dest="llm_command", metavar="LLM_COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("tiny-model", help="write a random-init GPT-NeoX + local tokenizer (offline)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=512, help="tokenizer vocabulary size")
+    p.add_argument("--max-positions", type=int, default=512)
+    p.add_argument("--corpus", nargs="*", help="JSONL files to train the tokenizer on "
+                   "(default: the shipped synthetic data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_tiny_model)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on prompt/completion rows",
+                       epilog="Data: JSONL with prompt/completion (strings or chat messages), a "
+                              "datasets folder or a hub dataset (--split, --columns).")
+    add_dataclass_flags(p, TrainConfig, skip=("phase",) + DAA_FIELDS, choices=_choices(),
+                        title="run settings (every TrainConfig field)")
+    p.set_defaults(func=run_sft)
+
+    p = sub.add_parser("daa", help="DPO / IPO / SLiC or any objective on prompt/chosen/rejected rows",
+                       epilog="Objective parameters are flags too: --loss cdpo --epsilon 0.2 (or "
+                              "--loss 'cdpo(epsilon=0.2)'); 'treemdp losses' lists them. TRL's "
+                              "losses: --loss 'trl(loss_type=ipo)'. Your own: --loss "
+                              "package.module:function.")
+    add_dataclass_flags(p, TrainConfig, skip=("phase",), choices=_choices(),
+                        title="run settings (every TrainConfig field)")
+    p.set_defaults(func=run_daa, loss_flags=True)
+
+    p = sub.add_parser("eval", help="evaluate a model (or every checkpoint of a run) against a reference")
+    p.add_argument("--model", help="policy folder (or use --run)")
+    p.add_argument("--run", help="a sft/daa output folder: evaluate every checkpoint, write eval.csv")
+    p.add_argument("--out", help="JSON file for the metrics (default: print them)")
+    add_dataclass_flags(p, EvalConfig, choices={"device": ["auto", "cpu", "cuda"],
+                                                "tokenization": ["default", "trl"]},
+                        title="evaluation settings (every EvalConfig field)")
+    p.set_defaults(func=run_eval)
+
+    p = sub.add_parser("plot", help="plots over checkpoints from runs evaluated with eval --run")
+    p.add_argument("runs", nargs="+", help="run folders holding eval.csv")
+    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p.set_defaults(func=run_plot)
+
+
+def config_from_args(args: argparse.Namespace, phase: str):
+    """TrainConfig from the flags given; with ``--resume``, settings left out come from the run's
+    ``config.json`` (so a bare ``--out DIR --resume`` continues a run as it was started)."""
+    from ..llm.train import TrainConfig, config_for_resume
+    base = config_for_resume(args.out) if args.resume and args.out else {}
+    values = values_from_args(args, TrainConfig, base)
+    if phase == "daa" and getattr(args, "extra", None):
+        from .train import apply_objective_flags
+        (values["loss"],) = apply_objective_flags([values.get("loss", TrainConfig.loss)],
+                                                  args.extra)
+    values["phase"] = phase
+    return TrainConfig(**values)
+
+
+def _train(args, phase: str) -> int:
+    cfg = config_from_args(args, phase).resolved()  # validate before loading anything heavy
+    from ..llm.train import train
+    result = train(cfg)
+    where = result.out / ("final" if result.finished else f"checkpoint-{result.steps}")
+    if os.environ.get("RANK", "0") == "0":  # once under accelerate launch
+        print(f"{phase}: {result.steps}/{result.total_steps} steps; model in {where}")
+    return 0
+
+
+def run_sft(args) -> int:
+    return _train(args, "sft")
+
+
+def run_daa(args) -> int:
+    return _train(args, "daa")
+
+
+def run_tiny_model(args) -> int:
+    from ..llm.models import build_tiny_model
+    from ..llm.train import _quiet_transformers
+    _quiet_transformers()
+    out = build_tiny_model(args.out, hidden_size=args.hidden, num_layers=args.layers,
+                           num_heads=args.heads, vocab_size=args.vocab,
+                           max_positions=args.max_positions, corpus_files=args.corpus,
+                           seed=args.seed)
+    print(f"tiny GPT-NeoX written to {out}")
+    return 0
+
+
+def run_eval(args) -> int:
+    from ..llm.evaluate import EvalConfig, evaluate_model, evaluate_run
+    from ..llm.train import json_ready
+    if bool(args.model) == bool(args.run):
+        raise UserError("give exactly one of --model or --run")
+    cfg = EvalConfig(**values_from_args(args, EvalConfig))
+    if not cfg.data:
+        raise UserError("no held-out data (--data)")
+    if args.run:
+        result = evaluate_run(args.run, cfg)
+        print(f"evaluated {len(result)} checkpoints; wrote {args.run}/eval.csv")
+    else:
+        result = evaluate_model(args.model, cfg)
+    text = json.dumps(json_ready(result), indent=2, allow_nan=False)
+    if args.out:
+        try:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write {args.out}: {e.strerror or e}") from None
+    elif not args.run:
+        print(text)
+    return 0
+
+
+def run_plot(args) -> int:
+    from ..llm.plots import plot_runs
+    for path in plot_runs(args.runs, args.out):
+        print(path)
+    return 0
