@@ -24,7 +24,7 @@ import torch
 from .engine import (OPTIMIZERS, DaaHook, Phase, PhaseRecord, RunContext, daa_loss, load_row, run_phase,
                      sft_loss, stack_parameters)
 from .errors import UserError
-from .exact import entropy, in_distribution_mask, kl_divergence, top_ood
+from .exact import entropy, kl_divergence, top_ood
 from .losses import check_beta, get_objective
 from .policies import CELLS, POLICIES, TreePolicy, make_policy
 from .tree import Dataset, TreeMDP, load_dataset, make_dataset, paper_dataset
@@ -322,13 +322,24 @@ def _pad_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 def run_context(mdp: TreeMDP, datasets: Sequence[Dataset]) -> RunContext:
     """The :class:`~treemdp.engine.RunContext` of runs with these datasets (one per run)."""
     rows = lambda seqs: mdp.trajectory_index(seqs) if len(seqs) else torch.zeros(0, dtype=torch.long)  # noqa: E731
-    demos, demo_mask = _pad_rows([rows(d.demonstrations) for d in datasets])
-    chosen, pair_mask = _pad_rows([rows(d.chosen()) if d.preferences else torch.zeros(0, dtype=torch.long)
-                                   for d in datasets])
-    rejected, _ = _pad_rows([rows(d.rejected()) if d.preferences else torch.zeros(0, dtype=torch.long)
-                             for d in datasets])
-    in_dist = torch.stack([in_distribution_mask(mdp, d) for d in datasets])
-    return RunContext(mdp, in_dist, demos, demo_mask, chosen, rejected, pair_mask)
+    return context_from_rows(mdp, [rows(d.demonstrations) for d in datasets],
+                             [rows(d.chosen()) if d.preferences else rows([]) for d in datasets],
+                             [rows(d.rejected()) if d.preferences else rows([]) for d in datasets])
+
+
+def context_from_rows(mdp: TreeMDP, demonstrations: Sequence[torch.Tensor], chosen: Sequence[torch.Tensor],
+                      rejected: Sequence[torch.Tensor]) -> RunContext:
+    """:func:`run_context` from trajectory rows (one LongTensor per run each), already validated.
+
+    In distribution: the demonstrations and both sides of every pair (as :func:`treemdp.exact.in_distribution_mask`).
+    """
+    demos, demo_mask = _pad_rows(list(demonstrations))
+    chosen_rows, pair_mask = _pad_rows(list(chosen))
+    rejected_rows, _ = _pad_rows(list(rejected))
+    in_dist = torch.zeros(len(demos), mdp.n_trajectories, dtype=torch.bool)
+    for r, parts in enumerate(zip(demonstrations, chosen, rejected)):
+        in_dist[r, torch.cat([torch.as_tensor(p, dtype=torch.long).reshape(-1) for p in parts])] = True
+    return RunContext(mdp, in_dist, demos, demo_mask, chosen_rows, rejected_rows, pair_mask)
 
 
 def _data_key(dataset: Dataset) -> tuple:
@@ -490,4 +501,4 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,
 
 
 __all__ = ["TrainConfig", "RunResult", "TrainingDiverged", "train", "train_batch", "resolve_dataset",
-           "summarize", "shape_key", "PER_RUN_FIELDS", "OPTIMIZERS", "run_context", "loss_spec"]
+           "summarize", "shape_key", "PER_RUN_FIELDS", "OPTIMIZERS", "run_context", "context_from_rows", "loss_spec"]
