@@ -17,8 +17,8 @@ import sys
 from ..errors import UserError
 
 #: Modules that register commands, in the order ``treemdp --help`` lists them.
-COMMAND_MODULES = ("treemdp.cli.train", "treemdp.cli.sweep", "treemdp.cli.losses", "treemdp.grade",
-                   "treemdp.llm.cli")
+COMMAND_MODULES = ("treemdp.cli.train", "treemdp.cli.sweep", "treemdp.cli.losses", "treemdp.cli.lab",
+                   "treemdp.grade", "treemdp.llm.cli")
 
 
 class Parser(argparse.ArgumentParser):

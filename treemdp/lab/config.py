@@ -130,8 +130,14 @@ class LabConfig:
             torch.device(self.device)
         except RuntimeError:
             raise UserError(f"unknown device {self.device!r}") from None
-        return dataclasses.replace(self, loss=objective.spec if isinstance(self.loss, str) else self.loss,
-                                   n=tuple(sorted(set(int(v) for v in n))))
+        canonical = dict(loss=objective.spec if isinstance(self.loss, str) else self.loss,
+                         n=tuple(sorted(set(int(v) for v in n))))
+        return dataclasses.replace(self, **{**canonical, **self._unused()})
+
+    def _unused(self) -> dict:
+        """Settings the method ignores, reset to their defaults (so a grid over them does not repeat runs)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {name: defaults[name] for name in IGNORED[self.method]}
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -149,6 +155,11 @@ class LabConfig:
         if "n" in raw:
             raw["n"] = tuple(raw["n"]) if isinstance(raw["n"], (list, tuple)) else (raw["n"],)
         return cls(**raw)
+
+
+#: The settings each method ignores (kept at their defaults).
+IGNORED = {"daa": ("rm", "rm_hidden_size", "rm_lr", "rm_steps", "n"), "rlhf": ("loss", "batch_size", "n"),
+           "bon": ("loss", "beta", "lr", "steps", "batch_size")}
 
 
 def _positive_int(name: str, value, *, low: int = 1) -> None:
