@@ -76,7 +76,7 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("folders", nargs="+", metavar="DIR", help="lab grid folders")
     fit.add_argument("--metric", default="win", choices=("win", "gold"), help="win rate gain (default) or gold gain")
     fit.add_argument("--by", nargs="+", default=None, metavar="SETTING",
-                     help="settings that make a group (default: method loss beta pairs hidden_size gold)")
+                     help="settings that make a group (default: method loss beta pairs hidden_size gold batch_size)")
     fit.add_argument("--bootstrap", type=int, default=1000, help="resamples of the seeds (default 1000)")
     fit.add_argument("--out", metavar="FILE", help="CSV of the fits (default: fits.csv in the first folder)")
     fit.add_argument("--quiet", action="store_true", help="no table")
@@ -132,16 +132,16 @@ def format_results(table) -> str:
 
 
 def _fit_command(args) -> int:
-    from ..lab.fits import curve_points, fit_groups
+    from ..lab.figures import FIT_BY, lab_fits
     from ..lab.store import load_lab
     from ..runs import check_writable
     if args.bootstrap < 0:
         raise UserError("--bootstrap must be >= 0")
     tables = load_lab(args.folders)
-    by = args.by or [k for k in ("method", "loss", "beta", "pairs", "hidden_size", "gold") if k in tables.curves]
+    by = [k for k in (args.by or FIT_BY) if k in tables.curves]
     out = Path(args.out) if args.out else Path(args.folders[0]) / "fits.csv"
     check_writable(out.parent)
-    fits = fit_groups(curve_points(tables.curves), by, y=f"{args.metric}_gain", bootstrap=args.bootstrap)
+    fits = lab_fits(tables, bootstrap=args.bootstrap, metric=args.metric, by=by)
     fits.to_csv(out, index=False)
     if not args.quiet:
         print(format_fits(fits, by))

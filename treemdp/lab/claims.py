@@ -71,8 +71,8 @@ def first_epoch(results: pd.DataFrame) -> list[dict]:
     """Over-optimization within the first epoch: where minibatch runs peak, in epochs."""
     mini = results[(results["method"] == "daa") & (results["batch_size"] > 0)]
     rows = []
-    for loss, part in mini.groupby("loss"):
-        setting = f"{loss}, N={int(part['pairs'].iloc[0])}, batch {int(part['batch_size'].iloc[0])}"
+    for (loss, pairs, batch), part in mini.groupby(["loss", "pairs", "batch_size"]):
+        setting = f"{loss}, N={pairs}, batch {batch} ({int(np.ceil(pairs / batch))} steps per epoch)"
         rows.append(_row("first_epoch", setting, "share of runs peaking (win rate) before epoch 1",
                          (part["peak_win_epoch"] < 1).astype(float)))
         rows.append(_row("first_epoch", setting, "share of runs whose win rate has dropped >= 0.02 from its "
@@ -98,24 +98,24 @@ def ipo_less_prone(results: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def capacity(results: pd.DataFrame, fits: pd.DataFrame | None = None) -> list[dict]:
-    """Larger capacity less prone: the win-rate drop per hidden size (runs of the capacity grid)."""
+def capacity(results: pd.DataFrame) -> list[dict]:
+    """Larger capacity less prone: the win-rate drop per hidden size, on the seeds run at every size."""
     daa = results[(results["method"] == "daa") & (results["batch_size"] == 0)
                   & ~results["gold"].astype(str).str.startswith("spurious")]
-    sizes = sorted(daa["hidden_size"].unique())
     rows = []
-    if len(sizes) < 2:
-        return rows
     for (loss, beta, pairs), part in daa.groupby(["loss", "beta", "pairs"]):
-        if part["hidden_size"].nunique() < 2:
+        sizes = part["hidden_size"].nunique()
+        if sizes < 2:
             continue
+        shared = part.groupby("seed")["hidden_size"].nunique()
+        part = part[part["seed"].isin(shared[shared == sizes].index)]
         for size, runs in part.groupby("hidden_size"):
             setting = f"{loss}, beta={beta:g}, N={pairs}, hidden {size}"
             rows.append(_row("capacity", setting, "mean win-rate drop", runs["win_drop"]))
             rows.append(_row("capacity", setting, "mean peak win-rate gain", runs["peak_win_gain"]))
         rho = part[["hidden_size", "win_drop"]].corr(method="spearman").iloc[0, 1]
-        rows.append(_row("capacity", f"{loss}, beta={beta:g}, N={pairs}", "Spearman(hidden size, win drop)",
-                         value=float(rho), n=len(part)))
+        rows.append(_row("capacity", f"{loss}, beta={beta:g}, N={pairs}, seeds {part['seed'].nunique()}",
+                         "Spearman(hidden size, win drop)", value=float(rho), n=len(part)))
     return rows
 
 
@@ -137,15 +137,25 @@ def rl_form_vs_quadratic(fits: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def spurious_share(curves: pd.DataFrame, budgets: Sequence[float] = (0.25, 1.0, 4.0)) -> list[dict]:
-    """Small KL budgets lean on the simple feature: R^2 of the implicit reward on f, at KL budgets."""
-    spur = curves[curves["gold"].astype(str).str.startswith("spurious") & (curves["method"] == "daa")]
+def spurious_share(results: pd.DataFrame, curves: pd.DataFrame, budgets: Sequence[float] = (0.25, 1.0, 4.0)) -> list[dict]:
+    """Small KL budgets lean on the simple feature (paper §3.3, eq. 6 in the toy): the R^2 of the
+    implicit reward on the feature per beta at the end of training (beta sets the KL budget), and at
+    equal KL across betas."""
+    spurious = lambda t: t[t["gold"].astype(str).str.startswith("spurious") & (t["method"] == "daa")]  # noqa: E731
+    runs, spur = spurious(results), spurious(curves)
     rows = []
+    for (loss, beta), part in runs.groupby(["loss", "beta"]):
+        setting = f"{loss}, beta={beta:g}, spurious gold"
+        rows.append(_row("small_kl_leans_on_feature", setting, "mean final KL", part["final_kl"]))
+        rows.append(_row("small_kl_leans_on_feature", setting, "mean final R^2 of log(pi/ref) on the feature "
+                         "(answers weighted by ref)", part["final_spurious_r2_ref"]))
+        rows.append(_row("small_kl_leans_on_feature", setting, "mean final R^2 of log(pi/ref) on the feature "
+                         "(weighted by pi)", part["final_spurious_r2"]))
     for loss, part in spur.groupby("loss"):
         for budget in budgets:
-            values = [_at_kl(run, budget, "spurious_r2") for _, run in part.groupby("run")]
-            rows.append(_row("small_kl_leans_on_feature", f"{loss}, spurious gold, KL = {budget:g}",
-                             "mean R^2 of log(pi/ref) on the feature", values))
+            values = [_at_kl(run, budget, "spurious_r2_ref") for _, run in part.groupby("dir")]
+            rows.append(_row("small_kl_leans_on_feature", f"{loss}, every beta, when KL first reaches {budget:g}",
+                             "mean R^2 of log(pi/ref) on the feature (weighted by ref)", values))
     return rows
 
 
@@ -197,7 +207,7 @@ def _first_kl(curve: pd.DataFrame, target: float) -> float:
 def claims_table(results: pd.DataFrame, curves: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
     """Every claim's numbers (see the module doc)."""
     rows = (overoptimization(results) + first_epoch(results) + rl_form_vs_quadratic(fits) + capacity(results)
-            + ipo_less_prone(results) + spurious_share(curves) + kl_spent(curves))
+            + ipo_less_prone(results) + spurious_share(results, curves) + kl_spent(curves))
     return pd.DataFrame(rows, columns=["claim", "setting", "statistic", "value", "low", "high", "n"])
 
 

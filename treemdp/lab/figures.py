@@ -30,11 +30,16 @@ FIT_BY = ("method", "loss", "beta", "pairs", "hidden_size", "gold", "batch_size"
 
 
 def _figure(name: str):
-    return pyplot().figure(figsize=SIZES[name], dpi=DPI, layout="constrained")
+    """A figure of fixed size with fixed margins (a layout engine costs seconds per figure here)."""
+    fig = pyplot().figure(figsize=SIZES[name], dpi=DPI)
+    width, height = SIZES[name]
+    fig.subplots_adjust(left=0.85 / width, right=1 - 0.25 / width, bottom=1.05 / height, top=1 - 0.75 / height,
+                        wspace=0.28, hspace=0.3)
+    return fig
 
 
 def _footer(fig, text: str) -> None:
-    fig.supxlabel(text, fontsize=8, color="0.3")
+    fig.text(0.5, 0.012, text, ha="center", va="bottom", fontsize=7.5, color="0.3")
 
 
 def _settings(results: pd.DataFrame) -> str:
@@ -54,7 +59,7 @@ def _settings(results: pd.DataFrame) -> str:
 def _lines(ax, curves: pd.DataFrame, x: str, y: str, color, *, alpha=0.35, lw=0.7, label=None) -> None:
     """Every run's curve as one line collection."""
     from matplotlib.collections import LineCollection
-    segments = [part[[x, y]].to_numpy(float) for _, part in curves.groupby("run", sort=False)]
+    segments = [part[[x, y]].to_numpy(float) for _, part in curves.groupby("dir", sort=False)]
     segments = [s[np.isfinite(s).all(1)] for s in segments]
     if segments:
         ax.add_collection(LineCollection(segments, colors=[color], alpha=alpha, linewidths=lw, label=label))
@@ -86,7 +91,7 @@ def figure_humps(tables: LabTables, fits: pd.DataFrame, out: Path) -> Optional[P
     results = daa_runs(tables.results)
     if results.empty:
         return None
-    curves = tables.curves[tables.curves["run"].isin(results["run"]) & tables.curves["folder"].isin(results["folder"])]
+    curves = tables.curves[tables.curves["dir"].isin(results["dir"])]
     losses = [l for l in LOSS_COLORS if l in set(results["loss"])] + sorted(set(results["loss"]) - set(LOSS_COLORS))
     betas = sorted(results["beta"].unique())
     ns = sorted(results["pairs"].unique())
@@ -94,7 +99,7 @@ def figure_humps(tables: LabTables, fits: pd.DataFrame, out: Path) -> Optional[P
     axes = fig.subplots(len(losses), len(betas), sharex=True, sharey=True, squeeze=False)
     d_max = float(np.nanquantile(curves["sqrt_kl"], 0.995))
     grid = np.linspace(0, d_max, 200)
-    fronts = tables.frontiers[tables.frontiers["run"].isin(results["run"])]
+    fronts = tables.frontiers[tables.frontiers["dir"].isin(results["dir"])]
     hidden = int(results["hidden_size"].iloc[0])
     for i, loss in enumerate(losses):
         for j, beta in enumerate(betas):
@@ -138,9 +143,8 @@ def figure_frontier(tables: LabTables, out: Path, *, seed: Optional[int] = None,
     seed = int(plain["seed"].min()) if seed is None else seed
     pairs = int(sorted(plain["pairs"].unique())[len(plain["pairs"].unique()) // 2]) if pairs is None else pairs
     runs = plain[(plain["seed"] == seed) & (plain["pairs"] == pairs)]
-    sel = curves[curves["run"].isin(runs["run"]) & curves["folder"].isin(runs["folder"])]
-    front = tables.frontiers[tables.frontiers["run"] == runs["run"].iloc[0]]
-    front = front[front["folder"] == runs["folder"].iloc[0]]
+    sel = curves[curves["dir"].isin(runs["dir"])]
+    front = tables.frontiers[tables.frontiers["dir"] == runs["dir"].iloc[0]]
     fig = _figure("frontier")
     axes = fig.subplots(1, 2)
     for ax, quality in zip(axes, ("gold", "win")):
@@ -232,6 +236,7 @@ def figure_rmse(fits: pd.DataFrame, results: pd.DataFrame, out: Path) -> Optiona
     if rl.empty:
         return None
     fig = _figure("rmse")
+    fig.subplots_adjust(bottom=0.3)  # room for the group names
     ax_rmse, ax_ratio = fig.subplots(1, 2, width_ratios=(1.4, 1))
     rl = rl.assign(label=[_group_label(r) for _, r in rl.iterrows()]).sort_values(["method", "loss", "beta", "pairs"])
     x = np.arange(len(rl))
@@ -271,7 +276,7 @@ def figure_spurious(tables: LabTables, out: Path) -> Optional[Path]:
                            & (tables.curves["method"] == "daa")]
     if curves.empty:
         return None
-    results = tables.results[tables.results["run"].isin(curves["run"])]
+    results = tables.results[tables.results["dir"].isin(curves["dir"])]
     losses = [l for l in LOSS_COLORS if l in set(curves["loss"])]
     fig = _figure("spurious_share")
     axes = fig.subplots(1, len(losses) + 1, squeeze=False)[0]
@@ -279,25 +284,29 @@ def figure_spurious(tables: LabTables, out: Path) -> Optional[Path]:
     for ax, loss in zip(axes, losses):
         for k, beta in enumerate(betas):
             part = curves[(curves["loss"] == loss) & np.isclose(curves["beta"], beta)]
-            _lines(ax, part, "sqrt_kl", "spurious_r2", BETA_COLORS[k % len(BETA_COLORS)], alpha=0.5, label=f"beta={beta:g}")
+            _lines(ax, part, "sqrt_kl", "spurious_r2_ref", BETA_COLORS[k % len(BETA_COLORS)], alpha=0.5,
+                   label=f"beta={beta:g}")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{loss.upper()}: how much of log(pi/ref) the feature explains")
+        ax.set_title(f"{loss.upper()}: share explained by the feature", fontsize=10)
         ax.set_xlabel("sqrt KL(pi || ref)")
-        ax.set_ylabel("R^2 of log(pi/ref) on the feature, under pi")
+        ax.set_ylabel("R^2 of log(pi/ref) on the feature (answers ~ ref)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     ax = axes[-1]
     for loss in losses:
         _lines(ax, curves[curves["loss"] == loss], "sqrt_kl", "gold_gain", LOSS_COLORS[loss], alpha=0.4, label=loss.upper())
     ax.axhline(0, color="0.6", lw=0.6)
-    ax.set_title("gold gain on the spurious task")
+    ax.set_title("gold gain on this task", fontsize=10)
     ax.set_xlabel("sqrt KL(pi || ref)")
     ax.set_ylabel("E_pi[r*] - E_ref[r*]")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     gold = results["gold"].iloc[0]
-    fig.suptitle(f"A simple feature (the count of one action, the toy's answer length) on the gold '{gold}': it "
-                 "raises r* on the data's support and lowers it off the support", fontsize=11)
+    from .gold import parse_spec
+    action = int(parse_spec(str(gold))[1].get("action", 0))
+    fig.suptitle(f"The toy's eq. 6: a simple feature (the count of action a{action}, "
+                 f"the toy's answer length) in the gold '{gold}' raises r* on the data's support and lowers it off it",
+                 fontsize=11)
     _footer(fig, _settings(results))
     return _save(fig, out / "spurious_share")
 
@@ -308,7 +317,7 @@ def figure_first_epoch(tables: LabTables, out: Path) -> Optional[Path]:
     results = tables.results[(tables.results["method"] == "daa") & (tables.results["batch_size"] > 0)]
     if results.empty:
         return None
-    curves = tables.curves[tables.curves["run"].isin(results["run"]) & tables.curves["folder"].isin(results["folder"])]
+    curves = tables.curves[tables.curves["dir"].isin(results["dir"])]
     fig = _figure("first_epoch")
     ax, ax_peak = fig.subplots(1, 2, width_ratios=(2, 1))
     for loss, color in LOSS_COLORS.items():
@@ -372,13 +381,16 @@ def figure_kl_spent(tables: LabTables, out: Path) -> Optional[Path]:
 
 
 # ----- everything -------------------------------------------------------------------------------------
-def lab_fits(tables: LabTables, *, bootstrap: int = 1000, metric: str = "win") -> pd.DataFrame:
-    """Fits of every group of runs (see :func:`treemdp.lab.fits.fit_groups`), grouped by :data:`FIT_BY`."""
-    by = [k for k in FIT_BY if k in tables.curves]
+def lab_fits(tables: LabTables, *, bootstrap: int = 1000, metric: str = "win",
+             by: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """Fits of every group of runs (see :func:`treemdp.lab.fits.fit_groups`), grouped by ``by``
+    (default :data:`FIT_BY`); best-of-n under the reward model only; a bon run's missing loss and
+    beta group as ``""`` and NaN."""
+    by = [k for k in (by or FIT_BY) if k in tables.curves]
     curves = curve_points(tables.curves).copy()
     for key in by:  # group on NaN-free keys (a bon run has no loss or beta)
         curves[key] = curves[key].fillna("") if curves[key].dtype == object else curves[key].fillna(-1)
-    fits = fit_groups(curves, by, y=f"{metric}_gain", bootstrap=bootstrap)
+    fits = fit_groups(curves, by, y=f"{metric}_gain", run="dir", bootstrap=bootstrap)
     for key in ("beta",):
         if key in fits:
             fits[key] = fits[key].replace(-1, np.nan)

@@ -23,7 +23,7 @@ from ..engine import block_log_ratio, block_probs, register_measurement
 
 #: The lab's columns, in order (the engine's ``kl_to_reference`` and ``ood_mass`` among them).
 LAB_MEASUREMENTS = ("gold_reward", "gold_gain", "win_rate", "win_gain", "proxy_gain", "kl_to_reference",
-                    "sqrt_kl", "ood_mass", "feature_mean", "spurious_r2")
+                    "sqrt_kl", "ood_mass", "feature_mean", "spurious_r2", "spurious_r2_ref")
 
 _cache: list = [None, None]  # (logp block, its stats)
 
@@ -52,22 +52,30 @@ def block_stats(logp: torch.Tensor, ctx) -> dict:
     gold, win, mean_f, mean_f2, proxy = E.unbind(-1)
     py = p * y
     kl = py.sum(-1)
+    f, ref = _vec(ctx, "feature", logp), _vec(ctx, "ref_probs", logp)
+    ref_moments = torch.bmm(y.transpose(0, 1), torch.stack([ref, ref * f], -1)).transpose(0, 1)  # E_ref[y], E_ref[f y]
+    ref_y, ref_fy = ref_moments.unbind(-1)
     if "proxy" in ctx.extra:  # a reward model
         proxy_gain = proxy - _vec(ctx, "proxy_ref", logp)
     else:  # E_pi - E_ref of beta*log(pi/ref) = beta (KL(pi||ref) + KL(ref||pi))
-        ref = _vec(ctx, "ref_probs", logp)
-        proxy_gain = _vec(ctx, "beta", logp) * (kl - torch.bmm(y.transpose(0, 1), ref[:, :, None])[..., 0].T)
-    # paper eq. 6 in the toy: R^2 of y on f under pi, from moments (E_pi[y] = KL)
-    var_f = mean_f2 - mean_f ** 2
-    var_y = (py * y).sum(-1) - kl ** 2
-    cov = torch.bmm(py.transpose(0, 1), _vec(ctx, "feature", logp)[:, :, None])[..., 0].T - mean_f * kl
-    r2 = cov ** 2 / (var_f * var_y)
-    r2 = torch.where((var_f > 1e-10) & (var_y > 1e-10), r2, torch.full_like(r2, math.nan))
+        proxy_gain = _vec(ctx, "beta", logp) * (kl - ref_y)
+    # paper eq. 6 in the toy: R^2 of y on f under pi (E_pi[y] = KL), and under ref
+    r2 = _r2(mean_f2 - mean_f ** 2, (py * y).sum(-1) - kl ** 2,
+             torch.bmm(py.transpose(0, 1), f[:, :, None])[..., 0].T - mean_f * kl)
+    ref_f, ref_f2 = (ref * f).sum(-1), (ref * f * f).sum(-1)
+    ref_y2 = torch.bmm((y * y).transpose(0, 1), ref[:, :, None])[..., 0].T
+    r2_ref = _r2(ref_f2 - ref_f ** 2, ref_y2 - ref_y ** 2, ref_fy - ref_f * ref_y)
     stats = {"gold_reward": gold, "gold_gain": gold - _vec(ctx, "gold_ref", logp), "win_rate": win,
              "win_gain": win - 0.5, "proxy_gain": proxy_gain, "sqrt_kl": kl.clamp_min(0.0).sqrt(),
-             "feature_mean": mean_f, "spurious_r2": r2}
+             "feature_mean": mean_f, "spurious_r2": r2, "spurious_r2_ref": r2_ref}
     _cache[0], _cache[1] = logp, stats
     return stats
+
+
+def _r2(var_x: torch.Tensor, var_y: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """cov^2 / (var_x var_y), NaN where either variance vanishes (pi = ref: y is constant)."""
+    r2 = cov ** 2 / (var_x * var_y)
+    return torch.where((var_x > 1e-10) & (var_y > 1e-10), r2, torch.full_like(r2, math.nan))
 
 
 def _vectors(ctx, like: torch.Tensor) -> torch.Tensor:
@@ -94,8 +102,10 @@ for _name, _doc in (
                        "implicit reward beta*log(pi/ref) (DAA)"),
         ("sqrt_kl", "d = sqrt(KL(pi || ref)), the x axis of Gao et al.'s forms"),
         ("feature_mean", "E_pi[f]: the mean count of the simple feature's action"),
-        ("spurious_r2", "R^2 of the implicit reward log(pi/ref) on the simple feature f under pi "
-                        "(the toy's paper eq. 6; NaN while pi = ref)")):
+        ("spurious_r2", "R^2 of the implicit reward log(pi/ref) on the simple feature f, answers weighted by pi "
+                        "(paper eq. 6 as written: samples from the policy; unstable once pi sits on a few answers)"),
+        ("spurious_r2_ref", "the same R^2 with answers weighted by ref: how much of the learned implicit reward "
+                            "over the reference's answers the feature explains")):
     _register(_name, _doc)
 
 

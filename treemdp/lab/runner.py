@@ -324,8 +324,9 @@ def summarize_lab(config: LabConfig, curve: pd.DataFrame, front: pd.DataFrame, r
     if "ood_mass" in rows:
         summary["final_ood_mass"] = float(rows["ood_mass"].iloc[-1])
         summary["peak_ood_mass"] = float(rows["ood_mass"].max())
-    if "spurious_r2" in rows:
-        summary["final_spurious_r2"] = float(rows["spurious_r2"].iloc[-1])
+    for column in ("spurious_r2", "spurious_r2_ref", "feature_mean"):
+        if column in rows:
+            summary[f"final_{column}"] = float(rows[column].iloc[-1])
     if reward is not None and len(reward) <= 4096:
         summary["rm_accuracy"] = float(ranking_accuracy(reward[None], gold.values, ref_probs[None])[0])
     summary["seconds"] = round(seconds, 5)

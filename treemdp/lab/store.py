@@ -34,6 +34,8 @@ from .config import IGNORED, LabConfig, shape_key
 from .runner import LabResult, run_lab
 
 RESULTS = "results.csv"
+#: Below this many run-steps a grid runs in this process (starting workers costs seconds).
+PARALLEL_WORK = 50_000
 FORMATS = ("csv", "parquet")
 #: Settings copied onto every curve row by :func:`load_lab` (with ``run``).
 CURVE_KEYS = ("method", "loss", "beta", "pairs", "seed", "hidden_size", "policy", "gold", "batch_size", "lr",
@@ -130,7 +132,8 @@ def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1
     Args:
         configs: the grid (e.g. from :func:`treemdp.lab.grid`).
         out: the grid folder.
-        workers: processes; each takes whole batches (runs of one shape, computed as one stack).
+        workers: processes; each takes whole batches (runs of one shape, computed as one stack); small
+            grids (< :data:`PARALLEL_WORK` run-steps) run in this process.
         fmt: ``csv`` or ``parquet`` (needs pyarrow) for each run's curve.
         progress: a progress bar.
         max_batch: most runs per stack.
@@ -163,7 +166,8 @@ def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1
             rows[names[i]] = (names[i], configs[i].to_dict(), result.summary)
         _write_results(rows, names, out)
 
-    if todo and (workers == 1 or len(todo) == 1):
+    from .runner import _work
+    if todo and (workers == 1 or sum(_work(configs[i]) for i in todo) < PARALLEL_WORK):
         run_lab([configs[i] for i in todo], progress=progress, max_batch=max_batch,
                 on_batch=lambda batch, results: save([todo[b] for b in batch], results))
     elif todo:
@@ -203,9 +207,9 @@ class LabTables:
     """Tidy frames of one or more grid folders.
 
     Attributes:
-        results: one row per run (results.csv), with ``folder`` and ``dir``.
-        curves: one row per (run, logged step) or (run, proxy, n), with the run's settings.
-        frontiers: one row per (run, kind, lambda), with the run's settings.
+        results: one row per run (results.csv), with ``folder`` and ``dir`` (the run's folder: its identity).
+        curves: one row per (run, logged step) or (run, proxy, n), with the run's settings and ``dir``.
+        frontiers: one row per (run, kind, lambda), with the run's settings and ``dir``.
     """
 
     results: pd.DataFrame
@@ -232,10 +236,19 @@ def load_lab(folders, *, curves: bool = True) -> LabTables:
         for _, row in table.iterrows():
             keys = {k: row[k] for k in CURVE_KEYS if k in row}
             run_dir = Path(row["dir"])
-            curve_parts.append(_read_table(run_dir).assign(run=row["run"], folder=str(folder), **keys))
-            frontier_parts.append(pd.read_csv(run_dir / "frontier.csv").assign(run=row["run"], folder=str(folder), **keys))
+            tag = dict(run=row["run"], folder=str(folder), dir=row["dir"], **keys)
+            curve_parts.append(_read_table(run_dir).assign(**tag))
+            frontier_parts.append(pd.read_csv(run_dir / "frontier.csv").assign(**tag))
     concat = lambda parts: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()  # noqa: E731
-    return LabTables(concat(results), concat(curve_parts), concat(frontier_parts))
+    results = concat(results)
+    settings = [f.name for f in dataclasses.fields(LabConfig) if f.name in results]
+    keep = ~results.duplicated(settings)  # a run in two folders (the same config) counts once
+    tables = LabTables(results[keep].reset_index(drop=True), concat(curve_parts), concat(frontier_parts))
+    if not keep.all() and curves:
+        kept = set(tables.results["dir"])
+        pick = lambda t: t[t["dir"].isin(kept)].reset_index(drop=True)  # noqa: E731
+        tables.curves, tables.frontiers = pick(tables.curves), pick(tables.frontiers)
+    return tables
 
 
 def grid(base: Optional[LabConfig] = None, **axes: Sequence) -> list[LabConfig]:
