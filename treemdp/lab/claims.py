@@ -119,21 +119,30 @@ def capacity(results: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def rl_form_vs_quadratic(fits: pd.DataFrame) -> list[dict]:
-    """The RL form fits better than a quadratic in KL: RMSE(rl) / RMSE(quad_kl) per group."""
-    rl = fits[(fits["form"] == "rl") & fits["rmse_ratio"].notna()] if "rmse_ratio" in fits else fits.iloc[:0]
+def rl_form_vs_quadratic(fits: pd.DataFrame, pooled: pd.DataFrame | None = None) -> list[dict]:
+    """The RL form fits better than a quadratic in KL: RMSE(rl) / RMSE(quad_kl) per group of runs
+    (``fits``: one group per method, loss, beta, N, ...), and per loss pooled over beta and N (``pooled``)."""
     rows = []
+    rl = fits[(fits["form"] == "rl") & fits["rmse_ratio"].notna()] if "rmse_ratio" in fits else fits.iloc[:0]
     for method, part in rl.groupby("method"):
-        rows.append(_row("rl_form_fits_better", f"{method}, every group", "median RMSE ratio rl / quad_kl",
+        setting = f"{method}, one fit per (loss, beta, N)"
+        rows.append(_row("rl_form_fits_better", setting, "median RMSE ratio rl / quad_kl",
                          value=float(part["rmse_ratio"].median()), n=len(part)))
-        rows.append(_row("rl_form_fits_better", f"{method}, every group", "share of groups with ratio < 1",
+        rows.append(_row("rl_form_fits_better", setting, "share of groups with ratio < 1",
                          (part["rmse_ratio"] < 1).astype(float)))
-        rows.append(_row("rl_form_fits_better", f"{method}, every group", "share of groups with ratio <= 0.5",
+        rows.append(_row("rl_form_fits_better", setting, "share of groups with ratio <= 0.5",
                          (part["rmse_ratio"] <= 0.5).astype(float)))
         if "rmse_ratio_high" in part:
-            rows.append(_row("rl_form_fits_better", f"{method}, every group",
+            rows.append(_row("rl_form_fits_better", setting,
                              "share of groups whose 95% bootstrap interval of the ratio lies below 1",
                              (part["rmse_ratio_high"] < 1).astype(float)))
+    if pooled is not None and "rmse_ratio" in pooled:
+        for _, row in pooled[(pooled["form"] == "rl") & pooled["rmse_ratio"].notna()].iterrows():
+            what = row["loss"] if row["method"] == "daa" else row["method"]
+            rows.append({"claim": "rl_form_fits_better", "setting": f"{what}, one fit over every beta and N",
+                         "statistic": "RMSE ratio rl / quad_kl (95% bootstrap over runs)", "value": row["rmse_ratio"],
+                         "low": row.get("rmse_ratio_low", np.nan), "high": row.get("rmse_ratio_high", np.nan),
+                         "n": row["runs"]})
     return rows
 
 
@@ -204,9 +213,10 @@ def _first_kl(curve: pd.DataFrame, target: float) -> float:
     return float(kl[i - 1] + t * (kl[i] - kl[i - 1]))
 
 
-def claims_table(results: pd.DataFrame, curves: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
+def claims_table(results: pd.DataFrame, curves: pd.DataFrame, fits: pd.DataFrame,
+                 pooled_fits: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every claim's numbers (see the module doc)."""
-    rows = (overoptimization(results) + first_epoch(results) + rl_form_vs_quadratic(fits) + capacity(results)
+    rows = (overoptimization(results) + first_epoch(results) + rl_form_vs_quadratic(fits, pooled_fits) + capacity(results)
             + ipo_less_prone(results) + spurious_share(results, curves) + kl_spent(curves))
     return pd.DataFrame(rows, columns=["claim", "setting", "statistic", "value", "low", "high", "n"])
 

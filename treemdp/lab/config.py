@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ class LabConfig:
         except ValueError as e:
             raise UserError(str(e)) from None
         check_beta_user(self.beta)
-        self.mdp  # noqa: B018 (validates the tree)
+        _check_gold(self.tree, self.gold, self.gold_seed)  # validates the tree too
         for name in ("pairs", "demos", "hidden_size", "rm_hidden_size", "log_every", "threads"):
             _positive_int(name, getattr(self, name))
         for name in ("seed", "gold_seed", "sft_steps", "steps", "rm_steps", "batch_size"):
@@ -160,6 +161,13 @@ class LabConfig:
 #: The settings each method ignores (kept at their defaults).
 IGNORED = {"daa": ("rm", "rm_hidden_size", "rm_lr", "rm_steps", "n"), "rlhf": ("loss", "batch_size", "n"),
            "bon": ("loss", "beta", "lr", "steps", "batch_size")}
+
+
+@functools.lru_cache(maxsize=64)
+def _check_gold(tree: str, gold, gold_seed: int) -> None:
+    """Build the gold reward once per (tree, spec, seed), so a bad one fails before any work."""
+    from .gold import make_gold
+    make_gold(TreeMDP(*parse_tree(tree)), gold, seed=gold_seed)
 
 
 def _positive_int(name: str, value, *, low: int = 1) -> None:

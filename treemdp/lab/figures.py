@@ -312,37 +312,44 @@ def figure_spurious(tables: LabTables, out: Path) -> Optional[Path]:
 
 
 def figure_first_epoch(tables: LabTables, out: Path) -> Optional[Path]:
-    """Minibatch DAA: win-rate gain vs epochs (each run thin, mean thick), epoch 1 marked; right:
-    where each run peaks, in epochs."""
+    """Minibatch DAA: win-rate gain vs epochs, one panel per N (each run thin, mean per loss thick),
+    epoch 1 marked; right: the epoch of each run's win-rate peak (log scale)."""
     results = tables.results[(tables.results["method"] == "daa") & (tables.results["batch_size"] > 0)]
     if results.empty:
         return None
     curves = tables.curves[tables.curves["dir"].isin(results["dir"])]
+    ns = sorted(results["pairs"].unique())
     fig = _figure("first_epoch")
-    ax, ax_peak = fig.subplots(1, 2, width_ratios=(2, 1))
-    for loss, color in LOSS_COLORS.items():
-        part = curves[curves["loss"] == loss]
-        if part.empty:
-            continue
-        _lines(ax, part, "epoch", "win_gain", color, alpha=0.25)
-        mean = part.groupby("step")[["epoch", "win_gain"]].mean()
-        ax.plot(mean["epoch"], mean["win_gain"], color=color, lw=2, label=f"{loss.upper()} (mean over seeds)")
-        peaks = results[results["loss"] == loss]["peak_win_epoch"]
-        ax_peak.hist(peaks, bins=np.linspace(0, max(1.0, float(results["peak_win_epoch"].max())), 25), color=color,
-                     alpha=0.5, label=loss.upper())
-    for a in (ax, ax_peak):
-        a.axvline(1, color="k", lw=1, ls="--")
-        a.grid(alpha=0.3)
-    ax.set_xlabel("epochs over the N pairs")
-    ax.set_ylabel("win rate vs ref - 1/2")
-    ax.legend(fontsize=8)
-    ax_peak.set_xlabel("epoch of the win-rate peak")
-    ax_peak.set_ylabel("runs")
-    ax_peak.legend(fontsize=8)
+    axes = fig.subplots(1, len(ns) + 1, squeeze=False, width_ratios=[2] * len(ns) + [1.2])[0]
+    for ax, n in zip(axes, ns):
+        for loss, color in LOSS_COLORS.items():
+            part = curves[(curves["loss"] == loss) & (curves["pairs"] == n)]
+            if part.empty:
+                continue
+            _lines(ax, part, "epoch", "win_gain", color, alpha=0.25)
+            mean = part.groupby("step")[["epoch", "win_gain"]].mean()
+            ax.plot(mean["epoch"], mean["win_gain"], color=color, lw=2, label=f"{loss.upper()} (mean over seeds)")
+        batch = int(results["batch_size"].iloc[0])
+        ax.set_title(f"N = {n} pairs, minibatches of {batch}: {int(np.ceil(n / batch))} steps per epoch", fontsize=10)
+        ax.axvline(1, color="k", lw=1, ls="--")
+        ax.set_xlabel("epochs over the N pairs")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("win rate vs ref - 1/2")
+    axes[0].legend(fontsize=8)
+    ax = axes[-1]
+    labels = []
+    for k, (key, part) in enumerate(results.groupby(["pairs", "loss"])):
+        ax.scatter(part["peak_win_epoch"], np.full(len(part), k), color=LOSS_COLORS.get(key[1], "k"), s=14)
+        labels.append(f"{key[1].upper()} N={key[0]}")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.axvline(1, color="k", lw=1, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch of the win-rate peak (log)")
+    ax.grid(alpha=0.3)
     first = results.iloc[0]
-    fig.suptitle(f"Within the first epoch? Minibatches of {int(first['batch_size'])} of N = {int(first['pairs'])} pairs "
-                 f"({int(np.ceil(first['pairs'] / first['batch_size']))} steps per epoch), beta = "
-                 f"{', '.join(f'{b:g}' for b in sorted(results['beta'].unique()))}", fontsize=11)
+    fig.suptitle(f"Within the first epoch? DAA on minibatches, beta = "
+                 f"{', '.join(f'{b:g}' for b in sorted(results['beta'].unique()))}, {int(first['steps'])} steps; "
+                 "dashed: the end of the first epoch", fontsize=11)
     _footer(fig, _settings(results) + f"; DAA lr {first['lr']:g}")
     return _save(fig, out / "first_epoch")
 
@@ -405,7 +412,12 @@ def lab_report(folders: Sequence, out, *, bootstrap: int = 1000) -> list[Path]:
     tables = load_lab(folders)
     fits = lab_fits(tables, bootstrap=bootstrap)
     fits.to_csv(out / "fits.csv", index=False, float_format="%.6g")
-    claims_table(tables.results, tables.curves, fits).to_csv(out / "claims.csv", index=False, float_format="%.6g")
+    main = tables.curves[tables.curves["dir"].isin(daa_runs(tables.results)["dir"]) | (tables.curves["method"] != "daa")]
+    main = main[main["batch_size"].fillna(0) == 0] if "batch_size" in main else main
+    pooled = lab_fits(LabTables(tables.results, main, tables.frontiers), bootstrap=bootstrap,
+                      by=("method", "loss", "hidden_size", "gold"))
+    claims = claims_table(tables.results, tables.curves, fits, pooled)
+    claims.to_csv(out / "claims.csv", index=False, float_format="%.6g")
     made = [figure_humps(tables, fits, out), figure_frontier(tables, out), figure_fit_coefficients(fits, tables.results, out),
             figure_rmse(fits, tables.results, out), figure_spurious(tables, out), figure_first_epoch(tables, out),
             figure_kl_spent(tables, out)]
