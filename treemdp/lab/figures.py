@@ -361,6 +361,7 @@ def figure_kl_spent(tables: LabTables, out: Path) -> Optional[Path]:
     rlhf, bon = curves[curves["method"] == "rlhf"], curves[(curves["method"] == "bon") & (curves["proxy"] == "rm")]
     if rlhf.empty or bon.empty:
         return None
+    rlhf, bon = rlhf[rlhf["kl_to_reference"] > 1e-3], bon[bon["kl_to_reference"] > 1e-3]  # a log axis
     ns = sorted(set(rlhf["pairs"]) & set(bon["pairs"]))
     fig = _figure("kl_spent")
     axes = fig.subplots(1, len(ns), sharey=True, squeeze=False)[0]
@@ -372,7 +373,7 @@ def figure_kl_spent(tables: LabTables, out: Path) -> Optional[Path]:
         _lines(ax, part, "kl_to_reference", "gold_gain", "#ff7f0e", alpha=0.9, lw=1.5, label="best-of-n (each seed)")
         ax.axhline(0, color="0.6", lw=0.6)
         ax.set_xscale("log")
-        ax.set_xlim(1e-2, None)
+        ax.set_xlim(1e-2, 1.5 * float(max(rlhf["kl_to_reference"].max(), bon["kl_to_reference"].max())))
         ax.set_xlabel("KL(pi || ref), nats (log scale)")
         ax.set_title(f"N = {n} pairs (same reward model for both)")
         ax.grid(alpha=0.3)
