@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from IPython.display import display
 
-from treemdp.lab import BestOfN, LabConfig, frontier, kl_bound, run_lab, tilted_log_probs, win_scores
+from treemdp.lab import BestOfN, LabConfig, frontier, kl_bound, run_lab, tilted_log_probs
 from treemdp.lab.fits import FORMS, fit_form
 from treemdp.plots import live_plot
 

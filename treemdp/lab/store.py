@@ -252,20 +252,10 @@ def load_lab(folders, *, curves: bool = True) -> LabTables:
 
 
 def grid(base: Optional[LabConfig] = None, **axes: Sequence) -> list[LabConfig]:
-    """Every combination of the given values of LabConfig fields, validated."""
-    import itertools
-    base = base or LabConfig()
-    known = {f.name for f in dataclasses.fields(LabConfig)}
-    unknown = sorted(set(axes) - known)
-    if unknown:
-        raise UserError(f"unknown lab setting(s): {', '.join(unknown)}")
-    names = list(axes)
-    values = [list(axes[n]) for n in names]
-    for name, vals in zip(names, values):
-        if not vals:
-            raise UserError(f"--{name.replace('_', '-')} needs at least one value")
-    configs = [dataclasses.replace(base, **dict(zip(names, combo))).validate() for combo in itertools.product(*values)]
-    return list(dict.fromkeys(configs))  # settings a method ignores collapse to one run
+    """Every combination of the given values of LabConfig fields, validated (:func:`treemdp.sweep.grid`);
+    settings a method ignores collapse to one run."""
+    from ..sweep import grid as product
+    return list(dict.fromkeys(product(base or LabConfig(), **axes)))
 
 
 __all__ = ["lab_sweep", "load_lab", "LabTables", "write_lab_run", "run_names", "grid", "RESULTS", "FORMATS"]
