@@ -35,12 +35,12 @@ from treemdp.plots import live_plot
 # of it; every run is a `LabConfig`.
 
 # %%
-base = LabConfig(tree="4x4", gold="random", pairs=64, loss="dpo", beta=0.1, steps=400, seed=0)
+base = LabConfig(tree="4x4", gold="random", pairs=64, loss="dpo", beta=0.1, steps=300, seed=0)
 (run,) = run_lab([base])
 ref, gold = run.ref_probs, run.gold.values
 print(f"E_ref[r*] = {float(ref @ gold):.3f}  (best answer: {float(gold.max()):.3f}); "
       f"{len(run.dataset.preferences)} pairs; reference entropy {run.summary['ref_entropy']:.2f} nats")
-run.curve.iloc[[0, 10, 50, 100, 200, 400]][["step", "kl_to_reference", "gold_gain", "win_rate", "ood_mass"]]
+run.curve.iloc[[0, 10, 50, 100, 200, 300]][["step", "kl_to_reference", "gold_gain", "win_rate", "ood_mass"]]
 
 # %% [markdown]
 # ## 2. One DPO run, exactly
@@ -80,7 +80,7 @@ pairs = widgets.SelectionSlider(options=[16, 64, 256], value=64, description="N 
 
 
 def draw_hump(fig):
-    (result,) = run_lab([LabConfig(tree="4x4", pairs=pairs.value, loss=loss.value, beta=beta.value, steps=400)])
+    (result,) = run_lab([LabConfig(tree="4x4", pairs=pairs.value, loss=loss.value, beta=beta.value, steps=300)])
     left, right = fig.subplots(1, 2)
     left.plot(front["sqrt_kl"], front["win_gain"] + 0.5, color="k", label="frontier")
     left.plot(result.curve["sqrt_kl"], result.curve["win_rate"], label=f"{loss.value}, beta {beta.value}, N {pairs.value}")

@@ -22,7 +22,8 @@ def grids(tmp_path_factory):
     assert done.returncode == 0, done.stderr[-2000:]
     assert main(["lab", "run", *TINY, "--method", "rlhf", "--beta", "0.1", "0.5", "--steps", "25",
                  "--out", str(root / "rlhf"), "--quiet"]) == 0
-    assert main(["lab", "bon", *TINY, "--n", "1", "2", "4", "16", "--out", str(root / "bon"), "--quiet"]) == 0
+    assert main(["lab", "bon", *TINY, "--n", "1", "2", "4", "16", "--format", "parquet", "--out", str(root / "bon"),
+                 "--quiet"]) == 0
     return root
 
 
@@ -37,7 +38,7 @@ def test_grid_folders_hold_tidy_tables(grids):
                                  "proxy_gain", "ood_mass", "spurious_r2"} <= set(curve)
     assert curve["epoch"].iloc[-1] == pytest.approx(25 / (json.loads((run / "config.json").read_text())["pairs"] / 2))
     assert json.loads((run / "config.json").read_text())["batch_size"] == 2
-    bon = pd.read_csv(next((grids / "bon").glob("method=bon*")) / "curve.csv")
+    bon = pd.read_parquet(next((grids / "bon").glob("method=bon*")) / "curve.parquet")
     assert set(bon["proxy"]) == {"rm", "gold"} and sorted(set(bon["n"])) == [1, 2, 4, 16]
     assert (bon["kl_to_reference"] <= bon["kl_bound"] + 1e-9).all()
 

@@ -169,7 +169,7 @@ def format_fits(fits, by) -> str:
 
 def _report_command(args) -> int:
     from ..lab.figures import lab_report
-    made = lab_report(args.folders, args.out)
+    made = lab_report(args.folders, args.out, progress=not args.quiet)
     if not args.quiet:
         print("\n".join(str(p) for p in made))
     return 0

@@ -86,7 +86,7 @@ def run_lab_reproduce(out, runs, *, quick: bool = False, workers: int | None = N
         lab_sweep(configs, runs / name, workers=workers, progress=progress)
         folders.append(runs / name)
     trained = time.perf_counter() - started
-    made = lab_report(folders, out, bootstrap=200 if quick else 1000)
+    made = lab_report(folders, out, bootstrap=200 if quick else 1000, progress=progress)
     if progress:
         print(f"reproduce: lab runs in {trained:.1f} s, {len(made)} lab figures in "
               f"{time.perf_counter() - started - trained:.1f} s -> {out}/", file=sys.stderr)

@@ -293,6 +293,9 @@ def figure_spurious(tables: LabTables, out: Path) -> Optional[Path]:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     ax = axes[-1]
+    d_grid = np.linspace(0, float(curves["sqrt_kl"].max()), 200)
+    fronts = tables.frontiers[tables.frontiers["dir"].isin(results["dir"])]
+    ax.plot(d_grid, _mean_frontier(fronts, "gold", d_grid), color="k", lw=1.2, label="gold frontier (mean)")
     for loss in losses:
         _lines(ax, curves[curves["loss"] == loss], "sqrt_kl", "gold_gain", LOSS_COLORS[loss], alpha=0.4, label=loss.upper())
     ax.axhline(0, color="0.6", lw=0.6)
@@ -366,6 +369,10 @@ def figure_kl_spent(tables: LabTables, out: Path) -> Optional[Path]:
     fig = _figure("kl_spent")
     axes = fig.subplots(1, len(ns), sharey=True, squeeze=False)[0]
     for ax, n in zip(axes, ns):
+        fronts = tables.frontiers[tables.frontiers["dir"].isin(rlhf.loc[rlhf["pairs"] == n, "dir"])]
+        kl_grid = np.geomspace(1e-2, float(rlhf["kl_to_reference"].max()), 200)
+        ax.plot(kl_grid, _mean_frontier(fronts, "gold", np.sqrt(kl_grid)), color="k", lw=1.2,
+                label="gold frontier (mean over seeds)")
         for k, (beta, part) in enumerate(rlhf[rlhf["pairs"] == n].groupby("beta")):
             _lines(ax, part, "kl_to_reference", "gold_gain", BETA_COLORS[k % len(BETA_COLORS)], alpha=0.5,
                    label=f"RLHF beta={beta:g} (each seed)")
@@ -405,7 +412,7 @@ def lab_fits(tables: LabTables, *, bootstrap: int = 1000, metric: str = "win",
     return fits
 
 
-def lab_report(folders: Sequence, out, *, bootstrap: int = 1000) -> list[Path]:
+def lab_report(folders: Sequence, out, *, bootstrap: int = 1000, progress: bool = False) -> list[Path]:
     """Every lab figure the folders have runs for, plus ``fits.csv`` and ``claims.csv``; returns the PNGs."""
     from ..runs import check_writable
     out = check_writable(out)
@@ -419,9 +426,12 @@ def lab_report(folders: Sequence, out, *, bootstrap: int = 1000) -> list[Path]:
                       by=("method", "loss", "hidden_size", "gold"))
     claims = claims_table(tables.results, tables.curves, fits, pooled)
     claims.to_csv(out / "claims.csv", index=False, float_format="%.6g")
-    made = [figure_humps(tables, fits, out), figure_frontier(tables, out), figure_fit_coefficients(fits, tables.results, out),
-            figure_rmse(fits, tables.results, out), figure_spurious(tables, out), figure_first_epoch(tables, out),
-            figure_kl_spent(tables, out)]
+    drawings = [lambda: figure_humps(tables, fits, out), lambda: figure_frontier(tables, out),
+                lambda: figure_fit_coefficients(fits, tables.results, out), lambda: figure_rmse(fits, tables.results, out),
+                lambda: figure_spurious(tables, out), lambda: figure_first_epoch(tables, out),
+                lambda: figure_kl_spent(tables, out)]
+    from tqdm.auto import tqdm
+    made = [draw() for draw in tqdm(drawings, desc="lab figures", unit="figure", disable=not progress, leave=False)]
     return [p for p in made if p is not None]
 
 
