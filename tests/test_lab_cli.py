@@ -46,6 +46,7 @@ def test_grid_folders_hold_tidy_tables(grids):
 def test_rerun_resumes_and_a_lost_run_is_redone(grids, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in (grids / "daa").glob("*/summary.json")}
     victim = sorted(stamps)[0].parent
+    before = (victim / "curve.csv").read_bytes()
     shutil.rmtree(victim)
     (grids / "daa" / ".half.tmp-123").mkdir()  # what an interrupted write leaves
     args = ["lab", "run", *TINY, "--loss", "dpo", "ipo", "--beta", "0.1", "--steps", "25", "--batch-size", "0", "2",
@@ -54,6 +55,7 @@ def test_rerun_resumes_and_a_lost_run_is_redone(grids, capsys):
     after = {p: p.stat().st_mtime_ns for p in (grids / "daa").glob("*/summary.json")}
     assert after.keys() == stamps.keys() and not list((grids / "daa").glob(".*"))
     assert [p for p in after if after[p] != stamps[p]] == [victim / "summary.json"]
+    assert (victim / "curve.csv").read_bytes() == before  # its stack was recomputed: the same numbers, bit for bit
     assert len(pd.read_csv(grids / "daa" / "results.csv")) == 16
 
 

@@ -8,15 +8,16 @@ best-of-n, every quality measured exactly at every step.
         rlhf  run_phase(scorer, bradley_terry_loss) -> r_phi; run_phase(kl_regularised_loss(r_phi, beta))
         bon   the same r_phi; best-of-n for every n, exactly (no training)
 
-Every run's numbers depend on its own config only (its row of a stacked computation), so the same
-config gives the same curve in any batch.
+Every run's loss and measurements depend on its own row of the stack only; which stack a run is
+computed in is fixed by the grid (:func:`plan_batches`), so an interrupted, resumed or parallel
+grid gives the same numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -70,7 +71,6 @@ class LabResult:
     ref_probs: torch.Tensor
     final_probs: Optional[torch.Tensor] = None
     reward_model: Optional[torch.Tensor] = None
-    extra: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         c, s = self.config, self.summary
@@ -80,9 +80,32 @@ class LabResult:
                 f"at KL {s['final_kl']:.2f})")
 
 
+#: Most runs of one shape computed as one stack; a shape's runs are split into equal consecutive parts.
+MAX_BATCH = 96
+
+
+def plan_batches(configs: Sequence[LabConfig], max_batch: int = MAX_BATCH) -> list[list[int]]:
+    """The stacks a grid is computed in: indices into ``configs``, by shape, in grid order.
+
+    The plan depends on the grid alone (not on which runs are finished or how many workers run
+    it), so a resumed or parallel grid computes every run in the same stack as an uninterrupted
+    one: same numbers, bit for bit. (Another grid may stack a config differently: it then agrees
+    to float rounding, which Adam's first steps amplify, since lr * g / (|g| + eps) turns
+    gradient components at rounding level into steps of +-lr.)
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(configs):
+        groups.setdefault(shape_key(c), []).append(i)
+    batches = []
+    for idx in groups.values():
+        parts = -(-len(idx) // max_batch)
+        batches += [part.tolist() for part in np.array_split(np.array(idx), parts)]
+    return batches
+
+
 def run_lab(configs: Sequence[LabConfig], *, progress: bool = False,
             on_batch: Optional[Callable[[list[int], list[LabResult]], None]] = None,
-            max_batch: int = 512) -> list[LabResult]:
+            batches: Optional[list[list[int]]] = None) -> list[LabResult]:
     """Run every config, batched by shape on the engine; results in ``configs`` order.
 
     Args:
@@ -90,13 +113,11 @@ def run_lab(configs: Sequence[LabConfig], *, progress: bool = False,
         progress: a tqdm bar over the work.
         on_batch: called with (indices into ``configs``, their results) as each batch finishes
             (the sweep writes run folders here, so an interrupt loses at most one batch).
-        max_batch: most runs computed as one stack.
+        batches: which stacks to compute (default :func:`plan_batches`: all of them); configs in no
+            batch get None.
     """
     configs = [c.validate() for c in configs]
-    groups: dict[tuple, list[int]] = {}
-    for i, c in enumerate(configs):
-        groups.setdefault(shape_key(c), []).append(i)
-    batches = [idx[k:k + max_batch] for idx in groups.values() for k in range(0, len(idx), max_batch)]
+    batches = plan_batches(configs) if batches is None else batches
     from tqdm.auto import tqdm
     total = sum(_work(configs[i]) for b in batches for i in b)
     results: list[Optional[LabResult]] = [None] * len(configs)
@@ -152,88 +173,114 @@ def run_batch(configs: Sequence[LabConfig], *, on_work: Optional[Callable[[int],
 
 
 def _run_sorted(configs, mdp: TreeMDP, device, on_work) -> list[LabResult]:
-    first, R, T = configs[0], len(configs), mdp.n_trajectories
     started = time.perf_counter()
     golds = {key: make_gold(mdp, key[0], seed=key[1]) for key in dict.fromkeys((c.gold, c.gold_seed) for c in configs)}
     gold_of = [golds[(c.gold, c.gold_seed)] for c in configs]
-
-    # SFT once per distinct (seed, demonstrations, learning rate), ordered by learning rate.
-    sft_keys, sft_of_run = _unique([(c.seed, c.demos, c.demo_temperature, c.gold, c.gold_seed, c.sft_lr) for c in configs])
-    order = sorted(range(len(sft_keys)), key=lambda u: sft_keys[u][-1])
-    sft_keys = [sft_keys[u] for u in order]
-    sft_of_run = torch.argsort(torch.tensor(order))[sft_of_run]
-    demos = [sample_demonstrations(mdp, golds[(k[3], k[4])], k[1], temperature=k[2], seed=k[0]) for k in sft_keys]
-    build = lambda seed: make_policy(mdp, first.policy, seed=seed, hidden_size=first.hidden_size, cell=first.cell)  # noqa: E731
-    template = build(0).to(device)
-    empty = [torch.zeros(0, dtype=torch.long)] * len(sft_keys)
-    sft_ctx = context_from_rows(mdp, demos, empty, empty).to(device)
-    params = {n: p.to(device) for n, p in stack_parameters([build(k[0]) for k in sft_keys]).items()}
-    params = run_phase(template, params, Phase("sft", first.sft_steps, [k[-1] for k in sft_keys], sft_loss(sft_ctx)),
-                       first.optimizer, _quiet_record("sft", first.sft_steps, sft_ctx),
-                       on_step=lambda n: on_work(n * len(sft_keys)))
-    with torch.no_grad():
-        sft_logp = template.stacked_log_probs(params)  # [U, T] float32: the frozen references
-    sft_probs = sft_logp.double().exp().cpu()
-    sft_probs = sft_probs / sft_probs.sum(-1, keepdim=True)
-
-    # Pairs: one nested stream per (SFT, source, label noise); a run with N pairs takes the first N.
-    pair_keys, pair_of_run = _unique([(int(sft_of_run[r]), c.pair_source, c.label_temperature) for r, c in enumerate(configs)])
-    streams = []
-    for p, (u, source, temperature) in enumerate(pair_keys):
-        n_max = max(c.pairs for r, c in enumerate(configs) if int(pair_of_run[r]) == p)
-        probs = sft_probs[u] if source == "reference" else torch.full((T,), 1.0 / T, dtype=torch.float64)
-        streams.append(sample_pairs(probs, gold_of[int((pair_of_run == p).nonzero()[0])], n_max,
-                                    temperature=temperature, seed=sft_keys[u][0]))
-    chosen = [streams[int(pair_of_run[r])][0][:c.pairs] for r, c in enumerate(configs)]
-    rejected = [streams[int(pair_of_run[r])][1][:c.pairs] for r, c in enumerate(configs)]
-    demos_of_run = [demos[int(sft_of_run[r])] for r in range(R)]
-    ctx = context_from_rows(mdp, demos_of_run, chosen, rejected).to(device)
-    ctx.ref_logp = sft_logp[sft_of_run.to(device)]
-    ref_probs = sft_probs[sft_of_run]  # [R, T] float64
+    sft = _sft(configs, mdp, device, golds, on_work)
+    chosen, rejected = _pairs(configs, sft, gold_of)
+    demos = [sft.demos[int(u)] for u in sft.of_run]
+    ctx = context_from_rows(mdp, demos, chosen, rejected).to(device)
+    ctx.ref_logp = sft.logp[sft.of_run.to(device)]
+    ref_probs = sft.probs[sft.of_run]  # [R, T] float64
     ctx.extra.update(lab_extras(gold_of, ref_probs, [c.beta for c in configs]))
-
     rewards = None
-    if first.method in ("rlhf", "bon"):
+    if configs[0].method in ("rlhf", "bon"):
         rewards = _fit_reward_models(configs, mdp, device, ctx, chosen, rejected, on_work)  # [R, T] float64
         ctx.extra.update(proxy=rewards, proxy_ref=expected(ref_probs, rewards))
-    params = {n: p[sft_of_run.to(device)] for n, p in params.items()}
+    params = {n: p[sft.of_run.to(device)] for n, p in sft.params.items()}  # every run starts from its reference
     record, schedule, final_logp = None, None, None
+    if configs[0].method != "bon":
+        record, schedule, final_logp = _optimise(configs, sft.template, params, ctx, rewards, on_work)
+    elapsed = time.perf_counter() - started
+
+    table = record.table() if record is not None else None
+    results = []
+    for r, c in enumerate(configs):
+        gold, reward = gold_of[r], None if rewards is None else rewards[r]
+        front = pd.concat([frontier(torch.log(ref_probs[r]), gold.values, kind=k) for k in ("gold", "win")],
+                          ignore_index=True)
+        if c.method == "bon":
+            curve, final = bon_curve(ref_probs[r], gold, ctx.extra["win_score"][r], reward, c.n), None
+        else:
+            curve, final = step_curve(table, r, c, schedule), final_logp[r].exp()
+        summary = summarize_lab(c, curve, front, ref_probs[r], gold, reward, elapsed / len(configs))
+        if record is not None and r in record.first_bad:
+            summary["diverged"] = record.first_bad[r]
+        results.append(LabResult(c, summary, curve, front, lab_dataset(mdp, demos[r], chosen[r], rejected[r]), gold,
+                                 ref_probs[r], final, reward))
+    return results
+
+
+@dataclass
+class _References:
+    """The SFT phase of a batch: one reference per distinct (seed, demonstrations, SFT lr)."""
+
+    keys: list          # (seed, demos, demo_temperature, gold, gold_seed, sft_lr), ordered by sft_lr
+    of_run: torch.Tensor  # [R] which reference each run uses
+    demos: list         # per reference, the demonstrations' trajectory rows
+    template: object    # the policy module that enumerates the stacked parameters
+    params: dict        # name -> [U, ...] the SFT policies' weights
+    logp: torch.Tensor  # [U, T] float32, the frozen references' log-probs (what the losses use)
+    probs: torch.Tensor  # [U, T] float64, normalised (what the exact quantities use)
+
+
+def _sft(configs, mdp: TreeMDP, device, golds: dict, on_work) -> _References:
+    """Demonstrations from softmax(r*/tau), then SFT once per distinct reference (stacked)."""
+    first = configs[0]
+    keys, of_run = _unique([(c.seed, c.demos, c.demo_temperature, c.gold, c.gold_seed, c.sft_lr) for c in configs])
+    order = sorted(range(len(keys)), key=lambda u: keys[u][-1])  # one parameter group per learning rate
+    keys, of_run = [keys[u] for u in order], torch.argsort(torch.tensor(order))[of_run]
+    demos = [sample_demonstrations(mdp, golds[(k[3], k[4])], k[1], temperature=k[2], seed=k[0]) for k in keys]
+    build = lambda seed: make_policy(mdp, first.policy, seed=seed, hidden_size=first.hidden_size, cell=first.cell)  # noqa: E731
+    template = build(0).to(device)
+    empty = [torch.zeros(0, dtype=torch.long)] * len(keys)
+    ctx = context_from_rows(mdp, demos, empty, empty).to(device)
+    params = {n: p.to(device) for n, p in stack_parameters([build(k[0]) for k in keys]).items()}
+    params = run_phase(template, params, Phase("sft", first.sft_steps, [k[-1] for k in keys], sft_loss(ctx)),
+                       first.optimizer, _quiet_record("sft", first.sft_steps, ctx), on_step=lambda n: on_work(n * len(keys)))
+    with torch.no_grad():
+        logp = template.stacked_log_probs(params)
+    probs = logp.double().exp().cpu()
+    return _References(keys, of_run, demos, template, params, logp, probs / probs.sum(-1, keepdim=True))
+
+
+def _pairs(configs, sft: _References, gold_of) -> tuple[list, list]:
+    """Each run's (chosen, rejected) rows: one nested stream per (reference, source, label noise),
+    a run with N pairs takes its first N."""
+    keys, of_run = _unique([(int(sft.of_run[r]), c.pair_source, c.label_temperature) for r, c in enumerate(configs)])
+    T = sft.probs.shape[1]
+    streams = []
+    for p, (u, source, temperature) in enumerate(keys):
+        runs = [r for r in range(len(configs)) if int(of_run[r]) == p]
+        probs = sft.probs[u] if source == "reference" else torch.full((T,), 1.0 / T, dtype=torch.float64)
+        streams.append(sample_pairs(probs, gold_of[runs[0]], max(configs[r].pairs for r in runs),
+                                    temperature=temperature, seed=sft.keys[u][0]))
+    chosen = [streams[int(of_run[r])][0][:c.pairs] for r, c in enumerate(configs)]
+    rejected = [streams[int(of_run[r])][1][:c.pairs] for r, c in enumerate(configs)]
+    return chosen, rejected
+
+
+def _optimise(configs, template, params, ctx: RunContext, rewards, on_work):
+    """The policy phase (DAA or RLHF) on the engine, every lab quantity measured at every step.
+
+    Returns the phase's record, its pair schedule (DAA) and the final log-probs [R, T] float64.
+    """
+    first, R, device = configs[0], len(configs), ctx.chosen.device
+    beta = torch.tensor([c.beta for c in configs], dtype=torch.float32, device=device)[:, None]
+    schedule = None
     if first.method == "daa":
         schedule = PairSchedule([c.pairs for c in configs], first.batch_size,
                                 [int(np.random.SeedSequence([c.seed, 4]).generate_state(1)[0]) for c in configs],
                                 device=device)
-        beta = torch.tensor([c.beta for c in configs], dtype=torch.float32, device=device)[:, None]
         loss = daa_loss(ctx, [get_objective(c.loss) for c in configs], beta, schedule=schedule)
-    elif first.method == "rlhf":
-        beta = torch.tensor([c.beta for c in configs], dtype=torch.float32, device=device)[:, None]
+    else:
         loss = kl_regularised_loss(ctx, rewards.float().to(device), beta)
-    if first.method != "bon":
-        record = _quiet_record(first.method, first.steps, ctx, LAB_MEASUREMENTS)
-        params = run_phase(template, params, Phase(first.method, first.steps, [c.lr for c in configs], loss),
-                           first.optimizer, record, on_step=lambda n: on_work(n * R))
-        with torch.no_grad():
-            final_logp = template.stacked_log_probs(params).double().cpu()
-    elapsed = time.perf_counter() - started
-
-    results = []
-    table = record.table() if record is not None else None
-    for r, c in enumerate(configs):
-        gold = gold_of[r]
-        ref_logp = torch.log(ref_probs[r])
-        front = pd.concat([frontier(ref_logp, gold.values, kind=k) for k in ("gold", "win")], ignore_index=True)
-        dataset = lab_dataset(mdp, demos_of_run[r], chosen[r], rejected[r])
-        reward = None if rewards is None else rewards[r]
-        if c.method == "bon":
-            curve = bon_curve(ref_probs[r], gold, ctx.extra["win_score"][r], reward, c.n)
-            final = None
-        else:
-            curve = step_curve(table, r, c, schedule)
-            final = final_logp[r].exp()
-        summary = summarize_lab(c, curve, front, ref_probs[r], gold, reward, elapsed / R)
-        if record is not None and r in record.first_bad:
-            summary["diverged"] = record.first_bad[r]
-        results.append(LabResult(c, summary, curve, front, dataset, gold, ref_probs[r], final, reward))
-    return results
+    record = _quiet_record(first.method, first.steps, ctx, LAB_MEASUREMENTS)
+    params = run_phase(template, params, Phase(first.method, first.steps, [c.lr for c in configs], loss),
+                       first.optimizer, record, on_step=lambda n: on_work(n * R))
+    with torch.no_grad():
+        final_logp = template.stacked_log_probs(params).double().cpu()
+    return record, schedule, final_logp
 
 
 def lab_extras(golds: Sequence[GoldReward], ref_probs: torch.Tensor, betas: Sequence[float]) -> dict:
@@ -333,5 +380,5 @@ def summarize_lab(config: LabConfig, curve: pd.DataFrame, front: pd.DataFrame, r
     return summary
 
 
-__all__ = ["LabResult", "run_lab", "run_batch", "step_curve", "bon_curve", "summarize_lab", "lab_extras",
+__all__ = ["LabResult", "run_lab", "run_batch", "plan_batches", "MAX_BATCH", "step_curve", "bon_curve", "summarize_lab", "lab_extras",
            "STEP_COLUMNS", "BON_COLUMNS"]

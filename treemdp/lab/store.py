@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -30,8 +29,8 @@ import pandas as pd
 
 from ..errors import UserError
 from ..runs import atomic_directory, check_writable
-from .config import IGNORED, LabConfig, shape_key
-from .runner import LabResult, run_lab
+from .config import IGNORED, LabConfig
+from .runner import LabResult, _work, plan_batches, run_batch, run_lab
 
 RESULTS = "results.csv"
 #: Below this many run-steps a grid runs in this process (starting workers costs seconds).
@@ -126,17 +125,20 @@ def _finished(out: Path, names: Sequence[str], configs: Sequence[LabConfig]) -> 
 
 
 def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1, fmt: str = "csv",
-              progress: bool = True, max_batch: int = 512) -> pd.DataFrame:
+              progress: bool = True) -> pd.DataFrame:
     """Run every config not yet finished in ``out``, write its folder, keep ``results.csv`` current.
 
+    The grid is computed in the stacks of :func:`treemdp.lab.runner.plan_batches` (fixed by the
+    grid), and a stack with an unfinished run is recomputed whole, so a resumed grid, or one
+    split over workers, gives the numbers of an uninterrupted single-process one.
+
     Args:
-        configs: the grid (e.g. from :func:`treemdp.lab.grid`).
+        configs: the grid (e.g. from :func:`grid`).
         out: the grid folder.
-        workers: processes; each takes whole batches (runs of one shape, computed as one stack); small
-            grids (< :data:`PARALLEL_WORK` run-steps) run in this process.
+        workers: processes, each taking whole stacks; grids under :data:`PARALLEL_WORK` run-steps
+            run in this process.
         fmt: ``csv`` or ``parquet`` (needs pyarrow) for each run's curve.
         progress: a progress bar.
-        max_batch: most runs per stack.
 
     Returns:
         results.csv as a DataFrame, one row per config, in order.
@@ -159,46 +161,40 @@ def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1
     rows, todo = _finished(out, names, configs)
     if rows:
         _write_results(rows, names, out)
+    unfinished = set(todo)
+    batches = [b for b in plan_batches(configs) if unfinished & set(b)]
 
     def save(indices: list[int], results: list[LabResult]) -> None:
         for i, result in zip(indices, results):
-            write_lab_run(result, out / names[i], fmt=fmt)
-            rows[names[i]] = (names[i], configs[i].to_dict(), result.summary)
+            if names[i] not in rows:
+                write_lab_run(result, out / names[i], fmt=fmt)
+                rows[names[i]] = (names[i], configs[i].to_dict(), result.summary)
         _write_results(rows, names, out)
 
-    from .runner import _work
-    if todo and (workers == 1 or sum(_work(configs[i]) for i in todo) < PARALLEL_WORK):
-        run_lab([configs[i] for i in todo], progress=progress, max_batch=max_batch,
-                on_batch=lambda batch, results: save([todo[b] for b in batch], results))
-    elif todo:
-        _parallel(configs, todo, workers, max_batch, progress, save)
+    if workers == 1 or sum(_work(configs[i]) for b in batches for i in b) < PARALLEL_WORK:
+        run_lab(configs, progress=progress, batches=batches, on_batch=save)
+    elif batches:
+        _parallel(configs, batches, workers, progress, save)
     return pd.DataFrame([result_row(*rows[n]) for n in names])
 
 
-def _parallel(configs, todo, workers, max_batch, progress, save) -> None:
-    """Split each shape's runs over the workers (spawned processes, one torch thread each)."""
-    groups: dict[tuple, list[int]] = {}
-    for i in todo:
-        groups.setdefault(shape_key(configs[i]), []).append(i)
-    chunks = []
-    for group in groups.values():
-        size = min(max_batch, max(1, math.ceil(len(group) / max(1, workers // len(groups)))))
-        chunks += [group[k:k + size] for k in range(0, len(group), size)]
+def _parallel(configs, batches, workers, progress, save) -> None:
+    """Whole stacks over spawned worker processes (one torch thread each)."""
     import multiprocessing
     from tqdm.auto import tqdm
-    with tqdm(total=len(todo), disable=not progress, unit="run", desc="lab") as bar, \
+    with tqdm(total=sum(len(b) for b in batches), disable=not progress, unit="run", desc="lab") as bar, \
             ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_worker, [configs[i] for i in chunk]): chunk for chunk in chunks}
+        futures = {pool.submit(_worker, [configs[i] for i in batch]): batch for batch in batches}
         for future in as_completed(futures):
-            chunk = futures[future]
-            save(chunk, future.result())
-            bar.update(len(chunk))
+            batch = futures[future]
+            save(batch, future.result())
+            bar.update(len(batch))
 
 
 def _worker(configs: list[LabConfig]) -> list[LabResult]:
     import torch
     torch.set_num_threads(1)
-    return run_lab(configs, progress=False)
+    return run_batch(configs)
 
 
 # ----- reading back ------------------------------------------------------------------------------------
