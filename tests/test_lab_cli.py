@@ -71,6 +71,9 @@ def test_fit_and_report(grids, tmp_path, capsys):
     assert {"humps_win_rate", "frontier", "rmse_forms", "first_epoch", "kl_spent"} <= set(names)
     assert all((tmp_path / "figs" / f"{n}.pdf").stat().st_size > 1000 for n in names)
     assert {"daas_overoptimize", "rl_spends_more_kl"} <= set(pd.read_csv(tmp_path / "figs" / "claims.csv")["claim"])
+    assert main(["lab", "report", str(grids / "daa"), "--out", str(tmp_path / "daa-only"), "--quiet"]) == 0
+    assert (tmp_path / "daa-only" / "humps_win_rate.png").is_file()
+    assert not (tmp_path / "daa-only" / "kl_spent.png").exists()  # no RLHF or best-of-n runs: skipped
 
 
 @pytest.mark.parametrize("args,message", [

@@ -30,7 +30,7 @@ import pandas as pd
 from ..errors import UserError
 from ..runs import atomic_directory, check_writable
 from .config import IGNORED, LabConfig
-from .runner import LabResult, _work, plan_batches, run_batch, run_lab
+from .runner import BON_COLUMNS, STEP_COLUMNS, LabResult, _work, plan_batches, run_batch, run_lab
 
 RESULTS = "results.csv"
 #: Below this many run-steps a grid runs in this process (starting workers costs seconds).
@@ -237,6 +237,8 @@ def load_lab(folders, *, curves: bool = True) -> LabTables:
             frontier_parts.append(pd.read_csv(run_dir / "frontier.csv").assign(**tag))
     concat = lambda parts: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()  # noqa: E731
     results = concat(results)
+    curve_parts = [part.reindex(columns=list(dict.fromkeys([*STEP_COLUMNS, *BON_COLUMNS, *part.columns])))
+                   for part in curve_parts]  # step and best-of-n columns in every frame (NaN where they do not apply)
     settings = [f.name for f in dataclasses.fields(LabConfig) if f.name in results]
     keep = ~results.duplicated(settings)  # a run in two folders (the same config) counts once
     tables = LabTables(results[keep].reset_index(drop=True), concat(curve_parts), concat(frontier_parts))
