@@ -4,7 +4,7 @@ VENV := .venv
 PIP := $(VENV)/bin/pip install --constraint constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test lessons benchmark benchmark-llm clean
+.PHONY: reproduce test test-floor lessons benchmark benchmark-llm clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ test: $(VENV)/.installed-test
 	@if [ -f scripts/install-browser.sh ]; then bash scripts/install-browser.sh; fi
 	$(VENV)/bin/python -m pytest
 
+# The toy track on the oldest torch pyproject.toml admits (PyPI's wheel: a large download with its
+# CUDA libraries; run by hand before changing the floor, not by CI).
+FLOOR_TORCH ?= 2.4.1
+test-floor:
+	$(PYTHON) -m venv .venv-floor
+	.venv-floor/bin/pip install "torch==$(FLOOR_TORCH)" numpy pandas matplotlib gymnasium tqdm pyarrow pytest hypothesis
+	.venv-floor/bin/pip install --no-deps -e .
+	.venv-floor/bin/python -m pytest -q tests/test_exact.py tests/test_training.py tests/test_pinned.py \
+		tests/test_engine.py tests/test_accounting.py tests/test_sweep.py tests/test_tree.py tests/test_runs.py \
+		tests/test_losses.py tests/test_losses_zoo.py tests/test_losses_registry.py
+
 lessons: $(VENV)/.installed-lessons
 	$(VENV)/bin/jupyter lab lessons/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 
@@ -39,4 +50,4 @@ benchmark-llm: $(VENV)/.installed-test
 	$(VENV)/bin/python benchmarks/bench_llm.py --steps 60 --repeats 3
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-floor .pytest_cache

@@ -25,6 +25,7 @@ SETTINGS = [
     ("DPO, tabular policy (lr 0.05)", {"policy": "tabular", "sft_lr": 0.05, "daa_lr": 0.05}),
     ("DPO, GRU h=4", {"hidden_size": 4}),
     ("DPO, LSTM", {"cell": "lstm"}),
+    ("DPO, transformer (2 layers, width 32)", {"policy": "transformer"}),
 ]
 
 

@@ -23,7 +23,7 @@ def test_train_writes_contract_files(treemdp_cmd, tmp_path):
                  "reference.pt", "run.png"):
         assert (out / name).stat().st_size > 0, name
     history = pd.read_csv(out / "history.csv")
-    assert list(history.columns) == ["phase", "step", "trajectory", "prob", "in_distribution"]
+    assert list(history.columns)[:5] == ["phase", "step", "trajectory", "prob", "in_distribution"]  # CONTRACT, then row, actions
     assert set(history.phase) == {"sft", "daa"}
     assert set(history.in_distribution.astype(str).str.lower()) == {"true", "false"}
     assert history.trajectory.nunique() == 27 and "s1-a1-s3-a1-s9-a0-s∞" in set(history.trajectory)
@@ -68,7 +68,7 @@ def test_help_lists_every_setting(treemdp_cmd):
 
 BAD_DATA = {
     "malformed.json": ("{oops", "not valid JSON"),
-    "short.json": (json.dumps({"demonstrations": [[0, 0]], "preferences": []}), "has length 2"),
+    "short.json": (json.dumps({"demonstrations": [[0, 0, 0], [0, 0]], "preferences": []}), "has length 2"),
     "range.json": (json.dumps({"demonstrations": [[0, 0, 5]], "preferences": []}), "action 5"),
     "equal.json": (json.dumps({"demonstrations": [[0, 0, 0]], "preferences": [{"chosen": [1, 1, 0], "rejected": [1, 1, 0]}]}),
                    "chosen equals rejected"),

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from treemdp.figures import DPI, SIZES
+from treemdp.phenomena.figures import SIZES as PHEN_SIZES
 
 EXPECTED = (["fig06_tree_mdp", "fig07_mass_summary"]
             + [f"fig{9 + 3 * i + j:02d}_{loss}_beta{beta}" for i, loss in enumerate(("dpo", "ipo", "slic"))
                for j, beta in enumerate(("0.01", "0.1", "0.5"))]
-            + ["fig18_dpo_seeds", "atlas_peak_ood", "atlas_final_ood", "optimizers", "tabular_vs_gru"])
+            + ["fig18_dpo_seeds", "atlas_peak_ood", "atlas_final_ood", "optimizers", "tabular_vs_gru", "zoo_ood_map"]
+            + ["phen_theory", "phen_explain", "phen_ipo", "phen_unseen", "phen_squeezing", "phen_displacement"])
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -24,6 +26,8 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def size_key(name: str) -> str:
+    if name.startswith("phen_"):
+        return name
     return "fig_trajectories" if name.startswith("fig") and name[3:5].isdigit() and 9 <= int(name[3:5]) <= 17 else name
 
 
@@ -41,7 +45,7 @@ def test_every_figure_is_written_at_its_size(quick):
     assert sorted(p.stem for p in figs.glob("*.png")) == sorted(EXPECTED)
     for name in EXPECTED:
         png, pdf = figs / f"{name}.png", figs / f"{name}.pdf"
-        width, height = SIZES[size_key(name)]
+        width, height = {**SIZES, **PHEN_SIZES}[size_key(name)]
         assert png_size(png) == (round(width * DPI), round(height * DPI)), name
         assert png.stat().st_size > 20_000, f"{name}.png looks empty"
         assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000, name

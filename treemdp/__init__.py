@@ -11,8 +11,22 @@ from .errors import UserError
 from .exact import (entropy, in_distribution_mask, kl_divergence, mass, ood_mass,
                     sequence_log_probs, top_ood, trajectory_log_probs)
 from .losses import LOSSES, implicit_reward, preference_h, preference_loss
-from .policies import RNNPolicy, TabularPolicy, make_policy
+from .policies import POLICIES, RNNPolicy, TabularPolicy, TransformerPolicy, make_policy, register_policy
 from .tree import Dataset, Preference, TreeMDP, load_dataset, make_dataset, paper_dataset
+
+
+def load_run(path):
+    """Read a run folder back: config, dataset, summary, metrics, history, policy, reference.
+
+    See :func:`treemdp.runs.load_run`."""
+    from .runs import load_run as _load_run
+    return _load_run(path)
+
+
+def load_sweep(path):
+    """Read a sweep folder back: ``results`` and ``run(name)``. See :func:`treemdp.runs.load_sweep`."""
+    from .runs import load_sweep as _load_sweep
+    return _load_sweep(path)
 
 __version__ = "0.1.0"
 
@@ -24,4 +38,5 @@ __all__ = [
     "preference_loss", "preference_h", "implicit_reward", "LOSSES", "Dataset", "Preference",
     "make_dataset", "load_dataset", "make_policy", "in_distribution_mask", "mass", "ood_mass",
     "kl_divergence", "entropy", "top_ood", "sequence_log_probs", "UserError", "ENV_ID",
+    "load_run", "load_sweep", "POLICIES", "register_policy", "TransformerPolicy",
 ]

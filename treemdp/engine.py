@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 import torch
 
 from .errors import UserError
@@ -132,14 +131,16 @@ def gather_runs(logp: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 class Measurement:
     """One per-step quantity: ``fn(logp [S, R, T] float64, ctx) -> [S, R]``.
 
-    ``default`` measurements are recorded by every phase (columns of every ``metrics.csv``);
-    the others only where a caller names them (the over-optimization lab's gold reward, which
-    needs a gold reward in ``ctx.extra``).
+    With ``columns`` (a function of the context giving K names) it is a family of quantities:
+    ``fn`` returns [S, R, K] and each name becomes a column. ``default`` measurements are recorded
+    by every phase (columns of every ``metrics.csv``); the others only where a caller names them
+    (the over-optimization lab's gold reward, which needs a gold reward in ``ctx.extra``).
     """
 
     name: str
     fn: Callable[[torch.Tensor, RunContext], torch.Tensor]
     doc: str
+    columns: Optional[Callable[[RunContext], list[str]]] = None
     default: bool = True
 
 
@@ -147,15 +148,24 @@ class Measurement:
 MEASUREMENTS: dict[str, Measurement] = {}
 
 
-def register_measurement(name: str, doc: str, *, default: bool = True):
+def register_measurement(name: str, doc: str, *, columns: Optional[Callable[[RunContext], list[str]]] = None,
+                         default: bool = True):
     """Register ``fn(logp, ctx) -> [S, R]`` under ``name`` (a decorator); it becomes a metrics column.
 
     ``logp`` is a block of S steps of R runs' exact trajectory log-probs, float64 [S, R, T]; ``ctx``
     the :class:`RunContext` (``ctx.ref_logp`` is None during SFT: return NaN then if you need it).
+    With ``columns``, ``fn`` returns [S, R, K] for the K column names ``columns(ctx)``.
     ``default=False``: recorded only by phases that name it (``PhaseRecord(measurements=...)``).
+
+    Example (the mass on trajectories that start with action 0)::
+
+        @register_measurement("mass_first_a0", "probability of the trajectories starting with a0")
+        def mass_first_a0(logp, ctx):
+            b = ctx.mdp.branching
+            return logp[..., : ctx.mdp.n_trajectories // b].exp().sum(-1)
     """
     def add(fn):
-        MEASUREMENTS[name] = Measurement(name, fn, doc, default)
+        MEASUREMENTS[name] = Measurement(name, fn, doc, columns, default)
         return fn
     return add
 
@@ -257,6 +267,7 @@ class PhaseRecord:
         self._block_steps: list[int] = []
         self.loss: list[torch.Tensor] = []  # [R] per step
         self.values: dict[str, list[torch.Tensor]] = {m.name: [] for m in self.measurements}
+        self.columns = {m.name: m.columns(ctx) for m in self.measurements if m.columns is not None}
         self.logged_steps: list[int] = []
         self.logged: list[torch.Tensor] = []  # small trees: [R, T] float32 probabilities
         self.logged_top: list[tuple[torch.Tensor, torch.Tensor]] = []  # large trees: ([R, k] rows, [R, k] probs)
@@ -344,7 +355,12 @@ class PhaseRecord:
         """Every step's scalars: ``loss`` and each measurement, [steps + 1, R] float64."""
         self.flush()
         out = {"loss": torch.stack(self.loss).double().cpu()}
-        out.update({name: torch.cat(parts) for name, parts in self.values.items()})
+        for name, parts in self.values.items():
+            values = torch.cat(parts)
+            if name in self.columns:  # [S, R, K]: one column per name
+                out.update({column: values[..., k] for k, column in enumerate(self.columns[name])})
+            else:
+                out[name] = values
         return out
 
 

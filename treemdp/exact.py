@@ -102,18 +102,38 @@ def sequence_log_probs(logp: torch.Tensor, mdp: TreeMDP, actions: torch.Tensor) 
     return logp[mdp.trajectory_index(actions).to(logp.device)]
 
 
-def in_distribution_mask(mdp: TreeMDP, dataset: Dataset) -> torch.Tensor:
-    """Bool [branching**depth]: True for trajectories that appear in the data.
+def in_distribution_mask(mdp: TreeMDP, dataset: Dataset, reference: str = "data") -> torch.Tensor:
+    """Bool [branching**depth]: True for the trajectories counted as in distribution.
 
-    The data are the demonstrations plus both sides of every preference (for the paper's data
-    the preferences are themselves demonstrations, so this is its three trajectories).
+    Args:
+        reference: ``"data"`` (default): the demonstrations plus both sides of every preference
+            (for the paper's data the preferences are themselves demonstrations, so this is its
+            three trajectories); ``"demonstrations"``: the demonstrations only; or the path of a
+            JSON file holding a list of action sequences (or ``{"trajectories": [...]}``).
     """
     mask = torch.zeros(mdp.n_trajectories, dtype=torch.bool)
+    if reference not in ("data", "demonstrations"):
+        mask[mdp.trajectory_index(load_trajectories(reference, mdp))] = True
+        return mask
     mask[mdp.trajectory_index(dataset.demonstrations)] = True
-    if dataset.preferences:
+    if dataset.preferences and reference == "data":
         mask[mdp.trajectory_index(dataset.chosen())] = True
         mask[mdp.trajectory_index(dataset.rejected())] = True
     return mask
+
+
+def load_trajectories(path, mdp: TreeMDP) -> torch.Tensor:
+    """A JSON file of action sequences (a list, or ``{"trajectories": [...]}``): LongTensor [N, depth]."""
+    from .errors import UserError, read_json_file
+    raw = read_json_file(path, "in-distribution file (data, demonstrations, or a JSON file of trajectories)")
+    if isinstance(raw, dict):
+        raw = raw.get("trajectories")
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"in-distribution file {str(path)!r} must hold a non-empty list of action sequences")
+    try:
+        return mdp.validate_trajectories(raw)
+    except UserError as e:
+        raise UserError(f"in-distribution file {str(path)!r}: {e}") from None
 
 
 def mass(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

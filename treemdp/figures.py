@@ -30,6 +30,7 @@ SIZES = {
     "atlas_final_ood": (13, 10),
     "optimizers": (14, 6.5),
     "tabular_vs_gru": (14, 6.5),
+    "zoo_ood_map": (13, 11),
 }
 LOSS_ORDER = ("dpo", "ipo", "slic")
 BETA_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e")
@@ -383,3 +384,42 @@ def figure_tabular(folder, out: str | Path) -> Path:
     """Tabular policy vs GRU: peak and final OOD mass per (loss, beta); ``folder`` may be a list."""
     return _bars(folder, out, by="policy", labels={"rnn": "GRU (shared weights)", "tabular": "tabular (no sharing)"},
                  name="tabular_vs_gru", title="Policy: GRU vs tabular, both Adam")
+
+
+def figure_zoo(folder, out: str | Path) -> Path:
+    """The OOD map of the objective zoo: peak and final OOD mass of every objective at each beta,
+    mean over seeds (marker) with the seeds' range (bar), on the paper's tree and data."""
+    table = _results(folder)
+    fig = _figure("zoo_ood_map")
+    axes = fig.subplots(1, 2, sharey=True)
+    order = list(dict.fromkeys(table["loss"]))  # the sweep's order: paper, GPO, variants, TRL
+    betas = sorted(table["beta"].unique())
+    offsets = np.linspace(-0.25, 0.25, len(betas))
+    for ax, metric in zip(axes, ("peak_ood_mass", "final_ood_mass")):
+        for k, beta in enumerate(betas):
+            rows = table[np.isclose(table["beta"], beta)]
+            stats = rows.groupby("loss")[metric].agg(["mean", "min", "max"]).reindex(order)
+            y = np.arange(len(order)) + offsets[k]
+            ax.hlines(y, stats["min"], stats["max"], color=BETA_COLORS[k], lw=1.2, alpha=0.7)
+            ax.scatter(stats["mean"], y, color=BETA_COLORS[k], s=22, zorder=3, label=f"beta={beta:g}")
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(axis="x", alpha=0.3)
+        for boundary in range(1, len(order)):
+            ax.axhline(boundary - 0.5, color="0.9", lw=0.6, zorder=0)
+        ax.set_title("peak OOD mass (max over DAA steps)" if metric == "peak_ood_mass"
+                     else "final OOD mass (after the last DAA step)", fontsize=10)
+        ax.set_xlabel("OOD mass (dot: mean over seeds; bar: min to max)")
+    axes[0].set_yticks(range(len(order)), order, fontsize=7.5)
+    axes[0].set_ylim(len(order) - 0.5, -0.5)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=9, frameon=False)
+    seeds = table.groupby(["loss", "beta"]).size()
+    everything = read_results(folder)
+    diverged = int(everything["diverged"].notna().sum()) if "diverged" in everything else 0
+    fig.suptitle(f"The objective zoo on the paper's tree and data: where each objective puts mass nobody "
+                 f"showed it ({_seeds_text(seeds)} per point" + (f"; {diverged} runs diverged, not shown" if diverged else "")
+                 + ")", fontsize=11)
+    config = _config(Path(table.iloc[0]["_dir"]))
+    _footer(fig, settings_text(config, omit=("loss",)) + "; trl(...) = TRL 1.16 DPOTrainer loss_type, "
+            "sigmoid = dpo and hinge = slic (not repeated)", fontsize=8, color="0.3")
+    return _save(fig, out)

@@ -1,10 +1,13 @@
-"""``treemdp grade``: run a student's assignment notebook and report each exercise's outcome.
+"""Grading (``treemdp grade``, the command in :mod:`treemdp.cli.grade`): run a student's assignment notebook and report each exercise's outcome.
 
 ``treemdp grade NOTEBOOK`` executes the notebook top to bottom in a fresh kernel (cells that fail
 are recorded, not fatal), then, in that kernel, calls :func:`treemdp.exercises.check_namespace`
 on the names the notebook defined: the checks the student saw, independent of whether the
-notebook still calls them. ``treemdp grade DIR`` does this for every notebook under DIR, prints
-one table row per submission and writes one CSV row per (submission, exercise).
+notebook still calls them. An exercise whose own cell fails (a syntax error, say) is incorrect
+with that error; any other cell that raises gets a row of its own, named ``cell [N]`` with N the
+number JupyterLab shows beside it after Restart Kernel and Run All Cells. ``treemdp grade DIR``
+does this for every notebook under DIR, prints one table row per submission and writes one CSV
+row per (submission, exercise or failing cell).
 
 Student code runs with your permissions: grade untrusted submissions in a container.
 """
@@ -14,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,60 +35,6 @@ class Row:
     exercise: str
     outcome: str
     message: str
-
-
-def add_parsers(subparsers) -> None:
-    """Register ``treemdp grade``."""
-    parser = subparsers.add_parser(
-        "grade", help="run assignment notebooks and report each exercise's outcome",
-        description="Execute an assignment notebook (or every notebook under a folder of "
-                    "submissions) in a fresh kernel and check each exercise against the library: "
-                    "not attempted / incorrect (why) / correct. A folder gets a table and a CSV.")
-    parser.add_argument("path", metavar="NOTEBOOK_OR_DIR", help="an .ipynb file or a folder of them")
-    parser.add_argument("--assignment", default=None,
-                        help="assignment id (a1, a2, a3); default: read from the notebook's metadata "
-                             "or its file name")
-    parser.add_argument("--csv", default=None, metavar="FILE",
-                        help="where a folder's results go (default: DIR/grades.csv)")
-    parser.add_argument("--timeout", type=int, default=600, metavar="SECONDS",
-                        help="limit per cell (default 600)")
-    parser.set_defaults(func=handler)
-
-
-def handler(args) -> int:
-    path = Path(args.path)
-    if args.timeout is not None and args.timeout < 1:
-        raise UserError(f"--timeout must be >= 1 second, got {args.timeout}")
-    if args.assignment is not None:
-        _known_assignment(args.assignment)
-    if path.is_dir():
-        notebooks = sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-        if not notebooks:
-            raise UserError(f"no .ipynb files under {str(path)!r}")
-        csv_path = Path(args.csv) if args.csv else path / "grades.csv"
-        _check_writable(csv_path)
-        rows = []
-        for notebook in notebooks:
-            print(f"grading {notebook.relative_to(path)} ...", file=sys.stderr, flush=True)
-            try:
-                rows += grade_notebook(notebook, assignment=args.assignment, timeout=args.timeout)
-            except UserError as e:  # one unreadable submission must not stop the class
-                rows.append(Row(str(notebook), "?", "", "error", str(e)))
-        print(format_table(rows, root=path))
-        write_csv(rows, csv_path)
-        print(f"wrote {csv_path}")
-        return 0
-    if not path.exists():
-        raise UserError(f"{str(path)!r} does not exist")
-    if path.suffix != ".ipynb":
-        raise UserError(f"{str(path)!r} is not a notebook (.ipynb) or a folder")
-    rows = grade_notebook(path, assignment=args.assignment, timeout=args.timeout)
-    width = max(len(r.exercise) for r in rows)
-    for r in rows:
-        print(f"{SYMBOLS.get(r.outcome, '?')} {r.exercise:<{width}}  {r.outcome}: {r.message}")
-    done = sum(r.outcome == "correct" for r in rows)
-    print(f"{done} of {len(rows)} exercises correct")
-    return 0
 
 
 def _known_assignment(name: str) -> str:
@@ -143,23 +91,91 @@ def grade_notebook(path: Path, *, assignment: str | None = None, timeout: int = 
         errors = [o for o in nb.cells[-1].get("outputs", []) if o.get("output_type") == "error"]
         why = f"{errors[0]['ename']}: {errors[0]['evalue']}" if errors else "no result"
         return [Row(str(path), assignment, ex.id, "error", f"checking failed: {why}") for ex in exercises]
-    failed = [i for i, c in enumerate(nb.cells[:-1]) if c.cell_type == "code"
-              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     rows = [Row(str(path), assignment, exercise, outcome, message) for exercise, outcome, message in found]
-    if failed:
-        cells = ", ".join(str(i + 1) for i in failed)
-        note = f" (cell {cells} raised an error)" if len(failed) == 1 else f" (cells {cells} raised errors)"
-        rows = [Row(r.notebook, r.assignment, r.exercise, r.outcome,
-                    r.message + note if r.outcome != "correct" else r.message) for r in rows]
-    return rows
+    return _with_cell_errors(nb.cells[:-1], rows, exercises)
+
+
+def cell_label(number: int) -> str:
+    """How a report names a code cell: ``cell [7]`` is the code cell JupyterLab shows as ``[7]:``
+    after Kernel > Restart Kernel and Run All Cells (code cells counted from 1, text cells not)."""
+    return f"cell [{number}]"
+
+
+def _errors(cells) -> dict[int, tuple[int, dict]]:
+    """Cell index -> (its number as JupyterLab shows it, its first error output), for cells that raised."""
+    found, number = {}, 0
+    for i, cell in enumerate(cells):
+        if cell.cell_type != "code":
+            continue
+        number += 1
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                found[i] = (number, output)
+                break
+    return found
+
+
+def _exercise_cell(cells, exercise) -> int | None:
+    """The index of the cell that defines an exercise's target: by metadata, else by its text."""
+    for i, cell in enumerate(cells):
+        meta = cell.get("metadata", {}).get("treemdp", {})
+        if isinstance(meta, dict) and meta.get("exercise") == exercise.id:
+            return i
+    pattern = re.compile(rf"^(def\s+{re.escape(exercise.target)}\s*\(|{re.escape(exercise.target)}\s*=)", re.M)
+    for i, cell in enumerate(cells):
+        if cell.cell_type == "code" and pattern.search(cell.source):
+            return i
+    return None
+
+
+def _with_cell_errors(cells, rows: list[Row], exercises) -> list[Row]:
+    """Say which cells raised: an exercise whose own cell failed (a syntax error, say) is
+    incorrect with that error, not "not attempted"; every other failing cell gets a row of its own
+    (exercise ``cell [N]``, outcome ``error``)."""
+    errors = _errors(cells)
+    by_id = {e.id: e for e in exercises}
+    owned = set()
+    out = []
+    for row in rows:
+        index = _exercise_cell(cells, by_id[row.exercise]) if row.exercise in by_id else None
+        if index is not None and index in errors:
+            owned.add(index)
+            number, error = errors[index]
+            what = f"{error.get('ename', 'Error')}: {error.get('evalue', '')}".rstrip(": ")
+            kind = "has a syntax error" if error.get("ename") in ("SyntaxError", "IndentationError", "TabError") \
+                else "raised an error"
+            if row.outcome == "not attempted" and "not defined" in row.message:
+                row = Row(row.notebook, row.assignment, row.exercise, "incorrect",
+                          f"{cell_label(number)}, where {by_id[row.exercise].target} is defined, {kind}: {what}")
+            elif row.outcome != "correct":
+                row = Row(row.notebook, row.assignment, row.exercise, row.outcome,
+                          f"{row.message} ({cell_label(number)} {kind}: {what})")
+        out.append(row)
+    notebook, assignment = (rows[0].notebook, rows[0].assignment) if rows else ("", "")
+    for index, (number, error) in sorted(errors.items()):
+        if index not in owned:
+            what = f"{error.get('ename', 'Error')}: {error.get('evalue', '')}".rstrip(": ")
+            out.append(Row(notebook, assignment, cell_label(number), "error", what.splitlines()[0][:300]))
+    return out
+
+
+def _is_cell_row(row: Row) -> bool:
+    return row.exercise.startswith("cell [")
 
 
 def format_table(rows: list[Row], root: Path | None = None) -> str:
-    """One line per submission, one column per exercise (✓ correct, ✗ incorrect, · not attempted)."""
-    exercises = list(dict.fromkeys(r.exercise for r in rows if r.exercise))
+    """One line per submission, one column per exercise (✓ correct, ✗ incorrect, · not attempted),
+    then a ``cells`` column: ✓ when every other cell ran, else ! and how many raised (the CSV
+    names them)."""
+    exercises = list(dict.fromkeys(r.exercise for r in rows if r.exercise and not _is_cell_row(r)))
     by_notebook: dict[str, dict[str, str]] = {}
+    failing: dict[str, int] = {}
     for r in rows:
-        by_notebook.setdefault(r.notebook, {})[r.exercise] = r.outcome
+        outcomes = by_notebook.setdefault(r.notebook, {})
+        if _is_cell_row(r):
+            failing[r.notebook] = failing.get(r.notebook, 0) + 1
+        else:
+            outcomes[r.exercise] = r.outcome
 
     def name(nb: str) -> str:
         try:
@@ -170,19 +186,23 @@ def format_table(rows: list[Row], root: Path | None = None) -> str:
     names = {nb: name(nb) for nb in by_notebook}
     width = max([len("submission")] + [len(n) for n in names.values()])
     columns = [e.split(".", 1)[-1] for e in exercises]
-    header = f"{'submission':<{width}}  " + "  ".join(columns) + "  score"
+    header = f"{'submission':<{width}}  " + "  ".join(columns + ["cells"]) + "  score"
     lines = [header, "-" * len(header)]
     for nb, outcomes in by_notebook.items():
         cells = []
         for exercise, column in zip(exercises, columns):
             symbol = SYMBOLS.get(outcomes[exercise], "?") if exercise in outcomes else " "
             cells.append(f"{symbol:^{len(column)}}")
-        if "" in outcomes:
+        unreadable = "" in outcomes
+        ran = " " if unreadable else ("✓" if nb not in failing else f"!{failing[nb]}")
+        cells.append(f"{ran:^5}")
+        if unreadable:
             score = "error"
         else:
             score = f"{sum(o == 'correct' for o in outcomes.values())}/{len(outcomes)}"
         lines.append(f"{names[nb]:<{width}}  " + "  ".join(cells) + f"  {score}")
-    lines.append("✓ correct  ✗ incorrect  · not attempted  ! error (blank: not in that assignment)")
+    lines.append("✓ correct  ✗ incorrect  · not attempted  ! error (blank: not in that assignment); "
+                 "cells: !N = N other cells raised (see the CSV)")
     return "\n".join(lines)
 
 

@@ -210,6 +210,19 @@ class RNNPolicy(TreePolicy):
         self.head_weight = nn.Parameter(head_weight.T.contiguous())
         self.head_bias = nn.Parameter(head_bias[None])
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Run folders written before treemdp 0.2 hold nn.Embedding / nn.GRUCell / nn.Linear weights.
+        old = lambda name: state_dict.pop(prefix + name)  # noqa: E731
+        if prefix + "embed.weight" in state_dict:
+            embed = old("embed.weight")
+            state_dict[prefix + "embed"], state_dict[prefix + "bos"] = embed[:-1], embed[-1:]
+            for new, name, transpose in (("weight_ih", "cell.weight_ih", True), ("weight_hh", "cell.weight_hh", True),
+                                         ("bias_ih", "cell.bias_ih", False), ("bias_hh", "cell.bias_hh", False),
+                                         ("head_weight", "head.weight", True), ("head_bias", "head.bias", False)):
+                value = old(name)
+                state_dict[prefix + new] = value.T.contiguous() if transpose else value[None]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # The state is the cell state after reading BOS and the prefix: h [R, N, H], or (h, c) for an LSTM.
     def prepare(self, params):
         """Everything a forward pass reuses across levels, computed once (fewer autograd nodes)."""
@@ -356,3 +369,80 @@ def make_policy(mdp: TreeMDP, kind: str = "rnn", *, seed: int = 0, hidden_size: 
     if kind not in POLICIES:
         raise UserError(f"unknown policy {kind!r}; choose one of: {', '.join(POLICIES)}")
     return POLICIES[kind](mdp, seed=seed, hidden_size=hidden_size, cell=cell)
+
+
+class TransformerPolicy(TreePolicy):
+    """A small causal transformer over action tokens (GPT-style: pre-LayerNorm, learned positions).
+
+    It reads BOS then the prefix and predicts the next action at every position, like a language
+    model. It implements only :meth:`stacked_log_probs`: every trajectory is run as a whole
+    sequence (no prefix sharing), so memory grows as trajectories x depth x hidden size; meant for
+    trees up to ~10^5 trajectories. It shows that a policy needs nothing but its parameters and
+    its log-probs over all trajectories (``action_log_probs`` comes from the enumeration).
+
+    Args:
+        mdp: the tree.
+        hidden_size: model width (divisible by ``heads``).
+        layers: transformer blocks.
+        heads: attention heads.
+        seed: weights N(0, 0.02) from a local generator; biases 0; LayerNorm gains 1.
+    """
+
+    def __init__(self, mdp: TreeMDP, hidden_size: int = 32, layers: int = 2, heads: int = 2, seed: int | None = 0):
+        super().__init__()
+        E = int(hidden_size)
+        if E < 1 or E % heads:
+            raise UserError(f"hidden_size must be a positive multiple of heads={heads}, got {hidden_size}")
+        self.mdp, self.hidden_size, self.layers, self.heads = mdp, E, int(layers), int(heads)
+        generator = _generator(seed)
+        normal = lambda *shape: nn.Parameter(torch.randn(*shape, generator=generator) * 0.02)  # noqa: E731
+        zeros = lambda *shape: nn.Parameter(torch.zeros(*shape))  # noqa: E731
+        ones = lambda *shape: nn.Parameter(torch.ones(*shape))  # noqa: E731
+        b = mdp.branching
+        self.tokens = normal(b + 1, E)  # row b is BOS
+        self.positions = normal(mdp.depth, E)
+        for i in range(self.layers):
+            for name, p in (("ln1_w", ones(1, E)), ("ln1_b", zeros(1, E)), ("qkv_w", normal(E, 3 * E)),
+                            ("qkv_b", zeros(1, 3 * E)), ("out_w", normal(E, E)), ("out_b", zeros(1, E)),
+                            ("ln2_w", ones(1, E)), ("ln2_b", zeros(1, E)), ("mlp_w1", normal(E, 4 * E)),
+                            ("mlp_b1", zeros(1, 4 * E)), ("mlp_w2", normal(4 * E, E)), ("mlp_b2", zeros(1, E))):
+                self.register_parameter(f"block{i}_{name}", p)
+        self.ln_f_w, self.ln_f_b = ones(1, E), zeros(1, E)
+        self.head_w, self.head_b = normal(E, b), zeros(1, b)
+        trajectories = mdp.trajectories()
+        inputs = torch.cat([torch.full((len(trajectories), 1), b), trajectories[:, :-1]], 1)  # BOS + prefix
+        self.register_buffer("inputs", inputs, persistent=False)  # [T, depth]
+        self.register_buffer("targets", trajectories, persistent=False)  # [T, depth]
+
+    @staticmethod
+    def _layer_norm(x, w, b):
+        """LayerNorm over the last dim with per-run gain and bias ([R, 1, E] -> broadcast over [R, T, d, E])."""
+        return torch.nn.functional.layer_norm(x, x.shape[-1:]) * w[:, None] + b[:, None]
+
+    def stacked_log_probs(self, params, *, chunk_leaves=None):
+        R, E, H = params["tokens"].shape[0], self.hidden_size, self.heads
+        T, d = self.inputs.shape
+        x = params["tokens"][:, self.inputs] + params["positions"][:, None]  # [R, T, d, E]
+        causal = torch.ones(d, d, dtype=torch.bool, device=x.device).tril()
+        for i in range(self.layers):
+            p = lambda name: params[f"block{i}_{name}"]  # noqa: E731
+            h = self._layer_norm(x, p("ln1_w"), p("ln1_b"))
+            qkv = torch.matmul(h, p("qkv_w")[:, None]) + p("qkv_b")[:, None]  # [R, T, d, 3E]
+            q, k, v = (t.reshape(R, T, d, H, E // H).transpose(2, 3) for t in qkv.chunk(3, -1))  # [R, T, H, d, E/H]
+            attention = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal)
+            x = x + torch.matmul(attention.transpose(2, 3).reshape(R, T, d, E), p("out_w")[:, None]) + p("out_b")[:, None]
+            h = self._layer_norm(x, p("ln2_w"), p("ln2_b"))
+            hidden = torch.nn.functional.gelu(torch.matmul(h, p("mlp_w1")[:, None]) + p("mlp_b1")[:, None])
+            x = x + torch.matmul(hidden, p("mlp_w2")[:, None]) + p("mlp_b2")[:, None]
+        logits = torch.matmul(self._layer_norm(x, params["ln_f_w"], params["ln_f_b"]),
+                              params["head_w"][:, None]) + params["head_b"][:, None]  # [R, T, d, b]
+        step = torch.log_softmax(logits, -1).gather(-1, self.targets.expand(R, T, d)[..., None])[..., 0]
+        return step.sum(-1)  # log p(y) = sum_t log pi(a_t | BOS, a_<t), [R, T]
+
+    @property
+    def device(self) -> torch.device:
+        return self.tokens.device
+
+
+register_policy("transformer", lambda mdp, *, seed=0, hidden_size=32, **_: TransformerPolicy(
+    mdp, hidden_size=hidden_size, seed=seed))

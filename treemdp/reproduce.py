@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
 from .training import TrainConfig
 
 LOSSES = ("dpo", "ipo", "slic")
@@ -48,6 +47,19 @@ QUICK = Plan(seeds=(0, 1, 2, 3), sft_steps=60, daa_steps=120, atlas_hidden=(8, 1
              atlas_lr=(1e-2, 3e-2), dpo_seeds=(1, 2, 3))
 
 
+def zoo_objectives() -> list[str]:
+    """The objectives of the zoo figure: every registered objective, TRL's loss types one by one
+    (``sigmoid`` and ``hinge`` are ``dpo`` and ``slic`` exactly, so they are not repeated), and
+    DPO under TRL's other f-divergences. Parameters TRL needs to be meaningful are set: exo_pair
+    requires label smoothing > 0; robust with none is DPO, so it gets 0.1."""
+    from .losses import F_DIVERGENCES, OBJECTIVES, TRL_LOSS_TYPES
+    specs = [name for name in OBJECTIVES if name != "trl"]
+    settings = {"exo_pair": ", label_smoothing=0.001", "robust": ", label_smoothing=0.1"}
+    specs += [f"trl(loss_type={t}{settings.get(t, '')})" for t in TRL_LOSS_TYPES if t not in ("sigmoid", "hinge")]
+    specs += [f"trl(f_divergence_type={f})" for f in F_DIVERGENCES if f != "reverse_kl"]
+    return specs
+
+
 def experiments(plan: Plan) -> dict[str, list[TrainConfig]]:
     """The configs of every sweep ``reproduce`` runs, by results sub-folder."""
     from .sweep import grid
@@ -63,19 +75,22 @@ def experiments(plan: Plan) -> dict[str, list[TrainConfig]]:
                        + grid(dataclasses.replace(base, optimizer="sgd", sft_lr=1.0, daa_lr=1.0), **paper)),
         # The tabular policy needs a larger SFT step to fit the demonstrations in the same steps.
         "policies": grid(dataclasses.replace(base, policy="tabular", sft_lr=3e-2), **paper),
+        # The OOD map of every objective (the quick plan: two seeds).
+        "zoo": grid(base, loss=zoo_objectives(), beta=BETAS, seed=plan.seeds if plan is FULL else plan.seeds[:2]),
     }
 
 
 def _names(configs: list[TrainConfig], extra: tuple[str, ...]) -> list[str]:
     from .sweep import _format
-    return [",".join(f"{k}={_format(getattr(c, k))}" for k in ("loss", "beta", "seed") + extra) for c in configs]
+    return [",".join(f"{k}={_format(getattr(c, k))}" for k in ("loss", "beta", "seed") + extra).replace(" ", "")
+            for c in configs]
 
 
 def reproduce_jobs(plan: Plan, runs: Path) -> list:
     """One :class:`treemdp.sweep.Job` per experiment folder under ``runs``."""
     from .sweep import Job
     extras = {"paper": (), "atlas": ("hidden_size", "daa_lr"), "optimizers": ("optimizer",),
-              "policies": ("policy",)}
+              "policies": ("policy",), "zoo": ()}
     return [Job(configs, runs / name, _names(configs, extras[name]), light=(name != "paper"), plot=False,
                 replace_changed=True) for name, configs in experiments(plan).items()]
 
@@ -110,8 +125,13 @@ def run_reproduce(out: str | Path = "figures", *, runs: str | Path | None = None
                  ("figure_atlas", (atlas, out / "atlas_peak_ood"), dict(metric="peak_ood_mass")),
                  ("figure_atlas", (atlas, out / "atlas_final_ood"), dict(metric="final_ood_mass")),
                  ("figure_optimizers", ([paper, runs / "optimizers"], out / "optimizers"), {}),
-                 ("figure_tabular", ([paper, runs / "policies"], out / "tabular_vs_gru"), {})]
+                 ("figure_tabular", ([paper, runs / "policies"], out / "tabular_vs_gru"), {}),
+                 ("figure_zoo", (runs / "zoo", out / "zoo_ood_map"), {})]
     made = [_draw_one(*drawing) for drawing in drawings]  # a process pool measured no faster here
+    # The neighbouring results (displacement, squeezing, IPO's argument, theory, explain): their own
+    # small experiments, plus the paper sweep above; settings pinned in treemdp.phenomena.figures.
+    from .phenomena.figures import draw_all as draw_phenomena
+    made += draw_phenomena(paper, out, quick=quick, progress=progress)
     from .lab.experiments import run_lab_reproduce  # the over-optimization lab: figures/lab/
     made += run_lab_reproduce(out / "lab", runs / "lab", quick=quick, workers=workers, progress=progress)
     if progress:

@@ -102,10 +102,11 @@ def result_row(name: str, config: dict, summary: dict) -> dict:
     """One row of results.csv: run name, every setting, every scalar of the summary."""
     row = {"run": name, **config}
     for key, value in summary.items():
-        if key == "top_ood":
+        if key in ("top_ood", "top_ood_at_peak"):
+            where = "" if key == "top_ood" else "_at_peak"
             for i, item in enumerate(value, start=1):
-                row[f"top{i}_ood_trajectory"] = item["trajectory"]
-                row[f"top{i}_ood_prob"] = item["prob"]
+                row[f"top{i}_ood{where}_trajectory"] = item["trajectory"]
+                row[f"top{i}_ood{where}_prob"] = item["prob"]
         elif not isinstance(value, (list, dict)):
             row[key] = value
     return row
@@ -352,16 +353,27 @@ def _split_finished(job: Job) -> tuple[dict, list]:
     return done, todo
 
 
+def varying_settings(table: pd.DataFrame) -> list[str]:
+    """The settings (TrainConfig fields other than the seed) that take more than one value in ``table``."""
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "seed" and f.name in table]
+    return [f for f in fields if table[f].astype(str).nunique(dropna=False) > 1]
+
+
 def format_table(table: pd.DataFrame) -> str:
-    """A short text summary of a results table: peak and final OOD mass per (loss, beta)."""
+    """A text summary of a results table: peak and final OOD mass (mean [min, max] over seeds) per
+    combination of every setting that varies in the grid (never pooling settings)."""
     if table.empty or "peak_ood_mass" not in table:
         return "(no finished runs)"
-    grouped = table.groupby(["loss", "beta"])[["peak_ood_mass", "final_ood_mass"]]
-    stats = grouped.agg(["mean", "min", "max"])
-    lines = ["loss  beta     peak OOD mass (mean [min, max])   final OOD mass (mean [min, max])"]
-    for (loss, beta), row in stats.iterrows():
+    keys = ["loss", "beta"] + [k for k in varying_settings(table) if k not in ("loss", "beta")]
+    grouped = table.groupby([table[k].astype(str) for k in keys], sort=False)[["peak_ood_mass", "final_ood_mass"]]
+    stats, counts = grouped.agg(["mean", "min", "max"]), grouped.size()
+    labels = [", ".join(f"{k}={v}" for k, v in zip(keys, index if isinstance(index, tuple) else (index,)))
+              for index in stats.index]
+    width = max(len("setting"), *map(len, labels))
+    lines = [f"{'setting':<{width}}  runs  peak OOD mass (mean [min, max])   final OOD mass (mean [min, max])"]
+    for label, (index, row) in zip(labels, stats.iterrows()):
         p, f = row["peak_ood_mass"], row["final_ood_mass"]
-        lines.append(f"{loss:<5} {beta:<8g} {p['mean']:.3f} [{p['min']:.3f}, {p['max']:.3f}]"
+        lines.append(f"{label:<{width}}  {counts[index]:>4}  {p['mean']:.3f} [{p['min']:.3f}, {p['max']:.3f}]"
                      f"{'':14}{f['mean']:.3f} [{f['min']:.3f}, {f['max']:.3f}]")
     return "\n".join(lines)
 

@@ -15,16 +15,17 @@ import importlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from . import accounting  # noqa: F401  (registers the mass buckets)
 from .engine import (OPTIMIZERS, DaaHook, Phase, PhaseRecord, RunContext, daa_loss, load_row, run_phase,
                      sft_loss, stack_parameters)
 from .errors import UserError
-from .exact import entropy, kl_divergence, top_ood
+from .exact import entropy, in_distribution_mask, kl_divergence, top_ood
 from .losses import check_beta, get_objective
 from .policies import CELLS, POLICIES, TreePolicy, make_policy
 from .tree import Dataset, TreeMDP, load_dataset, make_dataset, paper_dataset
@@ -70,6 +71,10 @@ class TrainConfig:
     """Torch device: cpu, cuda, cuda:1, mps, ..."""
     data: Optional[str] = None
     """JSON data file (demonstrations, preferences); None means the paper's data."""
+    in_distribution: str = "data"
+    """What counts as in distribution: data (demonstrations and both sides of every preference), demonstrations, or a JSON file of trajectories."""
+    history_format: str = "auto"
+    """history file of a run folder: csv, parquet, or auto (Parquet above a million rows)."""
 
     def validate(self) -> "TrainConfig":
         """Raise UserError naming the first bad field; return the config with its loss spelled canonically."""
@@ -95,10 +100,11 @@ class TrainConfig:
         for name, table in (("policy", POLICIES), ("cell", CELLS), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in table:
                 raise UserError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(table)}")
-        try:
-            torch.device(self.device)
-        except RuntimeError:
-            raise UserError(f"unknown device {self.device!r}") from None
+        check_device(self.device)
+        if self.history_format not in HISTORY_FORMATS:
+            raise UserError(f"unknown history_format {self.history_format!r}; choose one of: {', '.join(HISTORY_FORMATS)}")
+        if not isinstance(self.in_distribution, str) or not self.in_distribution:
+            raise UserError("in_distribution must be data, demonstrations or the path of a JSON file of trajectories")
         if isinstance(self.loss, str) and self.loss != objective.spec:
             return dataclasses.replace(self, loss=objective.spec)
         return self
@@ -121,6 +127,31 @@ class TrainConfig:
         if unknown:
             raise UserError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return cls(**raw)
+
+
+HISTORY_FORMATS = ("auto", "csv", "parquet")
+
+
+def check_device(name: str) -> torch.device:
+    """``torch.device(name)`` if this machine has it, else a one-line UserError saying what it has."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {name!r} (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None)
+    if device.type == "mps":
+        available, count = torch.backends.mps.is_available(), 1
+    else:
+        available = bool(backend is not None and hasattr(backend, "is_available") and backend.is_available())
+        count = backend.device_count() if available and hasattr(backend, "device_count") else 0
+    if not available or (device.index is not None and device.index >= count):
+        have = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] * torch.cuda.is_available()
+        if torch.backends.mps.is_available():
+            have.append("mps")
+        raise UserError(f"device {name!r} is not available on this machine (available: {', '.join(have)})")
+    return device
 
 
 def loss_spec(loss) -> str:
@@ -221,27 +252,21 @@ class RunResult:
         frames = []
         for record, row in self._parts:
             record.flush()
-            in_dist = record.ctx.in_distribution[row].cpu()
+            in_dist = record.ctx.in_distribution[row].cpu().numpy()
             steps = np.asarray(record.logged_steps)
             if record.small:
                 probs = torch.stack([p[row] for p in record.logged]).double() if record.logged else torch.zeros(0, mdp.n_trajectories)
                 index = np.tile(np.arange(mdp.n_trajectories), len(steps))
-                names = _trajectory_names(mdp.branching, mdp.depth)
-                frames.append(pd.DataFrame({
-                    "phase": record.name, "step": np.repeat(steps, mdp.n_trajectories),
-                    "trajectory": names.take(index).to_numpy(), "prob": probs.reshape(-1).numpy(),
-                    "in_distribution": in_dist.numpy()[index]}))
+                repeat = np.repeat(steps, mdp.n_trajectories)
+                probs = probs.reshape(-1).numpy()
             else:
-                k = int(record.in_counts[row])
-                rows = [(r[row], p[row]) for r, p in record.logged_top]
-                keep = [torch.cat([r[:k], r[record.in_rows.shape[1]:]]) for r, _ in rows]
-                probs = [torch.cat([p[:k], p[record.in_rows.shape[1]:]]) for _, p in rows]
-                names = {i: mdp.trajectory_name(mdp.trajectories_row(i)) for i in set(torch.cat(keep).tolist())} if keep else {}
-                frames.append(pd.DataFrame({
-                    "phase": record.name, "step": np.repeat(steps, [len(x) for x in keep]),
-                    "trajectory": [names[i] for x in keep for i in x.tolist()],
-                    "prob": torch.cat(probs).double().numpy() if probs else [],
-                    "in_distribution": in_dist[torch.cat(keep)].numpy() if keep else []}))
+                k, width = int(record.in_counts[row]), record.in_rows.shape[1]
+                keep = [torch.cat([r[row, :k], r[row, width:]]) for r, _ in record.logged_top]
+                kept = [torch.cat([p[row, :k], p[row, width:]]) for _, p in record.logged_top]
+                index = torch.cat(keep).numpy() if keep else np.zeros(0, dtype=np.int64)
+                repeat = np.repeat(steps, [len(x) for x in keep])
+                probs = torch.cat(kept).double().numpy() if kept else np.zeros(0)
+            frames.append(history_frame(mdp, record.name, repeat, index, probs, in_dist))
         return pd.concat(frames, ignore_index=True)
 
     @functools.cached_property
@@ -251,6 +276,24 @@ class RunResult:
     @functools.cached_property
     def reference(self) -> TreePolicy:
         return self._make_policy_at("reference")
+
+
+def history_frame(mdp: TreeMDP, phase: str, steps: np.ndarray, rows: np.ndarray, probs: np.ndarray,
+                  in_distribution: np.ndarray) -> pd.DataFrame:
+    """The tidy history: one row per (step, trajectory) with the trajectory's name, its row in
+    ``mdp.trajectories()`` and its actions as columns ``action_0 .. action_{depth-1}``."""
+    frame = pd.DataFrame({"phase": phase, "step": steps, "trajectory": _trajectory_name_array(mdp, rows),
+                          "prob": probs, "in_distribution": in_distribution[rows], "row": rows})
+    for t in range(mdp.depth):
+        frame[f"action_{t}"] = (rows // mdp.branching ** (mdp.depth - 1 - t)) % mdp.branching
+    return frame
+
+
+def _trajectory_name_array(mdp: TreeMDP, rows: np.ndarray) -> np.ndarray:
+    if mdp.n_trajectories <= 100_000:
+        return _trajectory_names(mdp.branching, mdp.depth).to_numpy()[rows]
+    names = {i: mdp.trajectory_name(mdp.trajectories_row(i)) for i in np.unique(rows).tolist()}
+    return np.array([names[i] for i in rows.tolist()], dtype=object)
 
 
 def summarize(config: TrainConfig, mdp: TreeMDP, steps: pd.DataFrame, final_logp: torch.Tensor,
@@ -281,6 +324,9 @@ def summarize(config: TrainConfig, mdp: TreeMDP, steps: pd.DataFrame, final_logp
         "final_loss": float(final["loss"]),
         "top_ood": [{"trajectory": names(i), "prob": p} for i, p in top_ood(final_logp.cpu(), in_dist, k=3)],
     }
+    for column in [c for c in steps.columns if c.startswith("mass_")]:  # treemdp.accounting's buckets
+        summary[f"peak_{column}"] = float(phase[column].max())
+        summary[f"final_{column}"] = float(final[column])
     if peak_logp is not None:
         summary["top_ood_at_peak"] = [{"trajectory": names(i), "prob": p}
                                       for i, p in top_ood(peak_logp.cpu(), in_dist, k=3)]
@@ -319,31 +365,36 @@ def _pad_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return index, mask
 
 
-def run_context(mdp: TreeMDP, datasets: Sequence[Dataset]) -> RunContext:
-    """The :class:`~treemdp.engine.RunContext` of runs with these datasets (one per run)."""
+def run_context(mdp: TreeMDP, datasets: Sequence[Dataset], in_distribution: str = "data") -> RunContext:
+    """The :class:`~treemdp.engine.RunContext` of runs with these datasets (one per run).
+
+    ``in_distribution``: see :func:`treemdp.exact.in_distribution_mask`."""
     rows = lambda seqs: mdp.trajectory_index(seqs) if len(seqs) else torch.zeros(0, dtype=torch.long)  # noqa: E731
+    masks = {}
+    for d in datasets:  # one mask per distinct dataset
+        if id(d) not in masks:
+            masks[id(d)] = in_distribution_mask(mdp, d, in_distribution)
     return context_from_rows(mdp, [rows(d.demonstrations) for d in datasets],
                              [rows(d.chosen()) if d.preferences else rows([]) for d in datasets],
-                             [rows(d.rejected()) if d.preferences else rows([]) for d in datasets])
+                             [rows(d.rejected()) if d.preferences else rows([]) for d in datasets],
+                             in_distribution=torch.stack([masks[id(d)] for d in datasets]))
 
 
 def context_from_rows(mdp: TreeMDP, demonstrations: Sequence[torch.Tensor], chosen: Sequence[torch.Tensor],
-                      rejected: Sequence[torch.Tensor]) -> RunContext:
+                      rejected: Sequence[torch.Tensor], *, in_distribution: Optional[torch.Tensor] = None) -> RunContext:
     """:func:`run_context` from trajectory rows (one LongTensor per run each), already validated.
 
-    In distribution: the demonstrations and both sides of every pair (as :func:`treemdp.exact.in_distribution_mask`).
+    ``in_distribution``: bool [R, T]; default: the demonstrations and both sides of every pair
+    (:func:`treemdp.exact.in_distribution_mask`'s ``"data"``).
     """
     demos, demo_mask = _pad_rows(list(demonstrations))
     chosen_rows, pair_mask = _pad_rows(list(chosen))
     rejected_rows, _ = _pad_rows(list(rejected))
-    in_dist = torch.zeros(len(demos), mdp.n_trajectories, dtype=torch.bool)
-    for r, parts in enumerate(zip(demonstrations, chosen, rejected)):
-        in_dist[r, torch.cat([torch.as_tensor(p, dtype=torch.long).reshape(-1) for p in parts])] = True
-    return RunContext(mdp, in_dist, demos, demo_mask, chosen_rows, rejected_rows, pair_mask)
-
-
-def _data_key(dataset: Dataset) -> tuple:
-    return (tuple(map(tuple, dataset.demonstrations.tolist())), dataset.preferences)
+    if in_distribution is None:
+        in_distribution = torch.zeros(len(demos), mdp.n_trajectories, dtype=torch.bool)
+        for r, parts in enumerate(zip(demonstrations, chosen, rejected)):
+            in_distribution[r, torch.cat([torch.as_tensor(p, dtype=torch.long).reshape(-1) for p in parts])] = True
+    return RunContext(mdp, in_distribution, demos, demo_mask, chosen_rows, rejected_rows, pair_mask)
 
 
 # ----- training ----------------------------------------------------------------------------------
@@ -408,7 +459,7 @@ def _train_batch(configs, mdp, datasets, on_step, keep_history, daa_hook, on_log
     build = lambda c: make_policy(mdp, c.policy, seed=c.seed, hidden_size=c.hidden_size, cell=c.cell)  # noqa: E731
 
     # SFT once per distinct (SFT lr, seed, data), ordered by SFT learning rate.
-    sft_key = lambda i: (configs[i].sft_lr, configs[i].seed, _data_key(datasets[i]))  # noqa: E731
+    sft_key = lambda i: (configs[i].sft_lr, configs[i].seed, datasets[i].key())  # noqa: E731
     keys = sorted(dict.fromkeys(sft_key(i) for i in range(R)), key=lambda k: k[0])
     sft_of_run = torch.tensor([keys.index(sft_key(i)) for i in range(R)])
     sft_runs = [int((sft_of_run == u).nonzero()[0]) for u in range(len(keys))]  # a run of each SFT
@@ -417,7 +468,7 @@ def _train_batch(configs, mdp, datasets, on_step, keep_history, daa_hook, on_log
 
     started = time.perf_counter()
     log = (lambda phase: (lambda step, probs: on_log(phase, step, probs))) if on_log else (lambda phase: None)  # noqa: E731
-    sft_ctx = run_context(mdp, [datasets[i] for i in sft_runs]).to(device)
+    sft_ctx = run_context(mdp, [datasets[i] for i in sft_runs], first.in_distribution).to(device)
     sft_record = PhaseRecord("sft", first.sft_steps, sft_ctx, log_every=first.log_every,
                              history_limit=first.history_limit, keep_history=keep_history, on_log=log("sft"))
     params = run_phase(template, params, Phase("sft", first.sft_steps, [k[0] for k in keys], sft_loss(sft_ctx)),
@@ -428,7 +479,7 @@ def _train_batch(configs, mdp, datasets, on_step, keep_history, daa_hook, on_log
     reference = {n: p.detach().cpu().clone() for n, p in params.items()}
     with torch.no_grad():
         ref_logp = template.stacked_log_probs(params)  # [R, T], the frozen SFT policies, exact
-    ctx = run_context(mdp, datasets).to(device)
+    ctx = run_context(mdp, datasets, first.in_distribution).to(device)
     ctx.ref_logp = ref_logp
     records = [sft_record]
     if first.daa_steps > 0 and len(sft_record.first_bad) < len(keys):

@@ -9,15 +9,14 @@ env steps through it and the exact enumeration walks it, so the two cannot disag
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, read_json_file
 
 #: Largest tree whose per-trajectory tables we are willing to build (memory guard).
 MAX_TRAJECTORIES = 10**8
@@ -130,29 +129,49 @@ class TreeMDP:
             raise UserError(f"trajectory row {index} is not in [0, {self.n_trajectories})")
         return [(int(index) // self.branching**(self.depth - 1 - t)) % self.branching for t in range(self.depth)]
 
-    def trajectory_index(self, actions: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
-        """Row of each action sequence in :meth:`trajectories` (validated). [N, depth] -> [N]."""
-        actions = self.validate_trajectories(actions)
+    def trajectory_index(self, actions) -> torch.Tensor:
+        """Row of each action sequence in :meth:`trajectories` (validated).
+
+        Args:
+            actions: [N, depth] sequences, or one sequence [depth]: a tensor, a NumPy array or lists.
+
+        Returns:
+            LongTensor [N] (a 0-d tensor for one sequence).
+        """
+        single = _is_sequence_of_actions(actions)
+        actions = self.validate_trajectories([actions] if single else actions)
         powers = self.branching ** torch.arange(self.depth - 1, -1, -1)
-        return (actions * powers).sum(-1)
+        rows = (actions * powers).sum(-1)
+        return rows[0] if single else rows
 
     def validate_trajectories(self, actions, what: str = "trajectory") -> torch.Tensor:
-        """Return ``actions`` as LongTensor [N, depth] or raise UserError naming the bad row."""
-        rows = actions.tolist() if isinstance(actions, torch.Tensor) else list(actions)
+        """Return ``actions`` as LongTensor [N, depth] or raise UserError naming the bad row.
+
+        Tensors, NumPy arrays and (nested) lists of integers are all accepted.
+        """
+        rows = _to_list(actions)
+        if not isinstance(rows, list):
+            raise UserError(f"{what}s must be a list of action sequences, got {actions!r}")
         for i, row in enumerate(rows):
-            if isinstance(row, (str, bytes)) or not isinstance(row, Iterable):
+            if not isinstance(row, list):
                 raise UserError(f"{what} {i} must be a list of actions, got {row!r}")
-            row = list(row)
             if len(row) != self.depth:
                 raise UserError(f"{what} {i} {row} has length {len(row)}; this tree has depth {self.depth}")
             for a in row:
-                if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not 0 <= a < self.branching:
-                    raise UserError(f"{what} {i} {row}: action {a!r} is not an integer in [0, {self.branching})")
+                if isinstance(a, bool) or not isinstance(a, int):
+                    raise UserError(f"{what} {i} {row}: action {a!r} is not an integer")
+                if not 0 <= a < self.branching:
+                    raise UserError(f"{what} {i} {row}: action {a} is not in [0, {self.branching}) "
+                                    f"(this tree has branching {self.branching}; for a wider tree set the "
+                                    "branching, or add \"branching\": N to the data file)")
         return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.depth)
 
     def trajectory_name(self, actions) -> str:
-        """The paper's notation of one action sequence, e.g. ``s1-a1-s3-a1-s9-a0-s∞``."""
-        (actions,) = self.validate_trajectories([list(actions)])
+        """The paper's notation of one action sequence, e.g. ``s1-a1-s3-a1-s9-a0-s∞``.
+
+        ``actions``: [depth] integers as a list, tuple, tensor or NumPy array.
+        """
+        (actions,) = self.validate_trajectories([actions])
         state, parts = 0, ["s1"]
         for a in actions.tolist():
             state = self.step_state(state, a)
@@ -164,6 +183,26 @@ class TreeMDP:
         if self.n_trajectories > 100_000:
             raise UserError(f"{self!r} has {self.n_trajectories} trajectories: too many to name")
         return [self.trajectory_name(row) for row in self.trajectories().tolist()]
+
+
+def _to_list(x):
+    """Tensors and arrays to (nested) lists of Python ints; other sequences element by element."""
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        return x.tolist()
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, (str, bytes)) or not isinstance(x, Iterable):
+        return x
+    return [_to_list(item) for item in x]
+
+
+def _is_sequence_of_actions(x) -> bool:
+    """True for one flat sequence of actions ([depth]), False for a batch ([N, depth])."""
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        return x.ndim == 1
+    items = list(x) if isinstance(x, Iterable) and not isinstance(x, (str, bytes)) else []
+    return bool(items) and all(isinstance(a, (int, np.integer, torch.Tensor)) and not isinstance(a, bool)
+                               and getattr(a, "ndim", 0) == 0 for a in items)
 
 
 @dataclass(frozen=True)
@@ -194,8 +233,18 @@ class Dataset:
         """LongTensor [n_prefs, depth] of the dispreferred sequences."""
         return torch.tensor([p.rejected for p in self.preferences], dtype=torch.long)
 
+    def key(self) -> tuple:
+        """A hashable summary: equal datasets have equal keys."""
+        return (tuple(map(tuple, self.demonstrations.tolist())), self.preferences)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Dataset) and self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
     def to_json(self) -> dict:
-        """The ``--data`` file format (CONTRACT.md)."""
+        """The ``--data`` file format (README, "Data file")."""
         return {"demonstrations": self.demonstrations.tolist(),
                 "preferences": [{"chosen": list(p.chosen), "rejected": list(p.rejected)}
                                 for p in self.preferences]}
@@ -238,22 +287,48 @@ def make_dataset(mdp: TreeMDP, demonstrations, preferences) -> Dataset:
     return Dataset(demonstrations=demos, preferences=tuple(prefs))
 
 
-def load_dataset(path: str | Path, mdp: TreeMDP) -> Dataset:
-    """Read and validate a ``--data`` JSON file (format in CONTRACT.md / README)."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"data file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read data file {str(path)!r}: {e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"data file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+def _read_data_file(path: str | Path) -> dict:
+    raw = read_json_file(path, "data file")
     if not isinstance(raw, dict):
         raise UserError(f"data file {str(path)!r} must hold a JSON object with 'demonstrations' and 'preferences'")
-    unknown = set(raw) - {"demonstrations", "preferences"}
+    unknown = set(raw) - {"demonstrations", "preferences", "branching"}
     if unknown:
-        raise UserError(f"data file {str(path)!r} has unknown keys: {', '.join(sorted(unknown))}")
+        raise UserError(f"data file {str(path)!r} has unknown keys: {', '.join(sorted(unknown))} "
+                        "(allowed: demonstrations, preferences, branching)")
     if "demonstrations" not in raw:
         raise UserError(f"data file {str(path)!r} has no 'demonstrations'")
-    return make_dataset(mdp, raw["demonstrations"], raw.get("preferences", []))
+    branching = raw.get("branching")
+    if branching is not None and (isinstance(branching, bool) or not isinstance(branching, int) or branching < 2):
+        raise UserError(f"data file {str(path)!r}: 'branching' must be an integer >= 2, got {branching!r}")
+    return raw
+
+
+def data_shape(path: str | Path) -> tuple[int | None, int | None]:
+    """The tree shape a ``--data`` file implies: (its ``"branching"`` key or None, the sequences' length
+    or None when they disagree).
+
+    The branching is never guessed from the largest action (a typo must stay an error).
+    """
+    raw = _read_data_file(path)
+    lengths = set()
+    for seq in list(raw["demonstrations"] or []) + [p.get(k) for p in raw.get("preferences") or []
+                                                     if isinstance(p, dict) for k in ("chosen", "rejected")]:
+        if isinstance(seq, list):
+            lengths.add(len(seq))
+    # No sequences, or sequences of several lengths: nothing to infer (validation then names the problem).
+    return raw.get("branching"), lengths.pop() if len(lengths) == 1 else None
+
+
+def load_dataset(path: str | Path, mdp: TreeMDP) -> Dataset:
+    """Read and validate a ``--data`` JSON file (format: see the README, 'Data file').
+
+    Every error names the file. A ``"branching"`` key, if present, must match ``mdp``.
+    """
+    raw = _read_data_file(path)
+    if raw.get("branching") not in (None, mdp.branching):
+        raise UserError(f"data file {str(path)!r} is for branching {raw['branching']}, but the tree has branching "
+                        f"{mdp.branching} (drop --branching, or make them agree)")
+    try:
+        return make_dataset(mdp, raw["demonstrations"], raw.get("preferences", []))
+    except UserError as e:
+        raise UserError(f"data file {str(path)!r}: {e}") from None

@@ -27,6 +27,7 @@ import matplotlib.figure as _mf
 import numpy as _np
 
 _probe_started = _time.perf_counter()
+_notebook_cpu = _time.process_time()  # the kernel's CPU seconds for the notebook (steady on a busy machine)
 
 
 def _fingerprint():
@@ -64,12 +65,17 @@ def _other_value(control):
 
 _instances = getattr(_w.widgets.widget, "_instances", None) or _w.Widget.widgets
 _controls = [c for c in list(_instances.values())
-             if hasattr(c, "value") and _other_value(c) is not None and not isinstance(c, _w.Output)]
+             if hasattr(c, "value") and _other_value(c) is not None
+             and not isinstance(c, (_w.Output, _w.FloatProgress, _w.IntProgress))]  # progress bars are not controls
 _defaults = {id(c): c.value for c in _controls}
 _report = {}
+_move_seconds, _move_cpu = [], []
 for _c in _controls:
     _before = _fingerprint()
-    _c.value = _other_value(_c)
+    _t, _t_cpu = _time.perf_counter(), _time.process_time()
+    _c.value = _other_value(_c)  # the callbacks (update the artists, encode the PNG) run here
+    _move_seconds.append(_time.perf_counter() - _t)
+    _move_cpu.append(_time.process_time() - _t_cpu)
     _changed = _fingerprint() != _before
     if not _changed:  # another control may have made this one moot (tabular ignores hidden size): reset all, retry
         for _d in _controls:
@@ -79,7 +85,9 @@ for _c in _controls:
         _c.value = _other_value(_c)
         _changed = _fingerprint() != _before
     _report[f"{type(_c).__name__}({_c.description!r})"] = _changed
-print("WIDGET-PROBE:" + _json.dumps({"controls": _report, "seconds": _time.perf_counter() - _probe_started}))
+print("WIDGET-PROBE:" + _json.dumps({"controls": _report, "seconds": _time.perf_counter() - _probe_started,
+                                     "move_seconds": _move_seconds, "move_cpu": _move_cpu,
+                                     "notebook_cpu": _notebook_cpu}))
 '''
 
 
@@ -102,7 +110,8 @@ def run_notebook(path: Path, *, probe_widgets: bool = True, timeout: int = 300, 
     for i, cell in enumerate(nb.cells):
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
-                where = f"cell {i + 1}" if i < n_cells else "the test's probe cell"
+                number = sum(c.cell_type == "code" for c in nb.cells[:i + 1])  # as JupyterLab shows it
+                where = f"cell [{number}]" if i < n_cells else "the test's probe cell"
                 raise AssertionError(f"{path.name}: {where} raised {output['ename']}: {output['evalue']}\n"
                                      + cell.source[:400])
     report = None

@@ -3,8 +3,9 @@
 Starts ``jupyter lab`` on 127.0.0.1 with a random token in a temporary folder holding a copy of
 the lesson (JupyterLab saves notebooks; the committed one must stay output-free), drives Debian's
 /usr/bin/chromium with Playwright (no browser download), runs all cells from the Run menu, presses
-the right arrow on the beta slider and waits until the picture in the widget's output area is a
-different PNG. A screenshot is saved next to the test's temporary files.
+the arrow keys on the beta slider and measures, in the page, the time from each key press to the
+new PNG in the widget's output area (the redraw latency a user sees; printed, run with -s). A
+screenshot is saved next to the test's temporary files.
 """
 
 import os
@@ -91,8 +92,29 @@ def _wait_for_idle_kernel(base: str, token: str, seconds: float = 120) -> None:
     pytest.fail("the notebook's kernel did not start")
 
 
-def _png_sources(page) -> list[str]:
-    return page.eval_on_selector_all(".widget-output img", "images => images.map(i => i.src)")
+MEDIAN_LATENCY = 1.0  # seconds
+
+
+def _key_to_new_picture(page, key: str) -> float:
+    """Press ``key`` on the focused slider; seconds until the widget's picture is a new PNG
+    (both instants taken in the page: the keydown event and the DOM change that shows the image)."""
+    page.evaluate("""() => {
+        window.__picture = Array.from(document.querySelectorAll('.widget-output img')).map(i => i.src).join();
+        window.__changed = null;
+        window.__pressed = null;
+        document.addEventListener('keydown', () => { window.__pressed = performance.now(); }, {capture: true, once: true});
+        const observer = new MutationObserver(() => {
+            const now = Array.from(document.querySelectorAll('.widget-output img')).map(i => i.src);
+            if (now.length > 0 && now.join() !== window.__picture && window.__changed === null) {
+                window.__changed = performance.now();
+                observer.disconnect();
+            }
+        });
+        observer.observe(document.body, {subtree: true, childList: true, attributes: true});
+    }""")
+    page.keyboard.press(key)
+    page.wait_for_function("() => window.__changed !== null", timeout=120_000)
+    return page.evaluate("() => (window.__changed - window.__pressed) / 1000")
 
 
 def test_lesson_3_beta_slider_redraws_the_plot_in_chromium(jupyter_lab, tmp_path):
@@ -130,18 +152,14 @@ def test_lesson_3_beta_slider_redraws_the_plot_in_chromium(jupyter_lab, tmp_path
             beta.wait_for(state="visible", timeout=120_000)
             page.wait_for_function("() => document.querySelectorAll('.widget-output img').length > 0", timeout=120_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached", timeout=120_000)
-            before = _png_sources(page)
             readout_before = beta.locator(".widget-readout").inner_text()
 
             handle = beta.locator(".noUi-handle").first
             handle.scroll_into_view_if_needed()
             handle.focus()
-            page.keyboard.press("ArrowRight")
-
-            page.wait_for_function(
-                "before => { const now = Array.from(document.querySelectorAll('.widget-output img')).map(i => i.src);"
-                " return now.length > 0 && now.some(src => !before.includes(src)); }",
-                arg=before, timeout=120_000)
+            latencies = []
+            for key in ("ArrowRight", "ArrowRight", "ArrowLeft", "ArrowLeft", "ArrowRight"):
+                latencies.append(_key_to_new_picture(page, key))
             readout_after = beta.locator(".widget-readout").inner_text()
             try:  # JupyterLab's "official news?" toast covers part of the picture
                 page.get_by_role("button", name="No", exact=True).click(timeout=2_000)
@@ -156,5 +174,10 @@ def test_lesson_3_beta_slider_redraws_the_plot_in_chromium(jupyter_lab, tmp_path
         finally:
             browser.close()
     assert readout_before != readout_after, (readout_before, readout_after)
+    latencies.sort()
+    print(f"lesson 3 beta slider, key press -> new picture in Chromium: median {latencies[len(latencies) // 2]:.3f} s, "
+          f"max {latencies[-1]:.3f} s over {len(latencies)} moves ({', '.join(f'{x:.3f}' for x in latencies)})")
+    # the target is 0.3 s on a quiet machine; the bound leaves room for a busy one (a re-train took 1.3 s+)
+    assert latencies[len(latencies) // 2] <= MEDIAN_LATENCY, latencies
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")

@@ -7,6 +7,7 @@ import sys
 
 import nbformat
 import pytest
+from nbclient import NotebookClient
 from notebook_runner import LESSONS
 
 from treemdp.cli import main
@@ -40,12 +41,27 @@ def test_grade_a_folder_prints_a_table_and_writes_a_csv(tmp_path):
         cell.source = cell.source.replace("return torch.relu(1 - x)", "return 1 - x")
     nbformat.write(wrong, str(submissions / "carol.ipynb"))
     (submissions / "dave_a1.ipynb").write_text("{ not a notebook")
+    # erin: a syntax error in slic_g's cell, and a failing cell of her own at the end
+    erin = nbformat.read(str(LESSONS / "solutions" / "a1_losses.ipynb"), as_version=4)
+    for cell in erin.cells:
+        cell.source = cell.source.replace("return torch.relu(1 - x)", "return torch.relu(1 - x")
+    erin.cells.append(nbformat.v4.new_code_cell("print(undefined_name)"))
+    nbformat.write(erin, str(submissions / "erin_a1.ipynb"))
+    # what JupyterLab shows beside each cell after Restart and Run All: its execution count
+    executed = nbformat.read(str(submissions / "erin_a1.ipynb"), as_version=4)
+    NotebookClient(executed, timeout=600, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(submissions)}}).execute()
+    shown = {}
+    for cell in executed.cells:
+        if cell.cell_type == "code" and any(o.get("output_type") == "error" for o in cell.outputs):
+            shown[cell.outputs[-1]["ename"]] = cell.execution_count
     done = grade(submissions)
     assert done.returncode == 0, done.stderr
     table = done.stdout
     rows = {line.split()[0]: line for line in table.splitlines() if line.split() and line.split()[0].endswith(".ipynb")}
-    assert set(rows) == {"ann_a1.ipynb", "bob_a1.ipynb", "carol.ipynb", "dave_a1.ipynb"}
-    assert rows["ann_a1.ipynb"].endswith("0/4") and rows["bob_a1.ipynb"].endswith("4/4")
+    assert set(rows) == {"ann_a1.ipynb", "bob_a1.ipynb", "carol.ipynb", "dave_a1.ipynb", "erin_a1.ipynb"}
+    assert rows["ann_a1.ipynb"].endswith("0/4") and rows["bob_a1.ipynb"].split()[-2:] == ["✓", "4/4"]
+    assert rows["erin_a1.ipynb"].split()[-2:] == ["!3", "2/4"], rows["erin_a1.ipynb"]  # slic_g's check, "use it", hers
     assert rows["carol.ipynb"].endswith("2/4") and "✗" in rows["carol.ipynb"]  # slic_g and, through it, preference_loss
     assert rows["dave_a1.ipynb"].endswith("error")
     with open(submissions / "grades.csv", newline="") as f:
@@ -60,6 +76,14 @@ def test_grade_a_folder_prints_a_table_and_writes_a_csv(tmp_path):
     assert all(by_key["bob_a1.ipynb", e]["outcome"] == "correct"
                for e in ("a1.dpo_g", "a1.ipo_g", "a1.slic_g", "a1.preference_loss"))
     assert by_key["dave_a1.ipynb", ""]["outcome"] == "error"
+    # a syntax error is reported as such, at the cell number JupyterLab shows
+    slic = by_key["erin_a1.ipynb", "a1.slic_g"]
+    assert slic["outcome"] == "incorrect" and "syntax error" in slic["message"], slic
+    assert f"cell [{shown['SyntaxError']}]" in slic["message"], (slic, shown)
+    failing = by_key["erin_a1.ipynb", f"cell [{shown['NameError']}]"]
+    assert failing["outcome"] == "error" and "undefined_name" in failing["message"], failing
+    code_cells = [c for c in erin.cells if c.cell_type == "code"]
+    assert shown["NameError"] == len(code_cells)  # the last code cell: [N] counts code cells only
 
 
 @pytest.mark.parametrize("make, args, message", [

@@ -17,12 +17,12 @@ import sys
 from ..errors import UserError
 
 #: Modules that register commands, in the order ``treemdp --help`` lists them.
-COMMAND_MODULES = ("treemdp.cli.train", "treemdp.cli.sweep", "treemdp.cli.losses", "treemdp.cli.lab",
-                   "treemdp.grade", "treemdp.llm.cli")
+COMMAND_MODULES = ("treemdp.cli.train", "treemdp.cli.sweep", "treemdp.cli.losses", "treemdp.cli.explain",
+                   "treemdp.cli.lab", "treemdp.cli.grade", "treemdp.cli.lessons", "treemdp.llm.cli")
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag gives the CONTRACT's single ``error:`` line (exit 2)."""
+    """argparse, but a bad flag gives one ``error:`` line and exit code 2, like every other bad input."""
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")

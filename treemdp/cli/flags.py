@@ -16,14 +16,13 @@ import argparse
 import ast
 import dataclasses
 import inspect
-import json
 import textwrap
 import types
 import typing
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, read_json_file
 
 
 @lru_cache(maxsize=None)
@@ -95,14 +94,7 @@ def _boolean(text: str) -> bool:
 
 def read_config_file(path: str | Path) -> dict:
     """A JSON object from ``path`` (``--config``), or a one-line UserError."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"config file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read config file {str(path)!r}: {e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"config file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    raw = read_json_file(path, "config file")
     if not isinstance(raw, dict):
         raise UserError(f"config file {str(path)!r} must hold a JSON object")
     return raw

@@ -14,13 +14,20 @@ def add_parsers(subparsers) -> None:
 
 def _losses_command(args) -> int:
     from ..errors import UserError
-    from ..losses import describe, objectives_table
+    from ..losses import describe
     if args.name:
         try:
             print(describe(args.name))
         except ValueError as e:
             raise UserError(str(e)) from None
         return 0
+    print_objectives()
+    return 0
+
+
+def print_objectives() -> None:
+    """One line per registered objective: name, formula, parameters with defaults."""
+    from ..losses import objectives_table
     rows = objectives_table()
     width = max(len(r["name"]) for r in rows)
     for r in rows:
@@ -28,4 +35,3 @@ def _losses_command(args) -> int:
         print(f"{r['name']:<{width}}  {r['formula']}" + (f"   [{params}]" if params else ""))
     print(f"\n{len(rows)} objectives; 'treemdp losses NAME' shows one in full. Use as --loss NAME, "
           "--loss 'NAME(param=value)' or --loss NAME --param value.")
-    return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..training import TrainConfig
-from .train import add_config_flags, apply_objective_flags
+from .train import add_config_flags, apply_objective_flags, shape_from_data, wants_loss_help
 
 
 def add_parsers(subparsers) -> None:
@@ -50,13 +50,22 @@ def add_parsers(subparsers) -> None:
 
 
 def _sweep_command(args) -> int:
+    if wants_loss_help(args.loss):
+        return 0
     from ..sweep import format_table, grid, parse_seeds, sweep
     axes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
             if f.name != "seed" and getattr(args, f.name) is not None}
     axes["seed"] = parse_seeds(args.seeds)
     if args.extra:
         axes["loss"] = apply_objective_flags(axes.get("loss", [TrainConfig.loss]), args.extra)
-    configs = grid(TrainConfig(), **axes)
+    configs = grid(TrainConfig(), **{k: v for k, v in axes.items() if not (axes.get("data") and k in ("depth", "branching"))})
+    if axes.get("data"):  # each data file sets its tree's shape, unless flags do (and must agree)
+        explicit = {k for k in ("depth", "branching") if k in axes}
+        configs = [TrainConfig.from_dict(shape_from_data({**c.to_dict(), **{k: axes[k][0] for k in explicit}}, explicit))
+                   .validate() for c in configs]
+        for k in explicit:
+            if len(axes[k]) > 1:
+                raise UserError(f"--{k} takes one value together with --data (the data fix the shape)")
     table = sweep(configs, args.out, light=args.light, plot=args.plot, batch_size=args.batch_size,
                   workers=args.workers, progress=not args.quiet)
     if not args.quiet:

@@ -88,9 +88,35 @@ def apply_objective_flags(losses: list, extra: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def shape_from_data(raw: dict, explicit: set) -> dict:
+    """Settings with the tree shape a ``data`` file implies, where no flag set it.
+
+    The depth comes from the sequences' length, the branching from the file's optional
+    ``"branching"`` key (never guessed from the largest action); a flag that disagrees with the
+    file is an error naming both.
+    """
+    from ..tree import data_shape
+    if not raw.get("data"):
+        return raw
+    branching, depth = data_shape(raw["data"])
+    raw = dict(raw)
+    for name, value in (("depth", depth), ("branching", branching)):
+        if value is None:
+            continue
+        if name in explicit and raw.get(name) != value:
+            raise UserError(f"--{name} {raw[name]} disagrees with the data file {raw['data']!r}, whose "
+                            + ("sequences have length" if name == "depth" else "'branching' is") + f" {value}")
+        raw[name] = value
+    return raw
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from ``--config FILE`` (if given) overridden by explicit flags; validated."""
-    raw = values_from_args(args, TrainConfig, read_config_file(args.config) if getattr(args, "config", None) else None)
+    """TrainConfig from ``--config FILE`` (if given) overridden by explicit flags; the tree shape
+    from ``--data`` where no flag sets it; validated."""
+    base = read_config_file(args.config) if getattr(args, "config", None) else None
+    raw = values_from_args(args, TrainConfig, base)
+    explicit = {k for k in ("depth", "branching") if getattr(args, k, None) is not None or k in (base or {})}
+    raw = shape_from_data(raw, explicit)
     if getattr(args, "extra", None):
         (raw["loss"],) = apply_objective_flags([raw.get("loss", TrainConfig.loss)], args.extra)
     if str(raw.get("loss", "")).startswith("<"):
@@ -107,7 +133,18 @@ def default_out(config: TrainConfig) -> Path:
     return Path("runs") / f"{name}-beta{config.beta:g}-seed{config.seed}"
 
 
+def wants_loss_help(losses) -> bool:
+    """``--loss help``: list the objectives instead of training."""
+    if losses is not None and "help" in ([losses] if isinstance(losses, str) else losses):
+        from .losses import print_objectives
+        print_objectives()
+        return True
+    return False
+
+
 def run_train(args: argparse.Namespace) -> int:
+    if wants_loss_help(args.loss):
+        return 0
     from ..runs import check_writable, write_run
     from ..training import resolve_dataset, train
     from ..tree import TreeMDP

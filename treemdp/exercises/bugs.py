@@ -11,7 +11,6 @@ assignment in.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 from ..training import RunResult, TrainConfig, TrainingDiverged, train_batch
 from .core import Exercise, Incorrect, NotAttempted, Result, call_student, register, run_check
@@ -63,9 +62,29 @@ def _run(bug: str, *, progress: bool = False, **overrides) -> RunResult:
     return result
 
 
-@functools.lru_cache(maxsize=32)
+_CACHE: dict[tuple, RunResult] = {}
+
+
 def _cached(bug: str, items: tuple) -> RunResult:
-    return _run(bug, **dict(items))
+    if (bug, items) not in _CACHE:
+        _CACHE[(bug, items)] = _run(bug, **dict(items))
+    return _CACHE[(bug, items)]
+
+
+def _train_all(runs) -> None:
+    """Train the check's runs not cached yet, one batch per bug (the runs of a bug share its hook)."""
+    todo: dict[str, list[tuple]] = {}
+    for bug, settings in runs:
+        items = tuple(sorted({**_SETTINGS, **settings}.items()))
+        if (bug, items) not in _CACHE and items not in todo.setdefault(bug, []):
+            todo[bug].append(items)
+    for bug, items_list in todo.items():
+        configs = [dataclasses.replace(TrainConfig(), **dict(items)).validate() for items in items_list]
+        for items, result in zip(items_list, train_batch(configs, daa_hook=_HOOKS[bug])):
+            if isinstance(result, TrainingDiverged):
+                raise result
+            result.summary["variant_of"] = "mystery_train"
+            _CACHE[(bug, items)] = result
 
 
 # ----- checks ---------------------------------------------------------------------------------
@@ -94,53 +113,65 @@ def check_diagnosis(diagnosis) -> Result:
     return run_check("a3.diagnosis", body)
 
 
-#: Runs a sanity check must pass (bug-free) besides the mystery variants.
-_CLEAN_SETTINGS = (dict(loss="ipo", beta=0.5), dict(loss="slic", beta=0.1, seed=1), dict(loss="dpo", beta=0.01, seed=2))
-_SETTINGS = dict(sft_steps=150, daa_steps=120, log_every=10)
+#: Short runs for the sanity check (the bugs show within tens of DAA steps).
+_SETTINGS = dict(sft_steps=60, daa_steps=50, log_every=10)
+#: Every buggy trainer is run under each of these (every loss, several betas), so a check tuned
+#: to one loss (DPO's g(0) = log 2, say) fails.
+_BUGGY_SETTINGS = (dict(loss="dpo", beta=0.1), dict(loss="ipo", beta=0.5), dict(loss="slic", beta=0.5),
+                   dict(loss="ipo", beta=0.1))
+#: Bug-free runs a sanity check must pass: the same settings plus other seeds and a small beta.
+_CLEAN_SETTINGS = _BUGGY_SETTINGS + (dict(loss="slic", beta=0.1, seed=1), dict(loss="dpo", beta=0.01, seed=2))
+
+
+def _describe_settings(settings: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
 def check_sanity_check(sanity_check) -> Result:
     """a3.sanity_check: ``sanity_check(result) -> list[str]`` flags every buggy run, no clean one.
 
-    Run on the four variants (dpo, beta 0.1) and three more bug-free runs of other losses.
+    Run on the three buggy trainers under every loss and several betas (:data:`_BUGGY_SETTINGS`)
+    and on bug-free runs of the same settings and more (:data:`_CLEAN_SETTINGS`).
     """
 
     def body() -> str:
-        for bug in BUGS:
-            result = _cached(bug, tuple(sorted(_SETTINGS.items())))
+        letter = {bug: v for v, bug in _VARIANT_BUG.items()}
+        runs = [(bug, settings) for settings in _BUGGY_SETTINGS for bug in BUGS if bug != "no bug"]
+        runs += [("no bug", settings) for settings in _CLEAN_SETTINGS]
+        _train_all(runs)
+        for bug, settings in runs:
+            result = _cached(bug, tuple(sorted({**_SETTINGS, **settings}.items())))
             problems = call_student(sanity_check, result)
             if not isinstance(problems, (list, tuple)):
                 raise Incorrect(f"sanity_check should return a list of problem descriptions, got {type(problems).__name__}")
-            letter = next(k for k, v in _VARIANT_BUG.items() if v == bug)
             if bug == "no bug" and problems:
-                raise Incorrect(f"false alarm: it flags the bug-free variant {letter}: {problems[0]!r}")
+                raise Incorrect(f"false alarm on a bug-free run ({_describe_settings(settings)}): {problems[0]!r}")
             if bug != "no bug" and not problems:
-                raise Incorrect(f"it lets variant {letter} through, but {letter} has a bug")
-        for settings in _CLEAN_SETTINGS:
-            result = _cached("no bug", tuple(sorted({**_SETTINGS, **settings}.items())))
-            problems = call_student(sanity_check, result)
-            if problems:
-                raise Incorrect(f"false alarm on a bug-free run with {settings}: {problems[0]!r}")
-        return "flags the three buggy variants and passes four bug-free runs (dpo, ipo, slic)"
+                raise Incorrect(f"it lets trainer {letter[bug]} through with {_describe_settings(settings)}, but "
+                                f"{letter[bug]} has a bug (does your check only work for one loss or beta?)")
+        return (f"flags the three buggy trainers under dpo, ipo and slic at several betas and passes "
+                f"{len(_CLEAN_SETTINGS)} bug-free runs")
 
     return run_check("a3.sanity_check", body)
 
 
 register(Exercise(
     "a3.diagnosis", "which trainer has which bug", "diagnosis", check_diagnosis,
-    ("Plot the probability of the chosen and the rejected trajectory during the DAA phase for each "
-     "variant. Which direction should each move? Then compare DPO with IPO at beta = 0.5, a loss "
-     "that should stop once h = 1/beta.",
+    ("Look at the plots of the four trainers and at the first/last table: which way should the "
+     "chosen and the rejected probability move during DAA, and what should the loss do?",
      "A trainer whose DAA phase barely moves, one whose loss never leaves g(0), and one that "
-     "raises the rejected answer all have something wrong with h.",
-     "If the reference is the policy object itself, h is identically 0 and the gradient is only "
-     "rounding noise (Adam turns it into a slow random drift); if the reference is re-read from the "
+     "raises the rejected answer all have something wrong with h. Compare DPO with IPO at "
+     "beta = 0.5, a loss that should stop once h = 1/beta.",
+     "If the reference is the policy object itself, h is identically 0 and so is its gradient: the "
+     "policy never leaves the SFT policy; if the reference is re-read from the "
      "policy every step, h is 0 but the gradient is not, so nothing ever stops the push (IPO does "
      "not settle); if chosen and rejected are swapped, the rejected probability rises.")))
 register(Exercise(
     "a3.sanity_check", "a check that catches the bugs", "sanity_check", check_sanity_check,
     ("Look at result.metrics (phase 'daa'): chosen_prob, rejected_prob and loss at the first and "
      "last steps.",
-     "A correct run raises the chosen probability relative to the rejected one, and its loss falls "
-     "below g(0) (the loss at step 0, where policy = reference).",
-     "Flag: the margin log(chosen/rejected) did not grow; the loss did not fall below its step-0 value.")))
+     "A healthy run, whatever its loss and beta, raises the chosen probability relative to the "
+     "rejected one, and its loss falls below its own step-0 value g(0) (log 2 for DPO, 1 for IPO "
+     "and SLiC: compare with the run's step 0, never with a constant).",
+     "Flag: the margin log(chosen/rejected) at the last step is not above the first; the last "
+     "loss is not below the first.")))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
-from .core import Incorrect
+from .core import Incorrect, call_student
 
 ATOL = 1e-5
 RTOL = 1e-4
@@ -15,9 +16,11 @@ RTOL = 1e-4
 def as_tensor(value, what: str) -> torch.Tensor:
     """The student's return value as a float64 tensor, or Incorrect naming what came back."""
     if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise Incorrect(f"{what} returns a complex tensor; it should be real")
         return value.detach().to(torch.float64)
-    try:
-        return torch.as_tensor(value, dtype=torch.float64)
+    try:  # numbers, numpy arrays and numpy scalars are fine where the stub allows them
+        return torch.as_tensor(np.asarray(value, dtype=np.float64))
     except (TypeError, ValueError, RuntimeError):
         raise Incorrect(f"{what} should return a torch tensor, got {type(value).__name__}") from None
 
@@ -60,20 +63,50 @@ def compare(got, expected: torch.Tensor, *, what: str, inputs: Sequence[tuple[st
     if not torch.isfinite(torch.tensor(value)):
         raise Incorrect(f"{what} returns {value} at {where}; stay in log space (logsigmoid, logsumexp) "
                         f"so large inputs do not overflow")
-    return_where = f" at {where}" if where else f" at position {first}"
+    return_where = f" at {where}" if where else f" on test case {first + 1}"
     raise Incorrect(f"{what} returns {value:.6g}{return_where}, expected {float(expected.reshape(-1)[first]):.6g} "
                     f"({int(bad.sum())} of {bad.numel()} values differ)")
 
 
-def check_differentiable(fn, x: torch.Tensor, reference_fn, what: str) -> None:
-    """Autograd through the student's ``fn`` at ``x`` must give the library's gradient."""
-    x1 = x.detach().clone().requires_grad_(True)
-    out = fn(x1)
+def check_gradient(fn, inputs: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], *, what: str,
+                   wrt: Sequence[int], names: Sequence[str], forbidden: tuple[str, ...] = (),
+                   subgradient: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                   **kwargs) -> None:
+    """Autograd through the student's ``fn`` must give the expected gradient of ``sum(fn(*inputs))``.
+
+    Args:
+        fn: the student's function, called as ``fn(*inputs, **kwargs)`` on fresh leaf copies.
+        inputs: the input tensors.
+        expected: the library's gradient for each input listed in ``wrt``.
+        wrt: indices of the inputs the task says the output is differentiable in.
+        names: how to call those inputs in messages.
+        subgradient: ``(kink mask, low, high)`` for the first input in ``wrt``: where the mask is
+            True any gradient in [low, high] is right (a hinge's kink: every subgradient is).
+
+    Raises:
+        Incorrect: no gradient reaches an input, or it differs from the expected one.
+    """
+    leaves = [t.detach().clone().requires_grad_(i in wrt) for i, t in enumerate(inputs)]
+    out = call_student(fn, *leaves, forbidden=forbidden, **kwargs)
     if not isinstance(out, torch.Tensor) or not out.requires_grad:
-        raise Incorrect(f"{what} is not differentiable: no gradient flows back to the input "
-                        f"(keep it in torch: no .item(), numpy or Python floats)")
-    (grad,) = torch.autograd.grad(out.sum(), x1, allow_unused=True)
-    x2 = x.detach().clone().requires_grad_(True)
-    (expected,) = torch.autograd.grad(reference_fn(x2).sum(), x2)
-    if grad is None or not torch.allclose(grad.double(), expected.double(), atol=1e-4, rtol=1e-3):
-        raise Incorrect(f"{what} gives the right values but the wrong gradient")
+        raise Incorrect(f"{what} is not differentiable: no gradient flows back to "
+                        f"{' or '.join(names)} (keep it in torch: no .item(), .detach(), numpy or Python floats)")
+    try:
+        grads = torch.autograd.grad(out.sum(), [leaves[i] for i in wrt], allow_unused=True)
+    except RuntimeError as e:
+        raise Incorrect(f"{what}: autograd could not differentiate it ({str(e).splitlines()[0][:160]})") from None
+    for k, (i, name, grad, want) in enumerate(zip(wrt, names, grads, expected)):
+        want = want.detach().double()
+        if grad is None or (not grad.any() and want.abs().max() > 1e-8):
+            raise Incorrect(f"{what}: no gradient reaches {name} (is it detached, or turned into a Python "
+                            f"number?); training moves the policy only through that gradient")
+        grad = grad.detach().double()
+        ok = torch.isclose(grad, want, atol=1e-4, rtol=1e-3)
+        if k == 0 and subgradient is not None:
+            kink, low, high = subgradient
+            ok = torch.where(kink, (grad >= low.double() - 1e-6) & (grad <= high.double() + 1e-6), ok)
+        if not bool(ok.all()):
+            first = int((~ok).reshape(-1).nonzero()[0])
+            raise Incorrect(f"{what} gives the right values but the wrong gradient in {name}: "
+                            f"{float(grad.reshape(-1)[first]):.4g} where {float(want.reshape(-1)[first]):.4g} "
+                            f"was expected (at {name} = {float(inputs[i].reshape(-1)[first]):.4g})")

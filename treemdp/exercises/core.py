@@ -8,7 +8,9 @@ Checks never print and never touch the caller's namespace; a notebook shows a Re
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -63,21 +65,72 @@ class Incorrect(Exception):
     """Raised inside a check with the reason the answer is wrong."""
 
 
-def call_student(fn: Callable, *args: Any, **kwargs: Any) -> Any:
-    """Call the student's function; turn a stub into NotAttempted and a crash into Incorrect."""
+#: Modules whose functions are the library's own answers; a check names the ones its
+#: exercise may not call (``call_student(..., forbidden=...)``).
+LIBRARY_ANSWERS = {
+    "losses": ("treemdp.losses",),
+    "enumeration": ("treemdp.exact", "treemdp.training", "treemdp.engine"),
+}
+
+
+@contextlib.contextmanager
+def _watch_calls(prefixes: tuple[str, ...], seen: list[str]):
+    """Record (in ``seen``) the first call into a Python function of a module in ``prefixes``."""
+    if not prefixes:
+        yield
+        return
+    previous = sys.getprofile()
+
+    def profile(frame, event, arg):
+        if event == "call" and not seen:
+            module = frame.f_globals.get("__name__", "")
+            if module.startswith(prefixes):
+                seen.append(f"{module}.{frame.f_code.co_name}")
+        return None
+
+    sys.setprofile(profile)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
+
+
+def _describe(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def call_student(fn: Callable, *args: Any, forbidden: tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """Call the student's function; turn a stub into NotAttempted and a crash into Incorrect.
+
+    Args:
+        forbidden: module prefixes (see :data:`LIBRARY_ANSWERS`) the answer may not call into:
+            an answer that borrows the library's own function is Incorrect, saying which.
+    """
     if fn is None:
         raise NotAttempted("the function is not defined yet")
     if not callable(fn):
         raise Incorrect(f"expected a function, got {type(fn).__name__}")
+    seen: list[str] = []
     try:
-        value = fn(*args, **kwargs)
+        with _watch_calls(forbidden, seen):
+            value = fn(*args, **kwargs)
     except NotImplementedError:
         raise NotAttempted("the stub still raises NotImplementedError; fill in the gap marked "
                            "YOUR CODE HERE and run the cell again") from None
     except (NotAttempted, Incorrect):
         raise
+    except RuntimeError as e:
+        if "in-place" in str(e) or "inplace" in str(e):
+            raise Incorrect("it changes its input in place (x -= ..., x.clamp_(...), ...), which autograd "
+                            "refuses on a tensor that needs a gradient; compute a new tensor instead "
+                            f"({_describe(e)[:160]})") from None
+        raise Incorrect(f"calling it raised {_describe(e)}") from None
     except Exception as e:  # the student's bug, reported as the reason
-        raise Incorrect(f"calling it raised {type(e).__name__}: {e}") from None
+        raise Incorrect(f"calling it raised {_describe(e)}") from None
+    if seen:
+        raise Incorrect(f"it calls {seen[0]}, the library's own answer; write it yourself from "
+                        "torch operations (the check compares with that function)")
     if value is None:
         raise NotAttempted("it returns None; fill in the gap marked YOUR CODE HERE and return the result")
     return value
@@ -92,7 +145,7 @@ class Exercise:
         title: one line for tables.
         target: the name the student defines in the notebook (a function or a variable).
         check: ``check(student_object) -> Result``.
-        hints: from gentle to nearly the answer.
+        hints: three levels: where to look, what the idea is, nearly the answer.
     """
 
     id: str
@@ -114,6 +167,10 @@ def run_check(exercise_id: str, body: Callable[[], str]) -> Result:
         return Result(exercise_id, Outcome.NOT_ATTEMPTED, str(e))
     except Incorrect as e:
         return Result(exercise_id, Outcome.INCORRECT, str(e))
+    except Exception as e:  # noqa: BLE001 - a check never raises: say what happened, blame nobody
+        return Result(exercise_id, Outcome.INCORRECT,
+                      f"the check could not finish on this answer ({_describe(e)[:200]}); "
+                      "make sure it follows the stub's signature and returns what the docstring says")
     return Result(exercise_id, Outcome.CORRECT, message)
 
 
@@ -121,7 +178,12 @@ def run_check(exercise_id: str, body: Callable[[], str]) -> Result:
 EXERCISES: dict[str, Exercise] = {}
 
 
+HINT_LEVELS = ("where to look", "the idea", "nearly the answer")
+
+
 def register(exercise: Exercise) -> Exercise:
+    if len(exercise.hints) != len(HINT_LEVELS):
+        raise ValueError(f"{exercise.id}: give {len(HINT_LEVELS)} hints ({', '.join(HINT_LEVELS)})")
     EXERCISES[exercise.id] = exercise
     return exercise
 
@@ -142,15 +204,16 @@ class Hint(str):
 
 
 def hint(exercise_id: str, level: int = 1) -> Hint:
-    """Hint number ``level`` (1 = gentlest) for an exercise; asking past the last gives the last.
+    """Hint number ``level`` for an exercise: 1 where to look, 2 the idea, 3 nearly the answer;
+    asking past the last gives the last.
 
     Example: ``hint("a1.dpo_g")``, then ``hint("a1.dpo_g", 2)`` if still stuck.
     """
     hints = get_exercise(exercise_id).hints
     if isinstance(level, bool) or not isinstance(level, int) or level < 1:
         raise UserError(f"hint level must be an integer >= 1, got {level!r}")
-    text = hints[min(level, len(hints)) - 1]
-    return Hint(f"{text} (hint {min(level, len(hints))} of {len(hints)})")
+    level = min(level, len(hints))
+    return Hint(f"{HINT_LEVELS[level - 1].capitalize()}: {hints[level - 1]} (hint {level} of {len(hints)})")
 
 
 def assignment_exercises(assignment: str) -> list[Exercise]:

@@ -14,7 +14,7 @@ from ..exact import trajectory_log_probs
 from ..policies import TabularPolicy
 from ..tree import TreeMDP
 from .compare import as_tensor, close, compare
-from .core import Exercise, Incorrect, Result, call_student, register, run_check
+from .core import LIBRARY_ANSWERS, Exercise, Incorrect, Result, call_student, register, run_check
 
 SHAPES = ((3, 3), (2, 4), (4, 2), (2, 1))
 
@@ -24,11 +24,15 @@ def _policies(seed: int):
         yield TabularPolicy(TreeMDP(branching, depth), seed=seed + i, init_scale=1.5)
 
 
+FORBIDDEN = LIBRARY_ANSWERS["enumeration"]
+
+
 def check_sequence_log_prob(sequence_log_prob) -> Result:
     """a2.sequence_log_prob: ``sequence_log_prob(policy, actions)`` -> scalar log pi(actions).
 
     Compared with the row of :func:`treemdp.trajectory_log_probs` for every trajectory of random
-    tabular policies on trees of several shapes.
+    tabular policies on trees of several shapes. A tensor, a Python float or a numpy number is
+    fine (the stub does not ask for a gradient).
     """
 
     def body() -> str:
@@ -36,26 +40,30 @@ def check_sequence_log_prob(sequence_log_prob) -> Result:
         for policy in _policies(seed=10):
             mdp = policy.mdp
             with torch.no_grad():
-                expected = trajectory_log_probs(policy)
-            for row, actions in enumerate(mdp.trajectories().tolist()):
-                got = call_student(sequence_log_prob, policy, list(actions))
-                got_t = as_tensor(got, "sequence_log_prob").reshape(-1)
-                if got_t.numel() != 1:
+                expected = trajectory_log_probs(policy).double()
+                first = policy.action_log_probs(torch.zeros(1, 0, dtype=torch.long))[0].double()
+            rows = mdp.trajectories().tolist()
+            got = []
+            for actions in rows:
+                value = as_tensor(call_student(sequence_log_prob, policy, list(actions), forbidden=FORBIDDEN),
+                                  "sequence_log_prob")
+                if value.numel() != 1:
                     raise Incorrect(f"sequence_log_prob should return one number (a scalar tensor), "
-                                    f"got shape {list(as_tensor(got, 'x').shape)}")
-                want = expected[row].double()
-                if not close(got_t[0], want):
-                    name = mdp.trajectory_name(actions)
-                    if close(got_t[0], want.exp()):
-                        raise Incorrect(f"for {name} you return the probability {float(got_t):.4g}; "
-                                        f"return its log, {float(want):.4g}")
-                    first = policy.action_log_probs(torch.zeros(1, 0, dtype=torch.long))[0, actions[0]]
-                    if mdp.depth > 1 and close(got_t[0], first.double()):
-                        raise Incorrect(f"for {name} you return only the first step's log-prob; "
-                                        f"add log pi(a_t | prefix) for every step t")
-                    raise Incorrect(f"on {mdp!r}, for {name} ({list(actions)}) you return {float(got_t):.6g}, "
-                                    f"expected {float(want):.6g}")
-                count += 1
+                                    f"got shape {list(value.shape)}")
+                got.append(value.reshape(()))
+            got = torch.stack(got)
+            mistakes = [(expected.exp(), "you return the probability; return its log (a sum of log-probs)"),
+                        (first[[a[0] for a in rows]], "you return only the first step's log-prob; add "
+                                                      "log pi(a_t | prefix) for every step t")]
+            if mdp.depth == 1:
+                mistakes = mistakes[:1]
+            try:
+                compare(got, expected, what="sequence_log_prob", inputs=[], mistakes=mistakes)
+            except Incorrect as e:
+                bad = int((~torch.isclose(got, expected, atol=1e-5, rtol=1e-4)).nonzero()[0])
+                raise Incorrect(f"on {mdp!r}, for {mdp.trajectory_name(rows[bad])} ({rows[bad]}): "
+                                f"{e}") from None
+            count += len(rows)
         return f"matches treemdp.trajectory_log_probs on all {count} trajectories of 4 tree shapes"
 
     return run_check("a2.sequence_log_prob", body)
@@ -74,7 +82,7 @@ def check_enumerate_log_probs(enumerate_log_probs) -> Result:
             mdp = policy.mdp
             with torch.no_grad():
                 expected = trajectory_log_probs(policy).double()
-            got = as_tensor(call_student(enumerate_log_probs, policy), "enumerate_log_probs")
+            got = as_tensor(call_student(enumerate_log_probs, policy, forbidden=FORBIDDEN), "enumerate_log_probs")
             # raw logits summed along each path: what forgetting the softmax gives
             trajectories = mdp.trajectories()
             states = torch.zeros(len(trajectories), dtype=torch.long)
@@ -102,28 +110,28 @@ def check_enumerate_log_probs(enumerate_log_probs) -> Result:
 
 
 def check_ood_mass(ood_mass) -> Result:
-    """a2.ood_mass: ``ood_mass(logp, in_distribution)`` -> scalar mass off the data."""
+    """a2.ood_mass: ``ood_mass(logp, in_distribution)`` -> scalar mass off the data (a tensor,
+    a Python float or a numpy number)."""
 
     def body() -> str:
         generator = torch.Generator().manual_seed(30)
+        got, expected, in_dist, summed_logp = [], [], [], []
         for trial in range(20):
             n = 27 if trial < 10 else 16
             logp = torch.log_softmax(torch.randn(n, generator=generator) * 2, 0)
             mask = torch.rand(n, generator=generator) < 0.3
             mask[trial % n] = True
-            expected = lib_ood_mass(logp, mask).double()
-            got = as_tensor(call_student(ood_mass, logp.clone(), mask.clone()), "ood_mass").reshape(-1)
-            if got.numel() != 1:
-                raise Incorrect(f"ood_mass should return one number, got {got.numel()} values")
-            if close(got[0], expected):
-                continue
-            if close(got[0], 1 - expected):
-                raise Incorrect("you return the in-distribution mass; OOD means the trajectories "
-                                "where in_distribution is False")
-            if close(got[0], logp[~mask].double().sum()):
-                raise Incorrect("you add log-probabilities; add probabilities (exp of logp)")
-            raise Incorrect(f"ood_mass returns {float(got):.6g}, expected {float(expected):.6g} "
-                            f"(trial {trial}: {int((~mask).sum())} OOD of {n})")
+            value = as_tensor(call_student(ood_mass, logp.clone(), mask.clone(), forbidden=FORBIDDEN), "ood_mass")
+            if value.numel() != 1:
+                raise Incorrect(f"ood_mass should return one number, got {value.numel()} values")
+            got.append(value.reshape(()))
+            expected.append(lib_ood_mass(logp, mask).double())
+            in_dist.append(logp[mask].double().exp().sum())
+            summed_logp.append(logp[~mask].double().sum())
+        mistakes = [(torch.stack(in_dist), "you return the in-distribution mass; OOD means the trajectories "
+                                           "where in_distribution is False"),
+                    (torch.stack(summed_logp), "you add log-probabilities; add probabilities (exp of logp)")]
+        compare(torch.stack(got), torch.stack(expected), what="ood_mass", inputs=[], mistakes=mistakes)
         return "matches treemdp.exact.ood_mass on 20 random distributions and masks"
 
     return run_check("a2.ood_mass", body)
@@ -132,25 +140,28 @@ def check_ood_mass(ood_mass) -> Result:
 register(Exercise(
     "a2.sequence_log_prob", "log-prob of one trajectory by the chain rule", "sequence_log_prob",
     check_sequence_log_prob,
-    ("A trajectory's probability is the product of the policy's next-action probabilities along "
-     "its path; in log space, a sum.",
-     "policy.action_log_probs(prefix) takes a LongTensor [1, t] of the actions so far and returns "
-     "[1, branching]; pick column actions[t] for t = 0 .. depth-1.",
-     "sum(policy.action_log_probs(torch.tensor([actions[:t]]).reshape(1, t))[0, actions[t]] "
+    ("The chain rule in the markdown above: a trajectory's probability is the product of the "
+     "policy's next-action probabilities along its path; in log space, a sum. "
+     "policy.action_log_probs answers one step.",
+     "At step t the prefix is actions[:t] as a LongTensor of shape [1, t] (t = 0 is the start "
+     "state, shape [1, 0]); policy.action_log_probs(prefix) is [1, branching]: take column "
+     "actions[t] and add the steps up.",
+     "sum(policy.action_log_probs(torch.tensor(actions[:t], dtype=torch.long).reshape(1, t))[0, actions[t]] "
      "for t in range(len(actions)))")))
 register(Exercise(
     "a2.enumerate_log_probs", "exact enumeration for a tabular policy", "enumerate_log_probs",
     check_enumerate_log_probs,
-    ("Walk the tree level by level: keep the log-prob of every node at depth t and extend each "
-     "node by all its children at once.",
-     "Start from the root (state 0, log-prob 0). At each level, next = log_softmax(policy.logits[states]) "
-     "is [n_nodes, branching]; new log-probs = (logp[:, None] + next).reshape(-1); the children "
-     "are policy.mdp.next_state[states].reshape(-1).",
+    ("Walk the tree level by level rather than trajectory by trajectory: at depth t there are "
+     "branching**t nodes, each with a log-prob and a state (policy.logits and mdp.next_state).",
+     "Start from the root (state 0, log-prob 0). One level: the log-softmax of every current "
+     "state's logits, added to its node's log-prob (broadcast [n, 1] + [n, b]), then move to the "
+     "children with mdp.next_state. Flattening row by row keeps the lexicographic order.",
      "states = torch.zeros(1, dtype=torch.long); logp = torch.zeros(1)\n"
      "for t in range(depth): logp = (logp[:, None] + log_softmax(logits[states], -1)).reshape(-1); "
      "states = next_state[states].reshape(-1)")))
 register(Exercise(
     "a2.ood_mass", "mass off the data", "ood_mass", check_ood_mass,
-    ("OOD mass is the total probability of the trajectories not in the data.",
-     "Select logp[~in_distribution], then add up the probabilities, not the log-probs.",
+    ("OOD trajectories are those where in_distribution is False; their mass is their total probability.",
+     "Select logp[~in_distribution], turn the log-probs into probabilities and add them up "
+     "(logsumexp, then exp, does both without underflow).",
      "return torch.logsumexp(logp[~in_distribution], 0).exp()")))

@@ -4,10 +4,9 @@
 # **Goal.** See the title result of Rafailov et al. (2024) — *reward over-optimization*: as a
 # direct alignment algorithm moves away from the reference, true quality first rises, then falls —
 # computed exactly, with nothing sampled. On a tree we can give every answer a *gold* reward r*,
-# draw the data from it, train, and then read off at every step the exact gold reward, the exact
-# win rate against the reference and the exact KL. We can also compute what no experiment on a
-# language model can: the best quality reachable at each KL (the *frontier*), and best-of-n
-# exactly.
+# draw the data from it, train, and read off at every step the exact gold reward, the exact win
+# rate against the reference and the exact KL. We can also compute what no experiment on a language
+# model can: the best quality reachable at each KL (the *frontier*), and best-of-n exactly.
 #
 # **Plan.** a gold reward and data drawn from it → one DPO run, exactly → the hump as β and N move
 # → the frontier → best-of-n vs DAA at equal KL → Gao et al.'s form → summary → exercises →
@@ -23,6 +22,7 @@ from IPython.display import display
 
 from treemdp.lab import BestOfN, LabConfig, frontier, kl_bound, run_lab, tilted_log_probs
 from treemdp.lab.fits import FORMS, fit_form
+from treemdp.lab.store import grid
 from treemdp.plots import live_plot
 
 # %% [markdown]
@@ -32,11 +32,14 @@ from treemdp.plots import live_plot
 # seeded random number per answer. The lab draws 64 SFT demonstrations from softmax(r*), trains
 # the reference by SFT on them, then draws N preference pairs from the reference and labels each
 # with the Bradley-Terry model under r*: P(y1 preferred) = σ(r*(y1) − r*(y2)). `run_lab` does all
-# of it; every run is a `LabConfig`.
+# of it for a list of `LabConfig`s, stacked on the training engine: below, the 36 runs behind
+# section 3's controls (3 objectives × 4 betas × 3 values of N), all at once.
 
 # %%
-base = LabConfig(tree="4x4", gold="random", pairs=64, loss="dpo", beta=0.1, steps=300, seed=0)
-(run,) = run_lab([base])
+configs = grid(LabConfig(tree="4x4", gold="random", steps=300, seed=0),
+               loss=["dpo", "ipo", "slic"], beta=[0.01, 0.05, 0.1, 0.5], pairs=[16, 64, 256])
+runs = {(c.loss, c.beta, c.pairs): r for c, r in zip(configs, run_lab(configs))}
+run = runs["dpo", 0.1, 64]
 ref, gold = run.ref_probs, run.gold.values
 print(f"E_ref[r*] = {float(ref @ gold):.3f}  (best answer: {float(gold.max()):.3f}); "
       f"{len(run.dataset.preferences)} pairs; reference entropy {run.summary['ref_entropy']:.2f} nats")
@@ -52,8 +55,8 @@ run.curve.iloc[[0, 10, 50, 100, 200, 300]][["step", "kl_to_reference", "gold_gai
 # win rate any policy reaches at that KL.
 
 # %%
-fig, ax = plt.subplots(figsize=(8, 4))
 front = frontier(torch.log(ref), gold, kind="win")
+fig, ax = plt.subplots(figsize=(8, 4))
 ax.plot(front["sqrt_kl"], front["win_gain"] + 0.5, color="k", label="frontier")
 ax.plot(run.curve["sqrt_kl"], run.curve["win_rate"], label="DPO, beta 0.1, N = 64")
 ax.axhline(0.5, color="0.6", lw=0.8)
@@ -66,12 +69,13 @@ print(f"peak win rate {0.5 + run.summary['peak_win_gain']:.3f} at KL {run.summar
 # %% [markdown]
 # ## 3. The hump as β and N move, live
 #
-# Pick the objective, β and the number of pairs N; the lab reruns from scratch (data, SFT, DAA).
-# Smaller β lets the policy travel further; more pairs make the implicit reward a better proxy, so
-# the peak climbs; whatever the setting, the loss keeps falling after the win rate has peaked.
+# Pick the objective, β and the number of pairs N. Smaller β lets the policy travel further; more
+# pairs make the implicit reward a better proxy, so the peak tends to climb; whatever the setting,
+# the loss keeps falling after the win rate has peaked.
 #
-# *How the live plot works:* `treemdp.plots.live_plot` calls the drawing function again whenever a
-# control changes; it re-runs a library function with the new value and redraws the figure.
+# *How the live plot works:* the 36 runs behind the controls were computed once, above, in one
+# batched call. A control only picks a precomputed run, and `treemdp.plots.live_plot` changes the
+# data of the lines already drawn, so the picture follows the control at once.
 
 # %%
 loss = widgets.Dropdown(options=["dpo", "ipo", "slic"], value="dpo", description="loss")
@@ -79,21 +83,27 @@ beta = widgets.SelectionSlider(options=[0.01, 0.05, 0.1, 0.5], value=0.1, descri
 pairs = widgets.SelectionSlider(options=[16, 64, 256], value=64, description="N pairs")
 
 
-def draw_hump(fig):
-    (result,) = run_lab([LabConfig(tree="4x4", pairs=pairs.value, loss=loss.value, beta=beta.value, steps=300)])
+def setup_hump(fig):
     left, right = fig.subplots(1, 2)
     left.plot(front["sqrt_kl"], front["win_gain"] + 0.5, color="k", label="frontier")
-    left.plot(result.curve["sqrt_kl"], result.curve["win_rate"], label=f"{loss.value}, beta {beta.value}, N {pairs.value}")
-    left.set_xlabel("sqrt KL(pi || ref)")
-    left.set_ylabel("gold win rate against ref")
-    left.legend(fontsize=8)
-    right.plot(result.curve["step"], result.curve["loss"], color="tab:red")
-    right.set_xlabel("DAA step")
-    right.set_ylabel("training loss (on the pairs)")
-    right.set_title(f"win rate peaks at step {result.summary['peak_win_step']}", fontsize=10)
+    left.axhline(0.5, color="0.6", lw=0.8)
+    left.set(xlim=(0, 4), ylim=(0.1, 1.0), xlabel="sqrt KL(pi || ref)", ylabel="gold win rate against ref")
+    right.set(xlim=(0, 300), ylim=(0, 1.05), xlabel="DAA step", ylabel="training loss on the pairs")
+    return {"win": left.plot([], [], label="the run")[0], "loss": right.plot([], [], color="tab:red")[0],
+            "left": left, "right": right}
 
 
-display(live_plot(draw_hump, [loss, beta, pairs], figsize=(11, 4)))
+def update_hump(state):
+    result = runs[loss.value, beta.value, pairs.value]
+    state["win"].set_data(result.curve["sqrt_kl"], result.curve["win_rate"])
+    state["loss"].set_data(result.curve["step"], result.curve["loss"] / result.curve["loss"].iloc[0])
+    state["left"].set_title(f"{loss.value}, beta {beta.value}, N {pairs.value}: peak win rate "
+                            f"{0.5 + result.summary['peak_win_gain']:.2f}", fontsize=10)
+    state["right"].set_title(f"loss / its start; the win rate peaks at step {result.summary['peak_win_step']}",
+                             fontsize=10)
+
+
+display(live_plot(update_hump, [loss, beta, pairs], setup=setup_hump, figsize=(11, 4)))
 
 # %% [markdown]
 # ## 4. The frontier: the best quality at each KL
@@ -108,26 +118,31 @@ display(live_plot(draw_hump, [loss, beta, pairs], figsize=(11, 4)))
 # %%
 lam = widgets.FloatLogSlider(value=0.5, base=10, min=-2, max=1, step=0.1, description="lambda")
 order = torch.argsort(gold)
+gold_front = frontier(torch.log(ref), gold, kind="gold")
 
 
-def draw_frontier(fig):
+def setup_frontier(fig):
+    left, right = fig.subplots(1, 2, width_ratios=(1, 1.6))
+    left.plot(gold_front["sqrt_kl"], gold_front["gold_gain"], color="k")
+    left.set(xlabel="sqrt KL(pi || ref)", ylabel="E_pi[r*] - E_ref[r*]")
+    right.bar(range(len(ref)), ref[order], color="0.7", label="ref")
+    bars = right.bar(range(len(ref)), ref[order], color="tab:red", alpha=0.6, label="ref * exp(r*/lambda) / Z")
+    right.set(ylim=(0, 1), xlabel="answers, sorted by r*")
+    right.legend(fontsize=8)
+    return {"point": left.plot([], [], "o", color="tab:red", ms=9)[0], "bars": bars, "left": left}
+
+
+def update_frontier(state):
     tilted = tilted_log_probs(torch.log(ref), gold, lam.value).exp()
     kl = float((tilted * (tilted / ref).log()).sum())
     gain = float(tilted @ gold - ref @ gold)
-    left, right = fig.subplots(1, 2, width_ratios=(1, 1.6))
-    g = frontier(torch.log(ref), gold, kind="gold")
-    left.plot(g["sqrt_kl"], g["gold_gain"], color="k")
-    left.plot([np.sqrt(kl)], [gain], "o", color="tab:red", ms=9)
-    left.set_xlabel("sqrt KL(pi || ref)")
-    left.set_ylabel("E_pi[r*] - E_ref[r*]")
-    left.set_title(f"lambda = {lam.value:.3g}: KL {kl:.2f}, gain {gain:.2f}", fontsize=10)
-    right.bar(range(len(ref)), ref[order], color="0.7", label="ref")
-    right.bar(range(len(ref)), tilted[order], color="tab:red", alpha=0.6, label="ref * exp(r*/lambda) / Z")
-    right.set_xlabel("answers, sorted by r*")
-    right.legend(fontsize=8)
+    state["point"].set_data([np.sqrt(kl)], [gain])
+    for bar, height in zip(state["bars"], tilted[order].tolist()):
+        bar.set_height(height)
+    state["left"].set_title(f"lambda = {lam.value:.3g}: KL {kl:.2f}, gain {gain:.2f}", fontsize=10)
 
 
-display(live_plot(draw_frontier, [lam], figsize=(11, 4)))
+display(live_plot(update_frontier, [lam], setup=setup_frontier, figsize=(11, 4)))
 
 # %% [markdown]
 # ## 5. Best-of-n vs DAA at equal KL
@@ -142,26 +157,35 @@ display(live_plot(draw_frontier, [lam], figsize=(11, 4)))
 # %%
 n = widgets.SelectionSlider(options=[1, 2, 4, 8, 16, 64, 256, 1024], value=16, description="n")
 implicit = torch.log(run.final_probs / ref)  # DPO's implicit reward, up to beta
+proxies = {"best-of-n under r*": gold, "best-of-n under DPO's implicit reward": implicit}
+bon_points = {}
+for name, proxy in proxies.items():  # every n, once
+    bon = BestOfN(ref, proxy)
+    bon_points[name] = {k: (bon.kl(k), bon.expected(gold, k) - float(ref @ gold)) for k in n.options}
 
 
-def draw_bon(fig):
+def setup_bon(fig):
     ax = fig.subplots()
     ax.plot(run.curve["kl_to_reference"], run.curve["gold_gain"], color="tab:blue", label="DPO over its steps")
-    for name, proxy, color in (("best-of-n under r*", gold, "tab:green"),
-                               ("best-of-n under DPO's implicit reward", implicit, "tab:orange")):
-        bon = BestOfN(ref, proxy)
-        ns = [1, 2, 4, 8, 16, 64, 256, 1024]
-        ax.plot([bon.kl(k) for k in ns], [bon.expected(gold, k) - float(ref @ gold) for k in ns], "o-", ms=3,
-                color=color, label=name)
-        ax.plot([bon.kl(n.value)], [bon.expected(gold, n.value) - float(ref @ gold)], "s", ms=10, color=color)
-    ax.axvline(float(kl_bound(n.value)), color="0.5", ls="--", label=f"log n - (n-1)/n for n = {n.value}")
-    ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlabel("KL(pi || ref)")
-    ax.set_ylabel("E_pi[r*] - E_ref[r*]")
+    state = {"ax": ax, "bound": ax.axvline(0, color="0.5", ls="--", label="log n - (n-1)/n")}
+    for name, color in zip(proxies, ("tab:green", "tab:orange")):
+        kl, gain = zip(*bon_points[name].values())
+        ax.plot(kl, gain, "o-", ms=3, color=color, label=name)
+        state[name] = ax.plot([], [], "s", ms=10, color=color)[0]
+    ax.set(xscale="symlog", xlabel="KL(pi || ref)", ylabel="E_pi[r*] - E_ref[r*]")
     ax.legend(fontsize=8)
+    return state
 
 
-display(live_plot(draw_bon, [n], figsize=(9, 4)))
+def update_bon(state):
+    for name in proxies:
+        kl, gain = bon_points[name][n.value]
+        state[name].set_data([kl], [gain])
+    state["bound"].set_xdata([float(kl_bound(n.value))] * 2)
+    state["ax"].set_title(f"n = {n.value}: the squares; dashed: the KL bound for this n", fontsize=10)
+
+
+display(live_plot(update_bon, [n], setup=setup_bon, figsize=(9, 4)))
 
 # %% [markdown]
 # ## 6. Gao et al.'s functional form
@@ -192,14 +216,14 @@ for form in ("rl", "bon", "quad_kl"):
 #
 # ## Exercises
 #
-# 1. (Auto-checked.) Write `bon_kl(ref, reward, n)`: the exact KL(π_bon‖ref) with ties. Check it
-#    below; `hint("l8.bon_kl")` helps, `hint("l8.bon_kl", 2)` more.
-# 2. Rerun section 3 with `label_temperature=0` (deterministic labels). Does the peak move?
+# 1. (Auto-checked.) Write `bon_kl(ref, reward, n)` below: the exact KL(π_bon‖ref), ties included.
+#    The cell after it checks your answer; `hint("l8.bon_kl")` helps, `hint("l8.bon_kl", 2)` more.
+# 2. Rerun section 1 with `label_temperature=0` (deterministic labels). Does the peak move?
 # 3. Use `gold="spurious"` and plot `spurious_r2_ref` against √KL: how much of the implicit reward
 #    does the simple feature explain early, and late?
 # 4. Run `LabConfig(method="rlhf", ...)`: where does classical RLHF land relative to the frontier?
 
-# %% exercise="l8.bon_kl"
+# %%
 def bon_kl(ref, reward, n):
     """Exact KL(pi_bon || ref) of best-of-n under ``reward``.
 
@@ -211,16 +235,8 @@ def bon_kl(ref, reward, n):
     Returns:
         A float.
     """
-    ### BEGIN SOLUTION
-    kl = 0.0
-    for value in reward.unique():
-        mass = float(ref[reward == value].sum())
-        F = float(ref[reward <= value].sum())
-        P = F ** n - (F - mass) ** n
-        if P > 0:
-            kl += P * np.log(P / mass)
-    return kl
-    ### END SOLUTION
+    # YOUR CODE HERE
+    raise NotImplementedError
 
 
 # %%

@@ -1,0 +1,11 @@
+"""Neighbouring results re-run exactly on the tree, each a library function with a verdict.
+
+- :mod:`.displacement`: likelihood displacement and the CHES score (Razin et al. 2024).
+- :mod:`.squeezing`: the squeezing effect of a negative gradient (Ren & Sutherland 2025).
+- :mod:`.ipo`: IPO's argument on a bandit (Azar et al. 2023), against closed forms.
+- :mod:`.unseen`: unseen answers, DPO vs KL-regularised RLHF (Xu et al. 2024).
+- :mod:`.explain`: where a run's chosen probability went (``treemdp explain RUN``).
+- :mod:`.figures`: one figure per phenomenon, drawn by ``treemdp reproduce``.
+
+The paper's theory (query matrix, null space, soft-Q view) is in :mod:`treemdp.theory`.
+"""
