@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from treemdp import LOSSES, TreeMDP, paper_dataset, preference_h, preference_loss, trajectory_log_probs
+from treemdp import (LOSSES, TreeMDP, in_distribution_mask, paper_dataset, preference_h, preference_loss,
+                     theory, trajectory_log_probs)
 from treemdp.plots import live_plot, run_grid
 from treemdp.training import TrainConfig, train
 
@@ -115,43 +116,37 @@ display(live_plot(update_g, [g_loss, g_beta], setup=setup_g, figsize=(7, 3.8)))
 # null space of directions the loss cannot see.
 
 # %%
-Q = torch.zeros(len(data.preferences), mdp.n_trajectories)
-Q[torch.arange(len(chosen)), chosen] = 1.0
-Q[torch.arange(len(rejected)), rejected] = -1.0
-rank = int(torch.linalg.matrix_rank(Q))
-print(f"Q is {tuple(Q.shape)}, rank {rank}, null space of dimension {mdp.n_trajectories - rank}")
+Q = theory.query_matrix(mdp, data)   # [1, 27]: +1 at the chosen trajectory, -1 at the rejected one
+rank = theory.query_rank(Q)
+basis = theory.null_space(Q)         # [27, 26]: the directions the loss cannot see
+print(f"Q is {tuple(Q.shape)}, rank {rank}, null space of dimension {basis.shape[1]}")
 
 run = train(loss="dpo", beta=0.1, daa_steps=24, progress=False)  # stopped near its OOD peak
 with torch.no_grad():
-    logp, ref_logp = trajectory_log_probs(run.policy), trajectory_log_probs(run.reference)
-delta = logp - ref_logp
-print("h from Q:              ", float(Q @ delta))
+    logp, ref_logp = trajectory_log_probs(run.policy).double(), trajectory_log_probs(run.reference).double()
+print("h from Q:              ", float(theory.margins(Q, logp, ref_logp)[0]))
 print("h from preference_h:   ", float(preference_h(logp[chosen], logp[rejected], ref_logp[chosen], ref_logp[rejected])))
 
 # %% [markdown]
 # ## 3. Same loss, very different policies
 #
-# Keep π(chosen) and π(rejected) and move the rest of the mass anywhere: h, hence the loss, does not
-# change. Below, the DPO policy of section 2 (stopped after 24 steps, when about half its mass was
-# OOD) and two rearrangements — all the remaining mass on one OOD
-# trajectory, or spread evenly — have exactly the same DPO loss. The optimiser is free to end up at
-# any of them; which one it reaches depends on the policy's parameterisation and on the path.
+# Move the policy along the null space of Q and h, hence every loss at every β, stays put. Each row
+# of Q sums to zero and Q is zero off the data, so adding a constant to the OOD log-probs (then
+# renormalising) is such a move: `theory.with_ood_mass` dials the OOD mass to any value in closed
+# form. Below, the DPO policy of section 2 (stopped after 24 steps, when about half its mass was
+# OOD), the same policy with 99% of its mass OOD, piled onto one trajectory, and with its OOD mass
+# set to 1% have exactly the same DPO loss. The optimiser is free to end up at any of them; which
+# one it reaches depends on the policy's parameterisation and on the path.
 
 # %%
-probs = logp.exp()
-others = torch.ones(mdp.n_trajectories, dtype=torch.bool)
-others[chosen] = others[rejected] = False
-rest = 1 - probs[chosen] - probs[rejected]
-one_ood = probs.clone()
-one_ood[others] = 0.0
-one_ood[mdp.trajectory_index([[2, 0, 1]])] = rest
-spread = probs.clone()
-spread[others] = rest / int(others.sum())
+inside = in_distribution_mask(mdp, data)
+one_ood = theory.with_ood_mass(logp, inside, 0.99, onto=int(mdp.trajectory_index([[2, 0, 1]])[0]))
+little_ood = theory.with_ood_mass(logp, inside, 0.01)
 
 fig, axes = plt.subplots(1, 3, figsize=(14, 3), sharey=True)
-for ax, (title, p) in zip(axes, [("trained policy", probs), ("rest on one OOD trajectory", one_ood),
-                                 ("rest spread evenly", spread)]):
-    lp = p.log()
+for ax, (title, lp) in zip(axes, [("trained policy", logp), ("OOD mass 99%, on one trajectory", one_ood),
+                                  ("OOD mass 1%", little_ood)]):
+    p = lp.exp()
     value = preference_loss(lp[chosen], lp[rejected], ref_logp[chosen], ref_logp[rejected], beta=0.1, loss="dpo")
     ax.bar(range(mdp.n_trajectories), p, color=["tab:blue" if i in (int(chosen), int(rejected)) else "0.6"
                                                 for i in range(mdp.n_trajectories)])
@@ -266,8 +261,9 @@ display(live_plot(update_sharing, [kind, hidden, lr], setup=setup_sharing, figsi
 # |---|---|
 # | `LOSSES` | the registry of g: `{"dpo": dpo_g, "ipo": ipo_g, "slic": slic_g}` |
 # | Δ = log π − log ref | the per-trajectory log-ratios the loss reads |
-# | Q | data matrix: one row per preference, +1 at chosen, −1 at rejected; h = Q·Δ |
-# | rank / null space | directions Q sees / directions it cannot see (changes the loss ignores) |
+# | Q | data matrix: one row per preference, +1 at chosen, −1 at rejected; h = Q·Δ (`theory.query_matrix`) |
+# | rank / null space | directions Q sees / directions it cannot see (`theory.query_rank`, `theory.null_space`) |
+# | `theory.with_ood_mass` | a null-space move: the same policy with any OOD mass, every loss unchanged |
 # | `preference_h` | the margin h from the four log-probs |
 # | parameter sharing | one weight affects many states (RNN); none in `TabularPolicy` |
 # | total variation (TV) | ½ Σ\|p − q\|, here between next-action distributions |

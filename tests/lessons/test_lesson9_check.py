@@ -41,7 +41,12 @@ def with_numpy(h_chosen, h_rejected):
     return np.dot(plus, minus) - np.linalg.norm(plus) ** 2
 
 
-@pytest.mark.parametrize("answer", [reference, with_loops, with_numpy])
+def rearranged(h_chosen, h_rejected):
+    plus = h_chosen.sum(dim=0)
+    return -(plus * (plus - h_rejected.sum(dim=0))).sum(dim=-1, keepdim=True)  # -<plus, plus - minus>, shape [1]
+
+
+@pytest.mark.parametrize("answer", [reference, with_loops, with_numpy, rearranged])
 def test_right_answers_are_correct(answer):
     result = check_ches_score(answer)
     assert result.outcome is Outcome.CORRECT, result
@@ -54,6 +59,8 @@ def test_right_answers_are_correct(answer):
     (lambda hp, hm: -reference(hp, hm), "sign is flipped"),
     (lambda hp, hm: hp.sum(0) * hm.sum(0) - hp.sum(0) * hp.sum(0), "one number"),
     (lambda hp, hm: (hp * hp).sum() + 1.0, "expected"),
+    (lambda hp, hm: hp.sum(0) @ hm.sum(0) - torch.linalg.norm(hp.sum(0)), "expected"),  # the norm not squared
+    (lambda hp, hm: hp.sum(0) @ hm.sum(0) - hm.sum(0) @ hm.sum(0), "swapped"),  # centred on the rejected answer
     (lambda hp, hm: hp[0] @ hm[0] - undefined_name, "raised NameError"),  # noqa: F821
 ])
 def test_wrong_answers_say_why(answer, says):
