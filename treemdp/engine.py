@@ -132,25 +132,30 @@ class Measurement:
     """One per-step quantity: ``fn(logp [S, R, T] float64, ctx) -> [S, R]``.
 
     With ``columns`` (a function of the context giving K names) it is a family of quantities:
-    ``fn`` returns [S, R, K] and each name becomes a column.
+    ``fn`` returns [S, R, K] and each name becomes a column. ``default`` measurements are recorded
+    by every phase (columns of every ``metrics.csv``); the others only where a caller names them
+    (the over-optimization lab's gold reward, which needs a gold reward in ``ctx.extra``).
     """
 
     name: str
     fn: Callable[[torch.Tensor, RunContext], torch.Tensor]
     doc: str
     columns: Optional[Callable[[RunContext], list[str]]] = None
+    default: bool = True
 
 
 #: name -> Measurement, in column order of ``metrics.csv``. Add one with :func:`register_measurement`.
 MEASUREMENTS: dict[str, Measurement] = {}
 
 
-def register_measurement(name: str, doc: str, *, columns: Optional[Callable[[RunContext], list[str]]] = None):
+def register_measurement(name: str, doc: str, *, columns: Optional[Callable[[RunContext], list[str]]] = None,
+                         default: bool = True):
     """Register ``fn(logp, ctx) -> [S, R]`` under ``name`` (a decorator); it becomes a metrics column.
 
     ``logp`` is a block of S steps of R runs' exact trajectory log-probs, float64 [S, R, T]; ``ctx``
     the :class:`RunContext` (``ctx.ref_logp`` is None during SFT: return NaN then if you need it).
     With ``columns``, ``fn`` returns [S, R, K] for the K column names ``columns(ctx)``.
+    ``default=False``: recorded only by phases that name it (``PhaseRecord(measurements=...)``).
 
     Example (the mass on trajectories that start with action 0)::
 
@@ -160,14 +165,45 @@ def register_measurement(name: str, doc: str, *, columns: Optional[Callable[[Run
             return logp[..., : ctx.mdp.n_trajectories // b].exp().sum(-1)
     """
     def add(fn):
-        MEASUREMENTS[name] = Measurement(name, fn, doc, columns)
+        MEASUREMENTS[name] = Measurement(name, fn, doc, columns, default)
         return fn
     return add
 
 
+def default_measurements() -> list[str]:
+    """The measurements every phase records unless told otherwise."""
+    return [name for name, m in MEASUREMENTS.items() if m.default]
+
+
+_block: dict = {}  # what the measurements of the current block share: its log-probs, their exp, the log-ratio
+
+
+def _block_cache(logp: torch.Tensor) -> dict:
+    if _block.get("logp") is not logp:
+        _block.clear()
+        _block["logp"] = logp
+    return _block
+
+
+def block_probs(logp: torch.Tensor) -> torch.Tensor:
+    """``logp.exp()``, computed once per block however many measurements ask for it."""
+    cache = _block_cache(logp)
+    if "probs" not in cache:
+        cache["probs"] = logp.exp()
+    return cache["probs"]
+
+
+def block_log_ratio(logp: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+    """``log pi - log ref`` [S, R, T], once per block (``ctx.ref_logp`` must exist)."""
+    cache = _block_cache(logp)
+    if "log_ratio" not in cache:
+        cache["log_ratio"] = logp - ctx.ref_logp.to(logp.device, logp.dtype)
+    return cache["log_ratio"]
+
+
 @register_measurement("ood_mass", "probability of the trajectories outside the data (see in_distribution)")
 def _ood_mass(logp, ctx):
-    return (logp.exp() * (~ctx.in_distribution).to(logp.dtype)).sum(-1)
+    return (block_probs(logp) * (~ctx.in_distribution).to(logp.dtype)).sum(-1)
 
 
 @register_measurement("chosen_prob", "pi(y_w), the mean over the preferences of the chosen answer's probability")
@@ -189,12 +225,12 @@ def _in_distribution_mass(logp, ctx):
 def _kl_to_reference(logp, ctx):
     if ctx.ref_logp is None:
         return logp.new_full(logp.shape[:-1], math.nan)
-    return (logp.exp() * (logp - ctx.ref_logp.to(logp.dtype))).sum(-1)
+    return (block_probs(logp) * block_log_ratio(logp, ctx)).sum(-1)
 
 
 @register_measurement("entropy", "entropy of the trajectory distribution, nats")
 def _entropy(logp, ctx):
-    return -(logp.exp() * logp).sum(-1)
+    return -(block_probs(logp) * logp).sum(-1)
 
 
 # ----- the recorder ------------------------------------------------------------------------------
@@ -210,14 +246,17 @@ class PhaseRecord:
     Measurements are evaluated a block of steps at a time as the phase runs. Small trees
     (<= ``history_limit`` trajectories) keep every logged step's probabilities [L, R, T]; larger
     ones keep the in-distribution and the top-10 OOD trajectories of each run per logged step.
-    The log-probs at each run's peak OOD mass (over every step) are kept too.
+    The log-probs at each run's peak OOD mass (over every step) are kept too, unless
+    ``track_peak`` is False (phases whose "log-probs" are a reward model's scores).
+    ``measurements`` names the per-step columns (default: :func:`default_measurements`).
     """
 
     def __init__(self, name: str, steps: int, ctx: RunContext, *, log_every: int, history_limit: int,
                  keep_history: bool = True, measurements: Optional[Sequence[str]] = None,
-                 on_log: Optional[Callable[[int, torch.Tensor], None]] = None):
+                 on_log: Optional[Callable[[int, torch.Tensor], None]] = None, track_peak: bool = True):
         self.name, self.steps, self.ctx, self.log_every = name, steps, ctx, log_every
-        self.measurements = [MEASUREMENTS[m] for m in (measurements or MEASUREMENTS)]
+        self.measurements = [MEASUREMENTS[m] for m in (default_measurements() if measurements is None else measurements)]
+        self.track_peak = track_peak
         R, T = ctx.in_distribution.shape
         self.R, self.T = R, T
         self.small = T <= history_limit
@@ -264,8 +303,15 @@ class PhaseRecord:
         logp = block.double()
         for m in self.measurements:
             self.values[m.name].append(m.fn(logp, self.ctx).cpu())  # [S, R]
+        if self.track_peak:
+            self._track_peak(logp, block, steps)
+        _block.clear()  # release the block's probabilities
+        self._check_finite(block, steps)
+        self._log(block, steps)
+
+    def _track_peak(self, logp: torch.Tensor, block: torch.Tensor, steps: list[int]) -> None:
+        """The peak OOD mass of each run over every step, with its log-probs."""
         ood = self.values["ood_mass"][-1] if "ood_mass" in self.values else _ood_mass(logp, self.ctx).cpu()
-        # the peak OOD mass of each run over every step, with its log-probs
         best, where = ood.max(0)  # [R]
         better = best > self.peak_ood
         if better.any():
@@ -274,7 +320,9 @@ class PhaseRecord:
             if self.peak_logp is not None:
                 rows = better.nonzero().squeeze(1)
                 self.peak_logp[rows] = block[where[rows], rows.to(block.device)].float().cpu()
-        # divergence: a non-finite loss, or non-finite probabilities at a logged step
+
+    def _check_finite(self, block: torch.Tensor, steps: list[int]) -> None:
+        """Divergence: a non-finite loss, or non-finite probabilities at a logged step."""
         loss = torch.stack(self.loss[-len(steps):]).double().cpu()  # [S, R]
         logged = torch.tensor([self.is_logged(step) for step in steps])[:, None]
         bad = ~torch.isfinite(loss) | (~torch.isfinite(block).all(-1).cpu() & logged)  # [S, R]
@@ -285,6 +333,8 @@ class PhaseRecord:
                         f"{self.name} step {steps[s]}: the loss became {float(loss[s, r])} "
                         "(learning rate too high for this optimiser?); stopped" if not math.isfinite(loss[s, r])
                         else f"{self.name} step {steps[s]}: the policy's probabilities became NaN/inf; stopped")
+
+    def _log(self, block: torch.Tensor, steps: list[int]) -> None:
         for s, step in enumerate(steps):
             if not self.is_logged(step):
                 continue
@@ -407,13 +457,106 @@ def sft_loss(ctx: RunContext) -> Callable[[torch.Tensor, int], torch.Tensor]:
     return loss
 
 
+# ----- minibatches over preference pairs ---------------------------------------------------------
+class PairSchedule:
+    """Which preference pairs each run sees at each step: minibatches without replacement, epoch
+    after epoch (the paper trains one epoch of minibatches; the full batch is the default).
+
+    Run r has ``n_r`` pairs and batch size ``b_r = min(batch_size, n_r)`` (``batch_size`` 0: every
+    pair at every step). Each epoch is a fresh permutation of the run's pairs drawn from the run's
+    own generator (seeded by ``seeds[r]``, so a run's minibatches do not depend on the other runs
+    of its batch), cut into ``ceil(n_r / b_r)`` consecutive minibatches (the last may be smaller).
+    Step s uses minibatch ``s mod spe_r`` of epoch ``s // spe_r``, with ``spe_r`` the steps per epoch.
+
+    Args:
+        n_pairs: pairs per run, [R].
+        batch_size: pairs per step (0: all).
+        seeds: one seed per run.
+    """
+
+    CHUNK = 64  # steps of indices built at a time
+
+    def __init__(self, n_pairs: Sequence[int], batch_size: int, seeds: Sequence[int], *, device="cpu"):
+        self.n = torch.as_tensor(list(n_pairs), dtype=torch.long)
+        if (self.n < 1).any():
+            raise UserError("every run needs at least one preference pair")
+        self.b = self.n.clone() if batch_size <= 0 else torch.clamp(self.n, max=int(batch_size))
+        self.steps_per_epoch = (self.n + self.b - 1) // self.b  # [R]
+        self.full = bool((self.b == self.n).all())
+        self.width = int(self.b.max())
+        self.device = torch.device(device)
+        self._generators = []
+        for seed in seeds:
+            g = torch.Generator()
+            g.manual_seed(int(seed))
+            self._generators.append(g)
+        self._perm: list[Optional[torch.Tensor]] = [None] * len(self.n)
+        self._perm_epoch = [-1] * len(self.n)
+        self._chunk_start = -1
+        self._chunk: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        arange = torch.arange(self.width)
+        self._full_batch = (arange.expand(len(self.n), -1).to(self.device),
+                            (arange[None, :] < self.n[:, None]).to(self.device))
+
+    def epochs_done(self, step: int) -> torch.Tensor:
+        """Epochs completed before ``step`` (fractional), float64 [R]."""
+        return step / self.steps_per_epoch.double()
+
+    def _permutation(self, r: int, epoch: int) -> torch.Tensor:
+        while self._perm_epoch[r] < epoch:  # epochs are drawn in order, so the stream is fixed by the seed
+            self._perm[r] = torch.randperm(int(self.n[r]), generator=self._generators[r])
+            self._perm_epoch[r] += 1
+        return self._perm[r]
+
+    def _build(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        R, K = len(self.n), self.CHUNK
+        index = torch.zeros(K, R, self.width, dtype=torch.long)
+        mask = torch.zeros(K, R, self.width, dtype=torch.bool)
+        for r in range(R):
+            n, b, spe = int(self.n[r]), int(self.b[r]), int(self.steps_per_epoch[r])
+            if b == n:  # full batch for this run: order does not matter
+                index[:, r, :n] = torch.arange(n)
+                mask[:, r, :n] = True
+                continue
+            for k in range(K):
+                epoch, part = divmod(start + k, spe)
+                chunk = self._permutation(r, epoch)[part * b:(part + 1) * b]
+                index[k, r, :len(chunk)] = chunk
+                mask[k, r, :len(chunk)] = True
+        return index.to(self.device), mask.to(self.device)
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(index [R, W], mask [R, W])``: row r's pairs at ``step`` (indices into its pair list)."""
+        if self.full:
+            return self._full_batch
+        start = step - step % self.CHUNK
+        if start != self._chunk_start:
+            self._chunk, self._chunk_start = self._build(start), start
+        index, mask = self._chunk
+        return index[step - start], mask[step - start]
+
+
+def pair_picker(ctx: RunContext, schedule: Optional[PairSchedule]
+                ) -> Callable[[int], tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+    """``pick(step) -> (chosen [R, B], rejected [R, B], mask [R, B] or None)``: the trajectory rows
+    of the pairs a step uses (every pair without a schedule) and which entries are real."""
+    if schedule is None:
+        every = (ctx.chosen, ctx.rejected, full_or_none(ctx.pair_mask))
+        return lambda step: every
+
+    def pick(step):
+        index, mask = schedule(step)
+        return ctx.chosen.gather(1, index), ctx.rejected.gather(1, index), mask
+    return pick
+
+
 DaaHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
                    tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def daa_loss(ctx: RunContext, objectives: Sequence[Any], beta: torch.Tensor, *,
-             lengths: Optional[torch.Tensor] = None, hook: Optional[DaaHook] = None
-             ) -> Callable[[torch.Tensor, int], torch.Tensor]:
+             lengths: Optional[torch.Tensor] = None, hook: Optional[DaaHook] = None,
+             schedule: Optional[PairSchedule] = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """Paper eq. 4 per run, the mean over its preferences of ``objective(batch, beta)``.
 
     Args:
@@ -424,6 +567,7 @@ def daa_loss(ctx: RunContext, objectives: Sequence[Any], beta: torch.Tensor, *,
         lengths: trajectory lengths in tokens, broadcastable to [R, P] (default: the depth).
         hook: ``hook(step, logp, ref_logp, chosen, rejected) -> (ref_logp, chosen, rejected)``
             replaces the loss's inputs (the bug-hunt assignment plants its bugs here).
+        schedule: minibatches of pairs (:class:`PairSchedule`); None: every pair at every step.
     """
     from .losses import PreferenceBatch
     groups: dict[str, list[int]] = {}
@@ -436,29 +580,68 @@ def daa_loss(ctx: RunContext, objectives: Sequence[Any], beta: torch.Tensor, *,
     inverse = torch.argsort(torch.cat(list(index.values()))) if len(groups) > 1 else None
     if lengths is None:
         lengths = torch.full((1, 1), ctx.mdp.depth, dtype=torch.long, device=device)
-    lengths = lengths.expand(ctx.chosen.shape)  # [R, P]: the log-probs' shape (no broadcast check per step)
-    mask = full_or_none(ctx.pair_mask)
+    pick = pair_picker(ctx, schedule)
 
     def loss(logp, step):
-        ref, chosen, rejected = ctx.ref_logp, ctx.chosen, ctx.rejected
+        chosen, rejected, mask = pick(step)
+        ref = ctx.ref_logp
         if hook is not None:
             ref, chosen, rejected = hook(step, logp, ref, chosen, rejected)
         pi_w, pi_l = logp.gather(1, chosen), logp.gather(1, rejected)  # [R, P]
         ref_w, ref_l = ref.gather(1, chosen), ref.gather(1, rejected)
+        length = lengths.expand(pi_w.shape)  # a view: the objectives see [R, P] as the log-probs
         if inverse is None:
             (spec,) = groups
-            batch = PreferenceBatch(pi_w, pi_l, ref_w, ref_l, lengths, lengths)
+            batch = PreferenceBatch(pi_w, pi_l, ref_w, ref_l, length, length)
             per_pair = by_spec[spec](batch, beta)
         else:
             parts = []
             for spec, rows in index.items():
-                batch = PreferenceBatch(pi_w[rows], pi_l[rows], ref_w[rows], ref_l[rows], lengths[rows], lengths[rows])
+                batch = PreferenceBatch(pi_w[rows], pi_l[rows], ref_w[rows], ref_l[rows], length[rows], length[rows])
                 parts.append(by_spec[spec](batch, beta[rows]))
             per_pair = torch.cat(parts)[inverse]
         return masked_mean(per_pair, mask)  # [R]
     return loss
 
 
-__all__ = ["OPTIMIZERS", "MEASUREMENTS", "Measurement", "register_measurement", "RunContext", "Phase",
-           "PhaseRecord", "run_phase", "sft_loss", "daa_loss", "make_optimizer", "stack_parameters",
-           "load_row", "masked_mean", "gather_runs"]
+def bradley_terry_loss(ctx: RunContext, schedule: Optional[PairSchedule] = None
+                       ) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """Reward-model fit: each run's mean ``-log sigmoid(r(y_w) - r(y_l))`` over its pairs.
+
+    The phase's "policy" is a scorer whose ``stacked_log_probs`` are rewards r(y) [R, T]
+    (Bradley-Terry, as in Ouyang et al. 2022 and Gao et al. 2023; shift-invariant in r).
+    """
+    pick = pair_picker(ctx, schedule)
+
+    def loss(reward, step):
+        chosen, rejected, mask = pick(step)
+        margin = reward.gather(1, chosen) - reward.gather(1, rejected)  # [R, B]
+        return masked_mean(-torch.nn.functional.logsigmoid(margin), mask)  # [R]
+    return loss
+
+
+def kl_regularised_loss(ctx: RunContext, reward: torch.Tensor, beta: torch.Tensor
+                        ) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """Classical RLHF without sampling: ``-(E_pi[r] - beta * KL(pi || ref))`` per run, exact.
+
+    Both terms are sums over every trajectory, so autograd gives the exact policy gradient (the
+    infinite-sample limit of PPO-style RLHF). For a policy that can represent any distribution
+    the optimum is ``ref * exp(r / beta) / Z``.
+
+    Args:
+        ctx: ``ctx.ref_logp`` [R, T] is the frozen reference.
+        reward: the reward model's r(y), [R, T] (constant).
+        beta: [R, 1].
+    """
+    reward = reward.detach()
+
+    def loss(logp, step):
+        p = logp.exp()
+        return -(p * (reward - beta * (logp - ctx.ref_logp))).sum(-1)  # [R]
+    return loss
+
+
+__all__ = ["OPTIMIZERS", "MEASUREMENTS", "Measurement", "register_measurement", "default_measurements",
+           "RunContext", "Phase", "PhaseRecord", "run_phase", "sft_loss", "daa_loss", "bradley_terry_loss",
+           "kl_regularised_loss", "PairSchedule", "make_optimizer", "stack_parameters", "load_row",
+           "masked_mean", "gather_runs", "block_probs", "block_log_ratio"]

@@ -2,7 +2,8 @@
 
 ``reproduce`` runs four sweeps (the paper grid, the sensitivity atlas, the optimiser and the
 policy controls) into ``--runs`` (resumable: finished runs are kept), then draws every figure of
-:mod:`treemdp.figures` into ``--out``. The settings of every experiment are pinned here, not
+:mod:`treemdp.figures` into ``--out``; then the over-optimization lab's grids
+(:mod:`treemdp.lab.experiments`) into ``--runs``/lab and its figures into ``--out``/lab. The settings of every experiment are pinned here, not
 taken from ``TrainConfig``'s defaults, so a change of defaults cannot silently change the
 committed figures.
 """
@@ -131,6 +132,8 @@ def run_reproduce(out: str | Path = "figures", *, runs: str | Path | None = None
     # small experiments, plus the paper sweep above; settings pinned in treemdp.phenomena.figures.
     from .phenomena.figures import draw_all as draw_phenomena
     made += draw_phenomena(paper, out, quick=quick, progress=progress)
+    from .lab.experiments import run_lab_reproduce  # the over-optimization lab: figures/lab/
+    made += run_lab_reproduce(out / "lab", runs / "lab", quick=quick, workers=workers, progress=progress)
     if progress:
         total = time.perf_counter() - started
         n_runs = sum(len(job.configs) for job in jobs)

@@ -64,9 +64,10 @@ def grid(base: TrainConfig | None = None, **axes: Sequence) -> list[TrainConfig]
     """Every combination of the given values of TrainConfig fields, validated.
 
     Example: ``grid(loss=["dpo", "ipo"], beta=[0.1, 0.5], seed=range(3))`` gives 12 configs.
+    ``base`` may be any settings dataclass with ``validate()`` (the lab's LabConfig too).
     """
     base = base or TrainConfig()
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {f.name for f in dataclasses.fields(base)}
     unknown = sorted(set(axes) - known)
     if unknown:
         raise UserError(f"unknown setting(s): {', '.join(unknown)}")

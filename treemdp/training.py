@@ -367,17 +367,31 @@ def run_context(mdp: TreeMDP, datasets: Sequence[Dataset], in_distribution: str 
 
     ``in_distribution``: see :func:`treemdp.exact.in_distribution_mask`."""
     rows = lambda seqs: mdp.trajectory_index(seqs) if len(seqs) else torch.zeros(0, dtype=torch.long)  # noqa: E731
-    demos, demo_mask = _pad_rows([rows(d.demonstrations) for d in datasets])
-    chosen, pair_mask = _pad_rows([rows(d.chosen()) if d.preferences else torch.zeros(0, dtype=torch.long)
-                                   for d in datasets])
-    rejected, _ = _pad_rows([rows(d.rejected()) if d.preferences else torch.zeros(0, dtype=torch.long)
-                             for d in datasets])
     masks = {}
     for d in datasets:  # one mask per distinct dataset
         if id(d) not in masks:
             masks[id(d)] = in_distribution_mask(mdp, d, in_distribution)
-    in_dist = torch.stack([masks[id(d)] for d in datasets])
-    return RunContext(mdp, in_dist, demos, demo_mask, chosen, rejected, pair_mask)
+    return context_from_rows(mdp, [rows(d.demonstrations) for d in datasets],
+                             [rows(d.chosen()) if d.preferences else rows([]) for d in datasets],
+                             [rows(d.rejected()) if d.preferences else rows([]) for d in datasets],
+                             in_distribution=torch.stack([masks[id(d)] for d in datasets]))
+
+
+def context_from_rows(mdp: TreeMDP, demonstrations: Sequence[torch.Tensor], chosen: Sequence[torch.Tensor],
+                      rejected: Sequence[torch.Tensor], *, in_distribution: Optional[torch.Tensor] = None) -> RunContext:
+    """:func:`run_context` from trajectory rows (one LongTensor per run each), already validated.
+
+    ``in_distribution``: bool [R, T]; default: the demonstrations and both sides of every pair
+    (:func:`treemdp.exact.in_distribution_mask`'s ``"data"``).
+    """
+    demos, demo_mask = _pad_rows(list(demonstrations))
+    chosen_rows, pair_mask = _pad_rows(list(chosen))
+    rejected_rows, _ = _pad_rows(list(rejected))
+    if in_distribution is None:
+        in_distribution = torch.zeros(len(demos), mdp.n_trajectories, dtype=torch.bool)
+        for r, parts in enumerate(zip(demonstrations, chosen, rejected)):
+            in_distribution[r, torch.cat([torch.as_tensor(p, dtype=torch.long).reshape(-1) for p in parts])] = True
+    return RunContext(mdp, in_distribution, demos, demo_mask, chosen_rows, rejected_rows, pair_mask)
 
 
 # ----- training ----------------------------------------------------------------------------------
@@ -535,4 +549,4 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,
 
 
 __all__ = ["TrainConfig", "RunResult", "TrainingDiverged", "train", "train_batch", "resolve_dataset",
-           "summarize", "shape_key", "PER_RUN_FIELDS", "OPTIMIZERS", "run_context", "loss_spec"]
+           "summarize", "shape_key", "PER_RUN_FIELDS", "OPTIMIZERS", "run_context", "context_from_rows", "loss_spec"]

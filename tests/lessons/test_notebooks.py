@@ -17,8 +17,8 @@ SECONDS_PER_LESSON = {"default": 60, "07_llm_track": 110}
 MOVE_SECONDS = 0.6  # CPU seconds; the browser test measures the latency a user sees
 
 
-def test_there_are_eight_lessons_and_three_assignments():
-    assert [p.name[:2] for p in LESSON_FILES] == ["01", "02", "03", "04", "05", "06", "07", "09"]
+def test_there_are_nine_lessons_and_three_assignments():
+    assert [p.name[:2] for p in LESSON_FILES] == ["01", "02", "03", "04", "05", "06", "07", "08", "09"]
     assert len(SOLUTION_FILES) >= 3
     assert sorted(p.name for p in (LESSONS / "assignments").glob("a*.ipynb")) == [p.name for p in SOLUTION_FILES]
 

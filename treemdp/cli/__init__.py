@@ -18,7 +18,7 @@ from ..errors import UserError
 
 #: Modules that register commands, in the order ``treemdp --help`` lists them.
 COMMAND_MODULES = ("treemdp.cli.train", "treemdp.cli.sweep", "treemdp.cli.losses", "treemdp.cli.explain",
-                   "treemdp.cli.grade", "treemdp.cli.lessons", "treemdp.cli.llm")
+                   "treemdp.cli.lab", "treemdp.cli.grade", "treemdp.cli.lessons", "treemdp.cli.llm")
 
 
 class Parser(argparse.ArgumentParser):

@@ -10,8 +10,9 @@ nothing is put into the notebook's namespace; a notebook cell shows the Result i
     hint("a1.dpo_g")          # first hint; hint("a1.dpo_g", 2) for the next
 
 Assignments: a1 the losses (:mod:`.losses`), a2 exact enumeration (:mod:`.enumeration`),
-a3 a silent-bug hunt (:mod:`.bugs`); lesson 9's CHES exercise (:mod:`.displacement`). ``treemdp grade`` runs a notebook and calls
-:func:`check_namespace` on what it defined.
+a3 a silent-bug hunt (:mod:`.bugs`); lesson 8's exact best-of-n KL (:mod:`.lab`); lesson 9's CHES
+exercise (:mod:`.displacement`). ``treemdp grade`` runs a notebook and calls :func:`check_namespace`
+on what it defined.
 """
 
 from .bugs import BUGS, VARIANTS, check_diagnosis, check_sanity_check, mystery_train
@@ -19,6 +20,7 @@ from .core import (EXERCISES, Exercise, Outcome, Result, assignment_exercises, c
                    get_exercise, hint)
 from .displacement import check_ches_score
 from .enumeration import check_enumerate_log_probs, check_ood_mass, check_sequence_log_prob
+from .lab import check_bon_kl
 from .losses import check_dpo_g, check_ipo_g, check_preference_loss, check_slic_g
 
 __all__ = [
@@ -26,4 +28,5 @@ __all__ = [
     "check_namespace", "check_dpo_g", "check_ipo_g", "check_slic_g", "check_preference_loss",
     "check_sequence_log_prob", "check_enumerate_log_probs", "check_ood_mass",
     "check_diagnosis", "check_sanity_check", "mystery_train", "BUGS", "VARIANTS", "check_ches_score",
+    "check_bon_kl",
 ]

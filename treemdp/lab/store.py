@@ -1,0 +1,259 @@
+"""Lab run folders: write each finished run atomically, resume an interrupted grid, load tidy tables.
+
+Layout of a grid folder (``treemdp lab run|bon --out DIR``)::
+
+    DIR/results.csv             one row per finished run: its name, every setting, its summary
+    DIR/<run>/config.json       every LabConfig field (the run reruns exactly from it)
+    DIR/<run>/summary.json      peak / final gains, KL, frontier at the final KL, ...
+    DIR/<run>/curve.csv         one row per logged step (daa, rlhf) or per (proxy, n) (bon); or .parquet
+    DIR/<run>/frontier.csv      the gold and win-rate frontiers of the run's reference
+    DIR/<run>/data.json         its demonstrations and pairs (the --data format)
+
+Each run folder is written into a hidden sibling and renamed into place; ``results.csv`` is
+rewritten after every batch. Rerunning the same command skips finished runs, so an interrupt
+loses at most the batches in flight. :func:`load_lab` reads one or more grid folders back as
+pandas frames (curves with the run's settings as columns).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pandas as pd
+
+from ..errors import UserError
+from ..runs import atomic_directory, check_writable
+from .config import IGNORED, LabConfig
+from .runner import BON_COLUMNS, STEP_COLUMNS, LabResult, _work, plan_batches, run_batch, run_lab
+
+RESULTS = "results.csv"
+#: Below this many run-steps a grid runs in this process (starting workers costs seconds).
+PARALLEL_WORK = 50_000
+FORMATS = ("csv", "parquet")
+#: Settings copied onto every curve row by :func:`load_lab` (with ``run``).
+CURVE_KEYS = ("method", "loss", "beta", "pairs", "seed", "hidden_size", "policy", "gold", "batch_size", "lr",
+              "label_temperature", "pair_source", "rm", "tree")
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "-".join(map(str, value))
+    return str(value)
+
+
+def run_names(configs: Sequence[LabConfig]) -> list[str]:
+    """A folder name per run: ``method=daa,loss=dpo,beta=0.1,pairs=64,seed=3`` plus every other
+    setting that varies in the grid (loss only for DAA runs, beta not for best-of-n)."""
+    dicts = [c.to_dict() for c in configs]
+    always = ("method", "loss", "beta", "pairs", "seed")
+    varying = [k for k in dicts[0] if k not in always and len({json.dumps(d[k]) for d in dicts}) > 1] if dicts else []
+    names = []
+    for d in dicts:
+        keys = [k for k in list(always) + varying if k not in IGNORED[d["method"]]]
+        names.append(",".join(f"{k}={_format(d[k])}" for k in keys).replace(os.sep, "_"))
+    if len(set(names)) != len(names):
+        raise UserError("the grid repeats a run")
+    return names
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=True) + "\n"
+
+
+def write_lab_run(result: LabResult, out_dir: str | Path, *, fmt: str = "csv") -> Path:
+    """Write one :class:`~treemdp.lab.runner.LabResult` into ``out_dir`` (see the module doc)."""
+    with atomic_directory(out_dir) as tmp:
+        (tmp / "config.json").write_text(_json(result.config.to_dict()))
+        (tmp / "data.json").write_text(_json(result.dataset.to_json()))
+        _write_table(result.curve, tmp / "curve", fmt)
+        result.frontier.to_csv(tmp / "frontier.csv", index=False, float_format="%.10g")
+        (tmp / "summary.json").write_text(_json(result.summary))
+    return Path(out_dir)
+
+
+def _write_table(frame: pd.DataFrame, stem: Path, fmt: str) -> None:
+    if fmt == "parquet":
+        frame.to_parquet(stem.with_suffix(".parquet"), index=False)
+    else:
+        frame.to_csv(stem.with_suffix(".csv"), index=False, float_format="%.10g")
+
+
+def _read_table(run_dir: Path) -> pd.DataFrame:
+    if (run_dir / "curve.parquet").is_file():
+        return pd.read_parquet(run_dir / "curve.parquet")
+    return pd.read_csv(run_dir / "curve.csv")
+
+
+def result_row(name: str, config: dict, summary: dict) -> dict:
+    """One row of results.csv: the run's name, every setting, every scalar of its summary."""
+    row = {"run": name, **{k: _format(v) if isinstance(v, list) else v for k, v in config.items()}}
+    row.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})  # loss "" for RLHF, ...
+    return row
+
+
+def _write_results(rows: dict, names: Sequence[str], out: Path) -> None:
+    from ..sweep import _write_csv_atomic
+    frame = pd.DataFrame([result_row(*rows[n]) for n in names if n in rows])
+    _write_csv_atomic(frame, out / RESULTS)
+
+
+def _finished(out: Path, names: Sequence[str], configs: Sequence[LabConfig]) -> tuple[dict, list[int]]:
+    """(rows of runs already finished with the same settings, indices still to do)."""
+    done, todo = {}, []
+    for i, (name, config) in enumerate(zip(names, configs)):
+        run_dir = out / name
+        try:
+            stored = json.loads((run_dir / "config.json").read_text())
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            todo.append(i)
+            continue
+        if stored != config.to_dict():
+            changed = sorted(k for k, v in config.to_dict().items() if stored.get(k) != v)
+            raise UserError(f"{str(run_dir)!r} holds a run with other settings ({', '.join(changed)}); "
+                            "use another --out or remove it")
+        done[name] = (name, stored, summary)
+    return done, todo
+
+
+def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1, fmt: str = "csv",
+              progress: bool = True) -> pd.DataFrame:
+    """Run every config not yet finished in ``out``, write its folder, keep ``results.csv`` current.
+
+    The grid is computed in the stacks of :func:`treemdp.lab.runner.plan_batches` (fixed by the
+    grid), and a stack with an unfinished run is recomputed whole, so a resumed grid, or one
+    split over workers, gives the numbers of an uninterrupted single-process one.
+
+    Args:
+        configs: the grid (e.g. from :func:`grid`).
+        out: the grid folder.
+        workers: processes, each taking whole stacks; grids under :data:`PARALLEL_WORK` run-steps
+            run in this process.
+        fmt: ``csv`` or ``parquet`` (needs pyarrow) for each run's curve.
+        progress: a progress bar.
+
+    Returns:
+        results.csv as a DataFrame, one row per config, in order.
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UserError("--format parquet needs pyarrow (pip install pyarrow); or use --format csv") from None
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"workers must be an integer >= 1, got {workers!r}")
+    configs = [c.validate() for c in configs]
+    names = run_names(configs)
+    out = check_writable(out)
+    out.mkdir(parents=True, exist_ok=True)
+    from ..sweep import _clean_partial
+    _clean_partial(out)
+    rows, todo = _finished(out, names, configs)
+    if rows:
+        _write_results(rows, names, out)
+    unfinished = set(todo)
+    batches = [b for b in plan_batches(configs) if unfinished & set(b)]
+
+    def save(indices: list[int], results: list[LabResult]) -> None:
+        for i, result in zip(indices, results):
+            if names[i] not in rows:
+                write_lab_run(result, out / names[i], fmt=fmt)
+                rows[names[i]] = (names[i], configs[i].to_dict(), result.summary)
+        _write_results(rows, names, out)
+
+    if workers == 1 or sum(_work(configs[i]) for b in batches for i in b) < PARALLEL_WORK:
+        run_lab(configs, progress=progress, batches=batches, on_batch=save)
+    elif batches:
+        _parallel(configs, batches, workers, progress, save)
+    return pd.DataFrame([result_row(*rows[n]) for n in names])
+
+
+def _parallel(configs, batches, workers, progress, save) -> None:
+    """Whole stacks over spawned worker processes (one torch thread each)."""
+    import multiprocessing
+    from tqdm.auto import tqdm
+    with tqdm(total=sum(len(b) for b in batches), disable=not progress, unit="run", desc="lab") as bar, \
+            ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_worker, [configs[i] for i in batch]): batch for batch in batches}
+        for future in as_completed(futures):
+            batch = futures[future]
+            save(batch, future.result())
+            bar.update(len(batch))
+
+
+def _worker(configs: list[LabConfig]) -> list[LabResult]:
+    import torch
+    torch.set_num_threads(1)
+    return run_batch(configs)
+
+
+# ----- reading back ------------------------------------------------------------------------------------
+@dataclass
+class LabTables:
+    """Tidy frames of one or more grid folders.
+
+    Attributes:
+        results: one row per run (results.csv), with ``folder`` and ``dir`` (the run's folder: its identity).
+        curves: one row per (run, logged step) or (run, proxy, n), with the run's settings and ``dir``.
+        frontiers: one row per (run, kind, lambda), with the run's settings and ``dir``.
+    """
+
+    results: pd.DataFrame
+    curves: pd.DataFrame
+    frontiers: pd.DataFrame
+
+
+def load_lab(folders, *, curves: bool = True) -> LabTables:
+    """Read grid folders written by :func:`lab_sweep` (``treemdp lab run|bon``) as tidy DataFrames."""
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    if not folders:
+        raise UserError("no lab folder given")
+    results, curve_parts, frontier_parts = [], [], []
+    for folder in folders:
+        folder = Path(folder)
+        if not (folder / RESULTS).is_file():
+            raise UserError(f"{str(folder)!r} holds no lab results ({RESULTS} missing); run 'treemdp lab run' first")
+        table = pd.read_csv(folder / RESULTS)
+        table["folder"] = str(folder)
+        table["dir"] = [str(folder / name) for name in table["run"]]
+        results.append(table)
+        if not curves:
+            continue
+        for _, row in table.iterrows():
+            keys = {k: row[k] for k in CURVE_KEYS if k in row}
+            run_dir = Path(row["dir"])
+            tag = dict(run=row["run"], folder=str(folder), dir=row["dir"], **keys)
+            curve_parts.append(_read_table(run_dir).assign(**tag))
+            frontier_parts.append(pd.read_csv(run_dir / "frontier.csv").assign(**tag))
+    concat = lambda parts: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()  # noqa: E731
+    results = concat(results)
+    curve_parts = [part.reindex(columns=list(dict.fromkeys([*STEP_COLUMNS, *BON_COLUMNS, *part.columns])))
+                   for part in curve_parts]  # step and best-of-n columns in every frame (NaN where they do not apply)
+    settings = [f.name for f in dataclasses.fields(LabConfig) if f.name in results]
+    keep = ~results.duplicated(settings)  # a run in two folders (the same config) counts once
+    tables = LabTables(results[keep].reset_index(drop=True), concat(curve_parts), concat(frontier_parts))
+    if not keep.all() and curves:
+        kept = set(tables.results["dir"])
+        pick = lambda t: t[t["dir"].isin(kept)].reset_index(drop=True)  # noqa: E731
+        tables.curves, tables.frontiers = pick(tables.curves), pick(tables.frontiers)
+    return tables
+
+
+def grid(base: Optional[LabConfig] = None, **axes: Sequence) -> list[LabConfig]:
+    """Every combination of the given values of LabConfig fields, validated (:func:`treemdp.sweep.grid`);
+    settings a method ignores collapse to one run."""
+    from ..sweep import grid as product
+    return list(dict.fromkeys(product(base or LabConfig(), **axes)))
+
+
+__all__ = ["lab_sweep", "load_lab", "LabTables", "write_lab_run", "run_names", "grid", "RESULTS", "FORMATS"]
