@@ -45,6 +45,7 @@ lessons: $(VENV)/.installed-lessons
 benchmark: $(VENV)/.installed-base
 	$(VENV)/bin/python benchmarks/bench_engine.py
 	$(VENV)/bin/python benchmarks/bench_sweep.py
+	$(VENV)/bin/python benchmarks/bench_lab.py
 
 benchmark-llm: $(VENV)/.installed-test
 	$(VENV)/bin/python benchmarks/bench_llm.py --steps 60 --repeats 3
