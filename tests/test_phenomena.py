@@ -187,8 +187,81 @@ def test_rlhf_optimum_with_a_tabular_reward_never_raises_an_unseen_answer():
             assert value(other) <= value(logp) + 1e-12 and (beta < 1 or value(other) < value(logp))
 
 
+def _rlhf_objective(logp: torch.Tensor, ref: torch.Tensor, reward: torch.Tensor, beta: float) -> float:
+    """E_π[r] − β KL(π‖ref), with π and ref renormalised in float64."""
+    logp, ref = torch.log_softmax(logp.double(), -1), torch.log_softmax(ref.double(), -1)
+    return float((logp.exp() * (reward.double() - beta * (logp - ref))).sum())
+
+
+def test_rlhf_optimum_with_the_lab_gru_reward_is_the_tilted_reference():
+    from treemdp.phenomena import unseen
+    mdp, data = TreeMDP(), paper_dataset()
+    reward = unseen.lab_rewards(mdp, data, "rnn", [0, 1])
+    assert reward.shape == (2, 27) and torch.all(reward[:, 12] > reward[:, 0] + 1)  # fits the pair
+    mask = unseen.unseen_mask(mdp, data)
+    assert float((reward[:, mask] - reward[:, mask].mean(1, keepdim=True)).abs().max()) > 0.1  # it extrapolates
+    g = torch.Generator().manual_seed(2)
+    ref = torch.log_softmax(torch.randn(27, generator=g, dtype=torch.float64), 0)
+    for r in reward:
+        for beta in (0.1, 0.5, 2.0):
+            logp = unseen.rlhf_optimum(ref, r, beta)
+            tilted = ref.exp() * torch.exp(r / beta)
+            assert torch.allclose(logp.exp(), tilted / tilted.sum(), rtol=1e-12, atol=1e-300)
+            assert float(logp.exp().sum()) == pytest.approx(1.0, abs=1e-12)
+            ratios = unseen.unseen_ratios(logp, ref, mask)  # π/ref = exp(r/β)/Z on every unseen answer
+            z = float((ref.exp() * torch.exp(r / beta)).sum())
+            assert torch.allclose(ratios, torch.exp(r[mask] / beta) / z, rtol=1e-10)
+            best = _rlhf_objective(logp, ref, r, beta)  # the maximum: random perturbations do worse
+            for _ in range(5):
+                other = logp + 0.2 * torch.randn(27, generator=g, dtype=torch.float64)
+                assert _rlhf_objective(other, ref, r, beta) < best
+
+
+def test_rlhf_on_the_engine_reaches_the_closed_form_with_a_tabular_policy_and_improves_a_gru():
+    from treemdp.engine import stack_parameters
+    from treemdp.phenomena import unseen
+    mdp, data = TreeMDP(), paper_dataset()
+    reward = unseen.lab_rewards(mdp, data, "rnn", [0, 1])
+    betas = [0.5, 1.0]
+    tabular = [TabularPolicy(mdp, seed=s, init_scale=1.0) for s in (3, 4)]
+    ref, final = unseen.rlhf_on_engine(mdp, data, tabular[0], stack_parameters(tabular), reward, betas,
+                                       steps=800, lr=0.05)
+    for r, beta in enumerate(betas):
+        optimum = unseen.rlhf_optimum(ref[r], reward[r], beta).exp()
+        assert torch.allclose(final[r].exp(), optimum, atol=5e-4)
+        start, end = _rlhf_objective(ref[r], ref[r], reward[r], beta), _rlhf_objective(final[r], ref[r], reward[r], beta)
+        best = _rlhf_objective(optimum.log(), ref[r], reward[r], beta)
+        assert start + 0.5 < end <= best + 1e-9 and best - end < 1e-3
+    gru = [RNNPolicy(mdp, hidden_size=8, seed=s) for s in (3, 4)]
+    ref, final = unseen.rlhf_on_engine(mdp, data, gru[0], stack_parameters(gru), reward, betas, steps=60, lr=1e-2)
+    for r, beta in enumerate(betas):
+        start, end = _rlhf_objective(ref[r], ref[r], reward[r], beta), _rlhf_objective(final[r], ref[r], reward[r], beta)
+        best = _rlhf_objective(unseen.rlhf_optimum(ref[r], reward[r], beta), ref[r], reward[r], beta)
+        assert start + 0.05 < end <= best + 1e-9
+
+
 def test_unseen_experiment_runs_small():
     from treemdp.phenomena import unseen
-    frame = unseen.unseen_experiment(seeds=[0], betas=[0.5], daa_steps=20)
-    assert len(frame) == 3 and frame["max_ratio"].gt(0).all()
-    assert frame.loc[frame["method"].str.startswith("RLHF"), "raised"].eq(0).all()
+    frame = unseen.unseen_experiment(seeds=[0, 1], betas=[0.5], daa_steps=20, rlhf_steps=40)
+    assert list(frame["method"].unique()) == list(unseen.METHODS)
+    assert len(frame) == 2 * len(unseen.METHODS) and frame["max_ratio"].gt(0).all()
+    assert list(frame.columns) == ["method", "beta", "seed", "max_ratio", "raised", "top_unseen", "unseen_mass_ref",
+                                   "unseen_mass"]
+    assert frame.loc[frame["method"] == "RLHF optimum, per-answer r_φ", "raised"].eq(0).all()
+    rlhf = frame[frame["method"].str.startswith("RLHF")]  # every RLHF row starts from the GRU DPO runs' references
+    gru_ref = frame[frame["method"] == "DPO, GRU"].set_index("seed")["unseen_mass_ref"]
+    np.testing.assert_allclose(rlhf["unseen_mass_ref"], gru_ref[rlhf["seed"]].to_numpy(), rtol=1e-5)
+    # the closed-form rows agree with rlhf_optimum on the lab's GRU reward (same seed, same reference)
+    mdp, data = TreeMDP(), paper_dataset()
+    reward = unseen.lab_rewards(mdp, data, "rnn", [0, 1])
+    closed = frame[frame["method"] == "RLHF optimum, GRU r_φ"].set_index("seed")
+    mask = unseen.unseen_mask(mdp, data)
+    from treemdp.exact import trajectory_log_probs
+    from treemdp.training import TrainConfig, train_batch
+    from treemdp.reproduce import PAPER
+    for s in (0, 1):
+        (result,) = train_batch([TrainConfig(**{**PAPER, "daa_steps": 0, "seed": s, "log_every": 1})], keep_history=False)
+        ref = trajectory_log_probs(result.reference).double()
+        ratios = unseen.unseen_ratios(unseen.rlhf_optimum(ref, reward[s], 0.5), ref, mask)
+        assert closed.loc[s, "max_ratio"] == pytest.approx(float(ratios.max()), rel=1e-4)
+        assert closed.loc[s, "raised"] == int((ratios > 1 + 1e-9).sum())

@@ -265,7 +265,7 @@ def _optimise(configs, template, params, ctx: RunContext, rewards, on_work):
 
     Returns the phase's record, its pair schedule (DAA) and the final log-probs [R, T] float64.
     """
-    first, R, device = configs[0], len(configs), ctx.chosen.device
+    first, device = configs[0], ctx.chosen.device
     beta = torch.tensor([c.beta for c in configs], dtype=torch.float32, device=device)[:, None]
     schedule = None
     if first.method == "daa":
@@ -275,12 +275,28 @@ def _optimise(configs, template, params, ctx: RunContext, rewards, on_work):
         loss = daa_loss(ctx, [get_objective(c.loss) for c in configs], beta, schedule=schedule)
     else:
         loss = kl_regularised_loss(ctx, rewards.float().to(device), beta)
-    record = _quiet_record(first.method, first.steps, ctx, LAB_MEASUREMENTS)
-    params = run_phase(template, params, Phase(first.method, first.steps, [c.lr for c in configs], loss),
-                       first.optimizer, record, on_step=lambda n: on_work(n * R))
+    record, final_logp = policy_phase(template, params, ctx, loss, name=first.method, steps=first.steps,
+                                      lrs=[c.lr for c in configs], optimizer=first.optimizer,
+                                      measurements=LAB_MEASUREMENTS, on_work=on_work)
+    return record, schedule, final_logp
+
+
+def policy_phase(template, params: dict, ctx: RunContext, loss, *, name: str, steps: int, lrs: Sequence[float],
+                 optimizer: str = "adam", measurements: Sequence[str] = (),
+                 on_work: Optional[Callable[[int], None]] = None) -> tuple[PhaseRecord, torch.Tensor]:
+    """R stacked policies (``params``, from their references) trained by ``loss`` on the engine.
+
+    Returns the phase's record (``measurements`` at every step, no probabilities kept) and the
+    final log-probs [R, T] float64. The RLHF loss is
+    ``engine.kl_regularised_loss(ctx, r_phi, beta)`` (``ctx.ref_logp`` the references).
+    """
+    R = int(ctx.in_distribution.shape[0])
+    record = _quiet_record(name, steps, ctx, measurements)
+    params = run_phase(template, params, Phase(name, steps, list(lrs), loss), optimizer, record,
+                       on_step=None if on_work is None else (lambda n: on_work(n * R)))
     with torch.no_grad():
         final_logp = template.stacked_log_probs(params).double().cpu()
-    return record, schedule, final_logp
+    return record, final_logp
 
 
 def lab_extras(golds: Sequence[GoldReward], ref_probs: torch.Tensor, betas: Sequence[float]) -> dict:
@@ -301,17 +317,37 @@ def _fit_reward_models(configs, mdp, device, ctx, chosen, rejected, on_work) -> 
     keys, rm_of_run = _unique([(c.seed, c.demos, c.demo_temperature, c.gold, c.gold_seed, c.sft_lr, c.pair_source,
                                 c.label_temperature, c.pairs, c.rm_lr) for c in configs])
     rows = [int((rm_of_run == v).nonzero()[0]) for v in range(len(keys))]  # a run of each reward model
-    build = lambda seed: make_scorer(mdp, first.rm, seed=seed, hidden_size=first.rm_hidden_size, cell=first.cell)  # noqa: E731
-    template = build(0).to(device)
-    params = {n: p.to(device) for n, p in stack_parameters([build(_rm_seed(configs[r].seed)) for r in rows]).items()}
-    rm_ctx = context_from_rows(mdp, [ctx.demonstrations[r, :1].cpu() for r in rows], [chosen[r] for r in rows],
-                               [rejected[r] for r in rows]).to(device)
-    params = run_phase(template, params, Phase("rm", first.rm_steps, [k[-1] for k in keys], bradley_terry_loss(rm_ctx)),
-                       first.optimizer, _quiet_record("rm", first.rm_steps, rm_ctx),
-                       on_step=lambda n: on_work(n * len(keys)))
-    with torch.no_grad():
-        reward = template.stacked_log_probs(params).double().cpu()  # [V, T]
+    reward = fit_reward_models(mdp, first.rm, [chosen[r] for r in rows], [rejected[r] for r in rows],
+                               seeds=[_rm_seed(configs[r].seed) for r in rows], lrs=[k[-1] for k in keys],
+                               steps=first.rm_steps, optimizer=first.optimizer, hidden_size=first.rm_hidden_size,
+                               cell=first.cell, device=device, on_work=on_work,
+                               demonstrations=[ctx.demonstrations[r, :1].cpu() for r in rows])  # [V, T]
     return reward[rm_of_run]
+
+
+def fit_reward_models(mdp: TreeMDP, kind: str, chosen: Sequence[torch.Tensor], rejected: Sequence[torch.Tensor], *,
+                      seeds: Sequence[int], lrs: Sequence[float], steps: int, optimizer: str = "adam",
+                      hidden_size: int = 16, cell: str = "gru", device="cpu",
+                      on_work: Optional[Callable[[int], None]] = None,
+                      demonstrations: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+    """V Bradley-Terry reward models fit as one stack on the engine: r_phi [V, T] float64.
+
+    Model v is ``make_scorer(mdp, kind, seed=seeds[v], ...)`` trained for ``steps`` full-batch
+    steps of ``engine.bradley_terry_loss`` on its pairs (``chosen[v]``, ``rejected[v]``: trajectory
+    rows) at ``lrs[v]``. ``demonstrations`` only set the runs' in-distribution masks, which the fit
+    does not read (default: each model's first chosen answer).
+    """
+    build = lambda seed: make_scorer(mdp, kind, seed=seed, hidden_size=hidden_size, cell=cell)  # noqa: E731
+    template = build(0).to(device)
+    params = {n: p.to(device) for n, p in stack_parameters([build(int(s)) for s in seeds]).items()}
+    if demonstrations is None:
+        demonstrations = [torch.as_tensor(c, dtype=torch.long)[:1] for c in chosen]
+    rm_ctx = context_from_rows(mdp, list(demonstrations), list(chosen), list(rejected)).to(device)
+    params = run_phase(template, params, Phase("rm", steps, list(lrs), bradley_terry_loss(rm_ctx)),
+                       optimizer, _quiet_record("rm", steps, rm_ctx),
+                       on_step=None if on_work is None else (lambda n: on_work(n * len(seeds))))
+    with torch.no_grad():
+        return template.stacked_log_probs(params).double().cpu()  # [V, T]
 
 
 # ----- tidy tables -------------------------------------------------------------------------------
@@ -381,4 +417,4 @@ def summarize_lab(config: LabConfig, curve: pd.DataFrame, front: pd.DataFrame, r
 
 
 __all__ = ["LabResult", "run_lab", "run_batch", "plan_batches", "MAX_BATCH", "step_curve", "bon_curve", "summarize_lab", "lab_extras",
-           "STEP_COLUMNS", "BON_COLUMNS"]
+           "fit_reward_models", "policy_phase", "STEP_COLUMNS", "BON_COLUMNS"]

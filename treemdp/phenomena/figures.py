@@ -26,7 +26,7 @@ SIZES = {
     "phen_ipo": (13, 4.8),
     "phen_theory": (16, 4.8),
     "phen_explain": (18, 5.2),
-    "phen_unseen": (13, 4.8),
+    "phen_unseen": (16, 5.4),
 }
 
 
@@ -349,38 +349,46 @@ def figure_explain(paper_folder, out) -> Path:
 # ----- 4. unseen answers ------------------------------------------------------------------------------------
 def figure_unseen(out, plan: PhenPlan = FULL) -> Path:
     """Left: per beta and method, the largest π/ref over the answers no preference mentions (one dot
-    per seed); right: how many unseen answers end above their reference."""
-    from .unseen import unseen_experiment
+    per seed); right: in how many runs some unseen answer ends above its reference. Methods: DPO
+    (GRU, tabular) and RLHF from the GRU runs' references with three reward models (the exact
+    optimum for each; the GRU policy trained on the engine for the GRU reward model)."""
+    from .unseen import METHODS, unseen_experiment
     frame = unseen_experiment(seeds=plan.unseen_seeds, daa_steps=1000 if plan is FULL else 120)
     fig = _figure("phen_unseen")
-    left, right = fig.subplots(1, 2, width_ratios=(1.4, 1))
-    methods = list(dict.fromkeys(frame["method"]))
+    left, right = fig.subplots(1, 2, width_ratios=(1.5, 1))
+    methods = [m for m in METHODS if m in set(frame["method"])]
     betas = sorted(frame["beta"].unique())
-    width = 0.8 / len(methods)
+    width = 0.84 / len(methods)
     for k, method in enumerate(methods):
         for j, beta in enumerate(betas):
             part = frame[(frame["method"] == method) & (frame["beta"] == beta)]
             x = j + (k - (len(methods) - 1) / 2) * width
-            left.scatter(np.full(len(part), x), part["max_ratio"].clip(lower=1e-12), s=14, color=f"C{k}",
+            left.scatter(np.full(len(part), x), part["max_ratio"].clip(lower=1e-12), s=12, color=f"C{k}",
                          label=method if j == 0 else None, alpha=0.8)
             raised = int((part["raised"] > 0).sum())
             right.bar(x, raised / len(part), width=width * 0.95, color=f"C{k}")
-            right.text(x, raised / len(part) + 0.02, f"{raised}/{len(part)}", ha="center", fontsize=7)
+            right.text(x, raised / len(part) + 0.02, f"{raised}/{len(part)}", ha="center", fontsize=6.5)
     for ax in (left, right):
         ax.set_xticks(range(len(betas)), [f"beta={b:g}" for b in betas])
+        for j in range(1, len(betas)):
+            ax.axvline(j - 0.5, color="0.85", lw=0.8)
     left.axhline(1.0, color="0.3", ls="--", lw=1)
     left.set_yscale("log")
-    left.set_ylabel("max over unseen answers of π(y)/ref(y), at the end")
-    left.legend(fontsize=8, loc="lower right")
+    left.set_ylim(bottom=1e-13)
+    left.set_ylabel("max π(y)/ref(y) over unseen answers, at the end (floor 1e-12)")
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3, fontsize=8.5, frameon=False, markerscale=1.5)
     left.set_title("above the dashed line: an answer no preference mentions gained on its reference", fontsize=9)
-    right.set_ylim(0, 1.1)
+    right.set_ylim(0, 1.12)
     right.set_ylabel("runs where some unseen answer rose above ref")
-    right.set_title("how often", fontsize=9)
-    fig.suptitle("Unseen answers (Xu et al. 2024): DPO's solutions raise answers no preference mentions; the "
-                 "KL-regularised RLHF optimum does not", fontsize=11)
-    _foot(fig, f"paper tree and data, DPO from the paper's settings (GRU, or tabular with SFT lr 3e-2), seeds "
-               f"{plan.unseen_seeds[0]}-{plan.unseen_seeds[-1]}; RLHF = ref·exp(r/β)/Z with a per-answer reward "
-               f"fit by L2-regularised Bradley-Terry (interim, until the lab's RLHF lands)")
+    right.set_title("how often (of the seeds)", fontsize=9)
+    fig.suptitle("Unseen answers (Xu et al. 2024): DPO's solutions raise answers no preference mentions; so does "
+                 "KL-regularised RLHF when its reward model extrapolates (the GRU scorer), not with a per-answer one",
+                 fontsize=10.5)
+    _foot(fig, f"paper tree and data, seeds {plan.unseen_seeds[0]}-{plan.unseen_seeds[-1]}; DPO from the paper's "
+               f"settings (GRU, or tabular with SFT lr 3e-2). RLHF from the GRU runs' SFT references: the optimum "
+               f"ref·exp(r_φ/β)/Z with r_φ per answer (L2 Bradley-Terry, λ=0.01, exact),\nthe lab's per-(state, action) "
+               f"scorer or its GRU scorer (Bradley-Terry on the engine, Adam 1e-2 × 300 steps); 'on the engine': the "
+               f"GRU policy trained by kl_regularised_loss, Adam 1e-2 × {1000 if plan is FULL else 120} steps")
     return _save(fig, out)
 
 

@@ -2,33 +2,46 @@
 
 DPO's optima are every policy with the right margins on the pairs (the null space of
 :mod:`treemdp.theory`), so they include policies that put *more* probability than the reference
-on answers no preference mentions. KL-regularised RLHF with a reward model fit on the same pairs
-has one optimum per reward model, the closed form
+on answers no preference mentions ("unseen": neither chosen nor rejected in any pair). Xu et al.
+argue that KL-regularised RLHF does not, because it has one optimum per reward model r_φ fit on the
+same pairs,
 
-    π_RLHF(y) = ref(y) exp(r_φ(y)/β) / Z,       Z = E_ref[exp(r_φ/β)]
+    π_RLHF = argmax_π E_π[r_φ] − β KL(π‖ref),     π_RLHF(y) = ref(y) exp(r_φ(y)/β) / Z,   Z = E_ref[exp(r_φ/β)]
 
-If r_φ is 0 on every answer no pair mentions (a reward model that learns nothing there, like a
-zero-initialised per-answer table with weight decay), every unseen answer gets π/ref = 1/Z, and
-Z ≥ exp(E_ref[r_φ]/β) ≥ 1 whenever E_ref[r_φ] ≥ 0 (Jensen): no unseen answer rises.
+(:func:`rlhf_optimum`), so an unseen answer y rises (π/ref = exp(r_φ(y)/β)/Z > 1) exactly when
+r_φ(y) > β log Z: whether RLHF raises unseen answers is a property of the reward model's
+extrapolation, not of RLHF. If r_φ is 0 on every unseen answer, every unseen answer gets π/ref = 1/Z,
+and Z ≥ exp(E_ref[r_φ]/β) ≥ 1 whenever E_ref[r_φ] ≥ 0 (Jensen): none rises.
 
-**Interim baseline.** The lab's classical-RLHF code (issue 10: reward-model scorers in
-``treemdp.lab.rlhf`` fit with ``engine.bradley_terry_loss``, then ``engine.kl_regularised_loss`` on
-the engine, wired in ``treemdp.lab.runner``) was on branch ``lab``, not on ``main``, when this was
-written. Until it is merged, RLHF here is that closed-form optimum with a tabular per-answer
-reward model fit by :func:`fit_tabular_reward` (L2-regularised Bradley-Terry, exact convex fit).
-TODO(lab): once merged, fit r_φ with the lab's scorers (tabular, and the GRU one, which
-extrapolates to unseen answers) and add the engine-trained RLHF policy beside the closed form.
+:func:`unseen_experiment` measures this on the paper's tree and data (one pair), from the SFT
+references of the paper's GRU DPO runs, with three Bradley-Terry reward models,
+
+    per-answer      one free r(y) per answer, mean −log σ(r(y_w) − r(y_l)) + λ‖r‖², exact
+                    (:func:`fit_tabular_reward`): 0 on unseen answers
+    lab tabular     the lab's per-(state, action) scorer, r(y) = Σ_t r(s_t, a_t) (:class:`treemdp.lab.rlhf.TabularScorer`):
+                    an unseen answer sharing a prefix with a pair shares those steps' rewards
+    GRU             the lab's GRU scorer (:class:`treemdp.lab.rlhf.RNNScorer`): shares parameters
+                    across states, so it extrapolates to unseen answers
+
+the last two fit by ``engine.bradley_terry_loss`` with the lab's own fit
+(:func:`treemdp.lab.runner.fit_reward_models`, :func:`lab_rewards`); for each, the exact optimum
+above; and for the GRU reward model also the GRU policy trained from ref on the engine by
+``engine.kl_regularised_loss`` = −(E_π[r_φ] − β KL(π‖ref)), exact over every answer (the lab's
+policy phase, :func:`rlhf_on_engine`), beside DPO with the GRU and tabular policies.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import pandas as pd
 import torch
 
 from ..exact import trajectory_log_probs
 from ..tree import Dataset, TreeMDP, paper_dataset
+
+if TYPE_CHECKING:
+    from ..lab.config import LabConfig
 
 
 def unseen_mask(mdp: TreeMDP, dataset: Dataset) -> torch.Tensor:
@@ -75,42 +88,137 @@ def unseen_ratios(logp: torch.Tensor, ref_logp: torch.Tensor, unseen: torch.Tens
     return (logp.double() - ref_logp.double())[unseen].exp()
 
 
+def lab_rewards(mdp: TreeMDP, dataset: Dataset, kind: str, seeds: Sequence[int], *,
+                lab: Optional["LabConfig"] = None) -> torch.Tensor:
+    """r_φ [len(seeds), T]: the lab's reward model ``kind`` (``"rnn"``: the GRU scorer; ``"tabular"``: one
+    reward per (state, action)) fit on ``dataset``'s pairs by ``engine.bradley_terry_loss``, one per seed.
+
+    The fit is the lab's own (:func:`treemdp.lab.runner.fit_reward_models`), at ``lab``'s reward-model
+    settings (default :class:`~treemdp.lab.config.LabConfig`: hidden size 16, Adam lr 1e-2, 300 full-batch
+    steps), initialised from the seed as a lab run with that seed initialises its reward model.
+    """
+    from ..lab.config import LabConfig
+    from ..lab.runner import _rm_seed, fit_reward_models
+    lab = lab or LabConfig()
+    chosen, rejected = mdp.trajectory_index(dataset.chosen()), mdp.trajectory_index(dataset.rejected())
+    n = len(seeds)
+    with _one_thread():
+        return fit_reward_models(mdp, kind, [chosen] * n, [rejected] * n, seeds=[_rm_seed(s) for s in seeds],
+                                 lrs=[lab.rm_lr] * n, steps=lab.rm_steps, optimizer=lab.optimizer,
+                                 hidden_size=lab.rm_hidden_size, cell=lab.cell)
+
+
+def rlhf_on_engine(mdp: TreeMDP, dataset: Dataset, policy, ref_params: dict, reward: torch.Tensor,
+                   betas: Sequence[float], *, steps: int, lr: float, optimizer: str = "adam"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """R stacked policies trained from their references by ``engine.kl_regularised_loss`` (exact RLHF).
+
+    Each run r maximises E_π[r_φ,r] − β_r KL(π‖ref_r), ref_r = ``policy`` at row r of ``ref_params``
+    (where it starts); the lab's policy phase (:func:`treemdp.lab.runner.policy_phase`). Returns
+    (log ref, log π at the end), both [R, T] float64.
+    """
+    from ..engine import kl_regularised_loss
+    from ..lab.runner import policy_phase
+    from ..training import context_from_rows
+    R = len(betas)
+    chosen, rejected = mdp.trajectory_index(dataset.chosen()), mdp.trajectory_index(dataset.rejected())
+    ctx = context_from_rows(mdp, [torch.as_tensor(mdp.trajectory_index(dataset.demonstrations))] * R,
+                            [chosen] * R, [rejected] * R)
+    with _one_thread():
+        with torch.no_grad():
+            ctx.ref_logp = policy.stacked_log_probs(ref_params)
+        loss = kl_regularised_loss(ctx, reward.float(), torch.tensor([float(b) for b in betas])[:, None])
+        _, final = policy_phase(policy, ref_params, ctx, loss, name="rlhf", steps=steps, lrs=[lr] * R,
+                                optimizer=optimizer)
+    return ctx.ref_logp.double(), final
+
+
+class _one_thread:
+    """torch on one thread inside (as the lab and ``train_batch`` run: these stacks are tiny)."""
+
+    def __enter__(self):
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.previous)
+
+
+#: The methods of :func:`unseen_experiment`, in its row order.
+METHODS = ("DPO, GRU", "DPO, tabular", "RLHF optimum, per-answer r_φ", "RLHF optimum, lab tabular r_φ",
+           "RLHF optimum, GRU r_φ", "RLHF on the engine, GRU r_φ")
+
+
 def unseen_experiment(*, seeds: Sequence[int] = range(10), betas: Sequence[float] = (0.01, 0.1, 0.5),
-                      weight_decay: float = 1e-2, daa_steps: int = 1000, progress: bool = False) -> pd.DataFrame:
-    """DPO (GRU and tabular policies, the paper's settings) vs the RLHF optimum on the paper's data.
+                      weight_decay: float = 1e-2, daa_steps: int = 1000, rlhf_steps: Optional[int] = None,
+                      rlhf_lr: Optional[float] = None, progress: bool = False) -> pd.DataFrame:
+    """DPO (GRU and tabular policies, the paper's settings) vs RLHF on the paper's data (:data:`METHODS`).
+
+    RLHF starts from the GRU DPO runs' references (the SFT policies, one per seed):
+
+        RLHF optimum, per-answer r_φ     rlhf_optimum with :func:`fit_tabular_reward` (exact, λ = weight_decay)
+        RLHF optimum, lab tabular r_φ    rlhf_optimum with the lab's per-(state, action) scorer (:func:`lab_rewards`)
+        RLHF optimum, GRU r_φ            rlhf_optimum with the lab's GRU scorer, one per seed
+        RLHF on the engine, GRU r_φ      the GRU policy trained from ref by engine.kl_regularised_loss on that
+                                         reward (:func:`rlhf_on_engine`; ``rlhf_steps`` default ``daa_steps``,
+                                         ``rlhf_lr`` default the lab's lr, 1e-2; Adam)
 
     One row per (method, beta, seed): the largest π/ref over the unseen answers at the end
     (``max_ratio``), which answer, how many unseen answers rose above their reference, and the
     mass they hold before and after.
     """
+    from ..lab.config import LabConfig
+    from ..engine import stack_parameters
     from ..reproduce import PAPER
     from ..training import TrainConfig, train_batch
     mdp, data = TreeMDP(), paper_dataset()
+    seeds, betas = [int(s) for s in seeds], [float(b) for b in betas]
     unseen = unseen_mask(mdp, data)
     names = mdp.trajectory_names()
-    reward = fit_tabular_reward(mdp, data, weight_decay=weight_decay)
+    lab = LabConfig()
+    rlhf_steps = daa_steps if rlhf_steps is None else rlhf_steps
+    rlhf_lr = lab.lr if rlhf_lr is None else rlhf_lr
+    per_answer = fit_tabular_reward(mdp, data, weight_decay=weight_decay)
+    scorers = {kind: dict(zip(seeds, lab_rewards(mdp, data, kind, seeds, lab=lab))) for kind in ("tabular", "rnn")}
     base = TrainConfig(**{**PAPER, "daa_steps": daa_steps, "log_every": daa_steps})
     arms = {"DPO, GRU": base, "DPO, tabular": TrainConfig(**{**base.to_dict(), "policy": "tabular", "sft_lr": 3e-2})}
     rows = []
+
+    def add(method, config, policy_logp, ref):
+        ratios = unseen_ratios(policy_logp, ref, unseen)
+        top = int(ratios.argmax())
+        rows.append({"method": method, "beta": config.beta, "seed": config.seed,
+                     "max_ratio": float(ratios.max()), "raised": int((ratios > 1 + 1e-9).sum()),
+                     "top_unseen": names[int(unseen.nonzero()[top])],
+                     "unseen_mass_ref": float(ref.exp()[unseen].sum()),
+                     "unseen_mass": float(policy_logp.exp()[unseen].sum())})
+
     for method, arm in arms.items():
-        configs = [TrainConfig(**{**arm.to_dict(), "loss": "dpo", "beta": float(b), "seed": int(s)})
-                   for b in betas for s in seeds]
-        for config, result in zip(configs, train_batch(configs, keep_history=False)):
-            with torch.no_grad():
-                logp = trajectory_log_probs(result.policy).double()
-                ref = trajectory_log_probs(result.reference).double()
-            for label, policy_logp in ((method, logp), (f"RLHF optimum, tabular r_φ ({method.split(', ')[1]} ref)",
-                                                        rlhf_optimum(ref, reward, config.beta))):
-                if label.startswith("RLHF") and method != "DPO, GRU":
-                    continue  # one RLHF row per (beta, seed): the GRU's reference
-                ratios = unseen_ratios(policy_logp, ref, unseen)
-                top = int(ratios.argmax())
-                rows.append({"method": label, "beta": config.beta, "seed": config.seed,
-                             "max_ratio": float(ratios.max()), "raised": int((ratios > 1 + 1e-9).sum()),
-                             "top_unseen": names[int(unseen.nonzero()[top])],
-                             "unseen_mass_ref": float(ref.exp()[unseen].sum()),
-                             "unseen_mass": float(policy_logp.exp()[unseen].sum())})
-    return pd.DataFrame(rows)
+        configs = [TrainConfig(**{**arm.to_dict(), "loss": "dpo", "beta": b, "seed": s}) for b in betas for s in seeds]
+        results = train_batch(configs, keep_history=False)
+        with torch.no_grad():
+            refs = [trajectory_log_probs(result.reference).double() for result in results]
+            for config, result, ref in zip(configs, results, refs):
+                add(method, config, trajectory_log_probs(result.policy).double(), ref)
+        if method != "DPO, GRU":
+            continue
+        # RLHF from the same references: the closed forms, then the GRU policy on the engine (one stack)
+        for config, ref in zip(configs, refs):
+            add("RLHF optimum, per-answer r_φ", config, rlhf_optimum(ref, per_answer, config.beta), ref)
+            add("RLHF optimum, lab tabular r_φ", config,
+                rlhf_optimum(ref, scorers["tabular"][config.seed], config.beta), ref)
+            add("RLHF optimum, GRU r_φ", config, rlhf_optimum(ref, scorers["rnn"][config.seed], config.beta), ref)
+        references = [result.reference for result in results]
+        ref_stack, final = rlhf_on_engine(mdp, data, references[0], stack_parameters(references),
+                                          torch.stack([scorers["rnn"][c.seed] for c in configs]),
+                                          [c.beta for c in configs], steps=rlhf_steps, lr=rlhf_lr,
+                                          optimizer=lab.optimizer)
+        for config, ref, logp in zip(configs, ref_stack, final):
+            add("RLHF on the engine, GRU r_φ", config, logp, ref)
+    order = {m: i for i, m in enumerate(METHODS)}
+    frame = pd.DataFrame(rows)
+    return frame.sort_values("method", key=lambda m: m.map(order), kind="stable").reset_index(drop=True)
 
 
-__all__ = ["unseen_mask", "fit_tabular_reward", "rlhf_optimum", "unseen_ratios", "unseen_experiment"]
+__all__ = ["unseen_mask", "fit_tabular_reward", "rlhf_optimum", "unseen_ratios", "lab_rewards", "rlhf_on_engine",
+           "METHODS", "unseen_experiment"]
