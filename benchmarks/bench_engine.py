@@ -61,7 +61,7 @@ elif case == "zoo":  # a light sweep in one process: batches of the default size
     train_batch(configs[:2])  # warm-up
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        table = sweep(configs, out, light=True, workers=1, progress=False)
+        table = sweep(configs, out, light=True, workers=int(sys.argv[3]), progress=False)
         seconds = time.perf_counter() - started
     diverged = int(table["diverged"].notna().sum()) if "diverged" in table else 0
     print(json.dumps({"seconds": seconds, "runs": len(configs), "diverged": diverged}))
@@ -160,15 +160,18 @@ def main() -> None:
             print(f"90-run paper grid (3 losses x 3 betas x 10 seeds) as one batch: before {old:.2f} s, "
                   f"now {grid_new:.2f} s -> {grid_new / old:.2f}x the time (target <= 1.00x)")
     specs = zoo_specs()
-    zoo = run_case(CASE, ["zoo", json.dumps(specs)], ROOT)
     if grid_new is None:
         grid_new = min(run_case(CASE, ["grid"], ROOT)["seconds"] for _ in range(args.rounds))
-    if "error" in zoo:
-        print(f"zoo sweep failed: {zoo['error']}")
-    else:
-        print(f"zoo sweep (light, one process, default batches): {len(specs)} objectives x 3 betas x 10 seeds = "
-              f"{zoo['runs']} runs in {zoo['seconds']:.1f} s ({zoo['diverged']} diverged) -> "
-              f"{zoo['seconds'] / grid_new:.1f}x the 90-run grid (target <= 8x)")
+    # One process (the grid's conditions), then the default of 'treemdp sweep' (up to 2 workers).
+    for workers in sorted({1, min(2, os.cpu_count() or 1)}):
+        zoo = run_case(CASE, ["zoo", json.dumps(specs), workers], ROOT)
+        if "error" in zoo:
+            print(f"zoo sweep failed: {zoo['error']}")
+            continue
+        print(f"zoo sweep (light, {workers} worker process{'es' if workers > 1 else ''} of one thread, default "
+              f"batches): {len(specs)} objectives x 3 betas x 10 seeds = {zoo['runs']} runs in "
+              f"{zoo['seconds']:.1f} s ({zoo['diverged']} diverged) -> {zoo['seconds'] / grid_new:.1f}x the "
+              f"90-run grid in one process (target <= 8x)")
 
     cases = [(4, 10)] + ([] if args.skip_large else [(10, 7)])
     for branching, depth in cases:

@@ -275,7 +275,10 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: in
                 # Fewer shapes than workers: split a shape so every worker gets a share (batched
                 # cost hardly grows with runs, but writing run directories does).
                 size = min(size, math.ceil(len(group) / max(1, workers // len(groups))))
-            size = math.ceil(len(group) / math.ceil(len(group) / size))  # equal parts, no small remainder
+            parts = math.ceil(len(group) / size)
+            if workers > 1 and len(groups) == 1:
+                parts = math.ceil(parts / workers) * workers  # every worker busy to the end
+            size = math.ceil(len(group) / parts)  # equal parts, no small remainder
             batches += [(j, group[i:i + size]) for i in range(0, len(group), size)]
     # Largest computations first, so parallel workers finish together.
     batches.sort(key=lambda jb: -len(jb[1]) * jb[1][0][1].hidden_size ** 2)
