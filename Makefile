@@ -26,7 +26,7 @@ reproduce: $(VENV)/.installed-base
 
 test: $(VENV)/.installed-test
 	@if [ -f scripts/install-browser.sh ]; then bash scripts/install-browser.sh; fi
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # The toy track on the oldest torch pyproject.toml admits (PyPI's wheel: a large download with its
 # CUDA libraries; run by hand before changing the floor, not by CI).

@@ -25,3 +25,13 @@ def cli_env():
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print what tests measured (``record_property``), e.g. the browser test's redraw latency."""
+    rows = [(report.nodeid, name, value) for reports in terminalreporter.stats.values() for report in reports
+            if getattr(report, "when", None) == "call" for name, value in getattr(report, "user_properties", ())]
+    if rows:
+        terminalreporter.section("measurements")
+        for nodeid, name, value in rows:
+            terminalreporter.write_line(f"{name}: {value}  [{nodeid}]")

@@ -76,3 +76,19 @@ def test_reproduce_resumes_and_cli_errors(quick, tmp_path, capsys):
     assert main(["reproduce", "--quick", "--quiet", "--out", str(blocker / "x")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
+
+
+LAB = ["humps_win_rate", "frontier", "fit_coefficients", "rmse_forms", "spurious_share", "first_epoch", "kl_spent"]
+
+
+def test_the_lab_figures_and_their_numbers_are_written(quick):
+    """reproduce also trains the lab's grids and draws figures/lab with fits.csv and claims.csv."""
+    import pandas as pd
+    lab = quick / "figs" / "lab"
+    assert sorted(p.stem for p in lab.glob("*.png")) == sorted(LAB)
+    for name in LAB:
+        assert (lab / f"{name}.png").stat().st_size > 20_000, f"lab/{name}.png looks empty"
+        assert (lab / f"{name}.pdf").read_bytes()[:5] == b"%PDF-", name
+    fits, claims = pd.read_csv(lab / "fits.csv"), pd.read_csv(lab / "claims.csv")
+    assert set(fits["form"]) == {"rl", "bon", "quad_kl"} and set(fits["method"]) == {"daa", "rlhf", "bon"} and fits["rmse"].ge(0).all()
+    assert len(claims) > 0 and claims["claim"].notna().all()

@@ -69,10 +69,13 @@ _controls = [c for c in list(_instances.values())
              and not isinstance(c, (_w.Output, _w.FloatProgress, _w.IntProgress))]  # progress bars are not controls
 _defaults = {id(c): c.value for c in _controls}
 _report = {}
-_move_seconds, _move_cpu = [], []
+_move_seconds, _move_cpu, _move_steps = [], [], {}
+import torch.optim.optimizer as _optimizer
+_steps = [0]
+_hook = _optimizer.register_optimizer_step_pre_hook(lambda *_: _steps.__setitem__(0, _steps[0] + 1))
 for _c in _controls:
     _before = _fingerprint()
-    _t, _t_cpu = _time.perf_counter(), _time.process_time()
+    _t, _t_cpu, _s = _time.perf_counter(), _time.process_time(), _steps[0]
     _c.value = _other_value(_c)  # the callbacks (update the artists, encode the PNG) run here
     _move_seconds.append(_time.perf_counter() - _t)
     _move_cpu.append(_time.process_time() - _t_cpu)
@@ -85,8 +88,10 @@ for _c in _controls:
         _c.value = _other_value(_c)
         _changed = _fingerprint() != _before
     _report[f"{type(_c).__name__}({_c.description!r})"] = _changed
+    _move_steps[f"{type(_c).__name__}({_c.description!r})"] = _steps[0] - _s  # 0: drawn from a precomputed grid
+_hook.remove()
 print("WIDGET-PROBE:" + _json.dumps({"controls": _report, "seconds": _time.perf_counter() - _probe_started,
-                                     "move_seconds": _move_seconds, "move_cpu": _move_cpu,
+                                     "move_seconds": _move_seconds, "move_cpu": _move_cpu, "move_steps": _move_steps,
                                      "notebook_cpu": _notebook_cpu}))
 '''
 

@@ -92,9 +92,6 @@ def _wait_for_idle_kernel(base: str, token: str, seconds: float = 120) -> None:
     pytest.fail("the notebook's kernel did not start")
 
 
-MEDIAN_LATENCY = 1.0  # seconds
-
-
 def _key_to_new_picture(page, key: str) -> float:
     """Press ``key`` on the focused slider; seconds until the widget's picture is a new PNG
     (both instants taken in the page: the keydown event and the DOM change that shows the image)."""
@@ -117,7 +114,7 @@ def _key_to_new_picture(page, key: str) -> float:
     return page.evaluate("() => (window.__changed - window.__pressed) / 1000")
 
 
-def test_lesson_3_beta_slider_redraws_the_plot_in_chromium(jupyter_lab, tmp_path):
+def test_lesson_3_beta_slider_redraws_the_plot_in_chromium(jupyter_lab, tmp_path, record_property):
     sync_api = pytest.importorskip("playwright.sync_api")
     base, token = jupyter_lab
     screenshot = tmp_path / "lesson3_after_beta.png"
@@ -175,9 +172,10 @@ def test_lesson_3_beta_slider_redraws_the_plot_in_chromium(jupyter_lab, tmp_path
             browser.close()
     assert readout_before != readout_after, (readout_before, readout_after)
     latencies.sort()
-    print(f"lesson 3 beta slider, key press -> new picture in Chromium: median {latencies[len(latencies) // 2]:.3f} s, "
-          f"max {latencies[-1]:.3f} s over {len(latencies)} moves ({', '.join(f'{x:.3f}' for x in latencies)})")
-    # the target is 0.3 s on a quiet machine; the bound leaves room for a busy one (a re-train took 1.3 s+)
-    assert latencies[len(latencies) // 2] <= MEDIAN_LATENCY, latencies
+    # Reported, not asserted (timings belong to benchmarks): the run's summary lists it under
+    # "measurements" (tests/conftest.py). The target is 0.3 s on a quiet machine; a re-train took 1.3 s+.
+    record_property("lesson 3 beta slider, key press -> new picture in Chromium (s)",
+                    f"median {latencies[len(latencies) // 2]:.3f}, max {latencies[-1]:.3f} over {len(latencies)} moves "
+                    f"({', '.join(f'{x:.3f}' for x in latencies)})")
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")

@@ -11,10 +11,6 @@ from notebook_runner import LESSONS, ROOT, run_notebook
 
 LESSON_FILES = sorted(LESSONS.glob("0*.ipynb"))
 SOLUTION_FILES = sorted((LESSONS / "solutions").glob("a*.ipynb"))
-#: Kernel CPU seconds top to bottom; lesson 7 trains a language model on two threads (the aim:
-#: under 2 minutes of wall time on a quiet 2-core machine).
-SECONDS_PER_LESSON = {"default": 60, "07_llm_track": 110}
-MOVE_SECONDS = 0.6  # CPU seconds; the browser test measures the latency a user sees
 
 
 def test_there_are_nine_lessons_and_three_assignments():
@@ -55,24 +51,23 @@ def test_lessons_import_the_library_instead_of_reimplementing_it():
 
 
 @pytest.mark.parametrize("path", LESSON_FILES, ids=lambda p: p.stem)
-def test_lesson_runs_and_its_widgets_redraw(path):
+def test_lesson_runs_and_its_widgets_redraw(path, record_property):
     if "llm" in path.stem and importlib.util.find_spec("transformers") is None:
         pytest.skip("the LLM lesson needs the llm extra (transformers)")
     _, report, seconds = run_notebook(path)
-    # limits on the kernel's CPU time: wall time swings with whatever else runs on the machine
-    cpu = report["notebook_cpu"]
-    moves, moves_cpu = sorted(report["move_seconds"]), sorted(report["move_cpu"])
-    print(f"{path.name}: {seconds:.1f} s wall ({cpu:.1f} s kernel CPU) top to bottom; control move -> new picture "
-          f"in the kernel: median {moves[len(moves) // 2]:.3f} s wall, max {moves[-1]:.3f} s "
-          f"({moves_cpu[-1]:.3f} s CPU)")
-    limit = SECONDS_PER_LESSON.get(path.stem, SECONDS_PER_LESSON["default"])
-    assert cpu <= limit, f"{path.name} took {cpu:.0f} s of CPU (limit {limit} s)"
     controls = report["controls"]
     assert controls, f"{path.name} has no widget controls"
     stuck = [name for name, changed in controls.items() if not changed]
     assert not stuck, f"{path.name}: moving these controls did not change any plot: {stuck}"
-    # precomputed grids: a move only updates artists and encodes a PNG (a re-train took 1.3 s or more)
-    assert moves_cpu[-1] <= MOVE_SECONDS, f"{path.name}: a control move took {moves_cpu[-1]:.2f} s CPU (limit {MOVE_SECONDS} s)"
+    # Precomputed grids: a move updates artists from the grid and trains nothing (before, every
+    # move re-trained: hundreds of optimiser steps, 1.3 s or more).
+    trained = {name: steps for name, steps in report["move_steps"].items() if steps}
+    assert not trained, f"{path.name}: these control moves ran optimiser steps (a re-train): {trained}"
+    # Times are reported, not asserted (targets live in benchmarks/): the summary's "measurements".
+    moves, moves_cpu = sorted(report["move_seconds"]), sorted(report["move_cpu"])
+    record_property(f"{path.stem}: top to bottom (s)", f"{seconds:.1f} wall, {report['notebook_cpu']:.1f} kernel CPU; "
+                    f"control move -> new picture median {moves[len(moves) // 2]:.3f} wall, max {moves[-1]:.3f} "
+                    f"({moves_cpu[-1]:.3f} CPU)")
 
 
 CHECK_ALL = """
