@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,3 +177,22 @@ def test_sweep_cli_errors(tmp_path, capsys):
         assert code == 2, (args, err)
         assert err.startswith("error:") and needle in err and err.count("\n") == 1, (args, err)
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").glob("loss=*"))
+
+
+def test_a_resumed_sweep_gives_the_uninterrupted_numbers_bit_for_bit(tmp_path):
+    """A stacked run's last bits depend on its stack; a resume recomputes each unfinished stack whole."""
+    configs = grid(TrainConfig(sft_steps=20, daa_steps=30), loss=["dpo", "ipo"], beta=[0.1], seed=range(12))
+    whole = sweep(configs, tmp_path / "whole", light=True, batch_size=24, progress=False)
+    sweep(configs, tmp_path / "resumed", light=True, batch_size=24, progress=False)
+    lost = [tmp_path / "resumed" / name for name in run_names(configs)[2:5]]  # killed inside a stack's writes
+    for run in lost:
+        shutil.rmtree(run)
+    (tmp_path / "resumed" / "results.csv").unlink()
+    resumed = sweep(configs, tmp_path / "resumed", light=True, batch_size=24, progress=False)
+    assert all((run / "summary.json").is_file() for run in lost)
+    timing = [c for c in whole if c.endswith("seconds")]  # wall time, the one thing allowed to differ
+    assert timing
+    pd.testing.assert_frame_equal(resumed.drop(columns=timing), whole.drop(columns=timing), check_exact=True)
+    for run in lost:
+        mine, theirs = (json.loads((d / "summary.json").read_text()) for d in (run, tmp_path / "whole" / run.name))
+        assert {k: v for k, v in mine.items() if k not in timing} == {k: v for k, v in theirs.items() if k not in timing}

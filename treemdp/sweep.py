@@ -177,20 +177,26 @@ def _stored_config(run_dir: Path) -> Optional[dict]:
 
 
 def _train_and_write(batch: list[tuple[str, TrainConfig]], out: Path, light: bool, plot: bool,
-                     on_step=None) -> list[tuple[str, dict, dict]]:
-    """Train one batch and write every run of it; returns result rows."""
+                     on_step=None, finished: frozenset = frozenset()) -> list[tuple[str, dict, dict]]:
+    """Train one batch and write every run of it not in ``finished``; returns their result rows.
+
+    A batch is always trained whole (finished runs included), so every run's numbers are those of
+    the uninterrupted sweep, bit for bit: a stacked run's last bits can depend on the stack.
+    """
     results = train_batch([c for _, c in batch], on_step=on_step, keep_history=not light)
     rows = []
     for (name, config), result in zip(batch, results):
+        if name in finished:
+            continue
         summary = _write_result(out / name, config, result, light=light, plot=plot)
         rows.append((name, config.to_dict(), summary))
     return rows
 
 
-def _worker(batch, out, light, plot, threads):
+def _worker(batch, out, light, plot, threads, finished):
     import torch
     torch.set_num_threads(threads)
-    return _train_and_write(batch, Path(out), light, plot)
+    return _train_and_write(batch, Path(out), light, plot, finished=finished)
 
 
 #: Most runs trained as one stacked computation by default (a larger group is cut into equal parts).
@@ -256,7 +262,7 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: in
     if batch_size < 1 or workers < 1:
         raise UserError("batch size and workers must be >= 1")
     rows: list[dict[str, tuple]] = []
-    batches: list[tuple[int, list[tuple[str, TrainConfig]]]] = []
+    batches: list[tuple[int, list[tuple[str, TrainConfig]], frozenset]] = []
     for j, job in enumerate(jobs):
         if len(job.names) != len(job.configs) or len(set(job.names)) != len(job.names):
             raise UserError("sweep needs one distinct name per config")
@@ -266,8 +272,12 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: in
         _clean_partial(job.out)
         done, todo = _split_finished(job)
         rows.append(done)
+        # The stacks are fixed by the whole grid (with the batch size and workers), not by what is
+        # left to do: a resumed sweep recomputes each unfinished stack whole, so every run gets the
+        # numbers of the uninterrupted sweep, bit for bit.
+        finished = frozenset(done)
         groups: dict[tuple, list[tuple[str, TrainConfig]]] = {}
-        for name, config in todo:
+        for name, config in zip(job.names, job.configs):
             groups.setdefault(shape_key(config), []).append((name, config))
         for group in groups.values():
             size = min(batch_size, batch_limit(group[0][1], keep_history=not job.light))
@@ -279,7 +289,10 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: in
             if workers > 1 and len(groups) == 1:
                 parts = math.ceil(parts / workers) * workers  # every worker busy to the end
             size = math.ceil(len(group) / parts)  # equal parts, no small remainder
-            batches += [(j, group[i:i + size]) for i in range(0, len(group), size)]
+            for i in range(0, len(group), size):
+                batch = group[i:i + size]
+                if any(name not in finished for name, _ in batch):
+                    batches.append((j, batch, finished.intersection(name for name, _ in batch)))
     # Largest computations first, so parallel workers finish together.
     batches.sort(key=lambda jb: -len(jb[1]) * jb[1][0][1].hidden_size ** 2)
 
@@ -291,19 +304,19 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: in
     for j in range(len(jobs)):
         if rows[j]:
             save_table(j)
-    total = sum(len(b) for _, b in batches)
+    total = sum(len(b) for _, b, _ in batches)
     from tqdm.auto import tqdm
     bar = tqdm(total=total, disable=not progress or not total, unit="run",
                desc=desc or f"sweep {jobs[0].out.name}" if jobs else "sweep",
                bar_format="{l_bar}{bar}| {n:.0f}/{total} runs [{elapsed}<{remaining}]")
     try:
         if workers == 1 or len(batches) == 1:
-            for j, batch in batches:
+            for j, batch, skip in batches:
                 job = jobs[j]
                 steps = max(1, batch[0][1].sft_steps + batch[0][1].daa_steps)
                 done_before = bar.n
                 on_step = lambda n, k=len(batch), s=steps: bar.update(n * k / s)  # noqa: E731
-                for row in _train_and_write(batch, job.out, job.light, job.plot, on_step=on_step):
+                for row in _train_and_write(batch, job.out, job.light, job.plot, on_step=on_step, finished=skip):
                     rows[j][row[0]] = row
                 bar.n = done_before + len(batch)
                 bar.refresh()
@@ -313,8 +326,8 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: in
             import multiprocessing
             context = multiprocessing.get_context("spawn")  # no forked torch thread pools
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(_worker, batch, str(jobs[j].out), jobs[j].light, jobs[j].plot, threads):
-                           (j, batch) for j, batch in batches}
+                futures = {pool.submit(_worker, batch, str(jobs[j].out), jobs[j].light, jobs[j].plot, threads, skip):
+                           (j, batch) for j, batch, skip in batches}
                 for future in as_completed(futures):
                     j, batch = futures[future]
                     for row in future.result():
