@@ -96,6 +96,24 @@ print("WIDGET-PROBE:" + _json.dumps({"controls": _report, "seconds": _time.perf_
 '''
 
 
+def _cell_timing(nb, started_at: float, elapsed: float) -> str:
+    """Where a notebook's wall time went (nbclient's per-cell timestamps): kernel start, slowest cell."""
+    from datetime import datetime
+
+    def at(cell, key):
+        value = cell.get("metadata", {}).get("execution", {}).get(key)
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    spans = [(at(c, "iopub.status.idle") or at(c, "shell.execute_reply") or 0) - (at(c, "iopub.status.busy") or 0)
+             for c in code]
+    first = at(code[0], "iopub.status.busy") if code else None
+    last = at(code[-1], "iopub.status.idle") if code else None
+    slowest = max(range(len(spans)), key=spans.__getitem__) if spans else 0
+    return (f"kernel start {first - started_at:.1f} s, slowest cell [{slowest + 1}] {spans[slowest]:.1f} s, "
+            f"after the last cell {started_at + elapsed - last:.1f} s" if first and last else "no cell timing")
+
+
 def run_notebook(path: Path, *, probe_widgets: bool = True, timeout: int = 300, extra: str | None = None):
     """Execute ``path``; return (executed notebook, probe report or None, seconds for the notebook).
 
@@ -109,9 +127,10 @@ def run_notebook(path: Path, *, probe_widgets: bool = True, timeout: int = 300, 
         nb.cells.append(nbformat.v4.new_code_cell(extra))
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(path.parent)}})
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     client.execute()
     elapsed = time.perf_counter() - started
+    nb.metadata["test_timing"] = _cell_timing(nb, started_at, elapsed)
     for i, cell in enumerate(nb.cells):
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":

@@ -54,7 +54,7 @@ def test_lessons_import_the_library_instead_of_reimplementing_it():
 def test_lesson_runs_and_its_widgets_redraw(path, record_property):
     if "llm" in path.stem and importlib.util.find_spec("transformers") is None:
         pytest.skip("the LLM lesson needs the llm extra (transformers)")
-    _, report, seconds = run_notebook(path)
+    nb, report, seconds = run_notebook(path)
     controls = report["controls"]
     assert controls, f"{path.name} has no widget controls"
     stuck = [name for name, changed in controls.items() if not changed]
@@ -67,7 +67,7 @@ def test_lesson_runs_and_its_widgets_redraw(path, record_property):
     moves, moves_cpu = sorted(report["move_seconds"]), sorted(report["move_cpu"])
     record_property(f"{path.stem}: top to bottom (s)", f"{seconds:.1f} wall, {report['notebook_cpu']:.1f} kernel CPU; "
                     f"control move -> new picture median {moves[len(moves) // 2]:.3f} wall, max {moves[-1]:.3f} "
-                    f"({moves_cpu[-1]:.3f} CPU)")
+                    f"({moves_cpu[-1]:.3f} CPU); {nb.metadata['test_timing']}")
 
 
 CHECK_ALL = """
