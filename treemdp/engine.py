@@ -266,6 +266,8 @@ class PhaseRecord:
         self._block: list[torch.Tensor] = []
         self._block_steps: list[int] = []
         self.loss: list[torch.Tensor] = []  # [R] per step
+        self._table: Optional[dict[str, torch.Tensor]] = None  # table() of the first _table_steps steps
+        self._table_steps = -1
         self.values: dict[str, list[torch.Tensor]] = {m.name: [] for m in self.measurements}
         self.columns = {m.name: m.columns(ctx) for m in self.measurements if m.columns is not None}
         self.logged_steps: list[int] = []
@@ -354,7 +356,7 @@ class PhaseRecord:
     def table(self) -> dict[str, torch.Tensor]:
         """Every step's scalars: ``loss`` and each measurement, [steps + 1, R] float64."""
         self.flush()
-        if getattr(self, "_table", None) is not None and self._table_steps == len(self.loss):
+        if self._table_steps == len(self.loss):
             return self._table
         out = {"loss": torch.stack(self.loss).double().cpu()}
         for name, parts in self.values.items():
