@@ -281,14 +281,12 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: in
             groups.setdefault(shape_key(config), []).append((name, config))
         for group in groups.values():
             size = min(batch_size, batch_limit(group[0][1], keep_history=not job.light))
-            if workers > 1 and len(group) > 1:
-                # Fewer shapes than workers: split a shape so every worker gets a share (batched
-                # cost hardly grows with runs, but writing run directories does).
-                size = min(size, math.ceil(len(group) / max(1, workers // len(groups))))
-            parts = math.ceil(len(group) / size)
-            if workers > 1 and len(groups) == 1:
-                parts = math.ceil(parts / workers) * workers  # every worker busy to the end
-            size = math.ceil(len(group) / parts)  # equal parts, no small remainder
+            # Fewer shapes than workers: cut a shape into a multiple of the workers it can keep
+            # busy, so they all finish together (batched cost hardly grows with runs, writing
+            # run directories does); then equal parts, no small remainder.
+            share = max(1, workers // len(groups))
+            parts = math.ceil(math.ceil(len(group) / size) / share) * share if len(group) > 1 else 1
+            size = math.ceil(len(group) / parts)
             for i in range(0, len(group), size):
                 batch = group[i:i + size]
                 if any(name not in finished for name, _ in batch):
