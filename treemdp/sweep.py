@@ -355,23 +355,37 @@ def _check_data(configs: Sequence[TrainConfig]) -> None:
         resolve_dataset(config, TreeMDP(branching, depth), None)
 
 
-def _split_finished(job: Job) -> tuple[dict, list]:
-    """(rows of runs already finished with the same settings, (name, config) pairs to do)."""
+def finished_runs(out: Path, names: Sequence[str], configs: Sequence, *, replace_changed: bool = False
+                  ) -> tuple[dict, list[int]]:
+    """(rows ``(name, stored config, summary)`` of the runs already finished in ``out`` with the same
+    settings, indices of the others), for any settings dataclass with ``to_dict`` (sweeps, the lab).
+
+    A folder with a ``summary.json`` is finished; if it holds other settings (or an unreadable
+    ``config.json``) that is an error naming them, unless ``replace_changed`` (then it is redone).
+    """
     done, todo = {}, []
-    for name, config in zip(job.names, job.configs):
-        run_dir = job.out / name
-        summary_path = run_dir / "summary.json"
-        if summary_path.is_file():
-            stored = _stored_config(run_dir)
-            if stored == config.to_dict():
-                done[name] = (name, stored, json.loads(summary_path.read_text()))
-                continue
-            if not job.replace_changed:
-                changed = sorted(k for k in config.to_dict() if (stored or {}).get(k) != getattr(config, k))
+    for i, (name, config) in enumerate(zip(names, configs)):
+        run_dir = out / name
+        if (run_dir / "summary.json").is_file():
+            wanted, stored = config.to_dict(), _stored_config(run_dir)
+            if stored == wanted:
+                try:
+                    done[name] = (name, stored, json.loads((run_dir / "summary.json").read_text()))
+                    continue
+                except (OSError, json.JSONDecodeError):
+                    pass  # unreadable summary: run it again
+            elif not replace_changed:
+                changed = sorted(k for k, v in wanted.items() if (stored or {}).get(k) != v)
                 raise UserError(f"{str(run_dir)!r} holds a run with other settings "
                                 f"({', '.join(changed) or 'config.json'}); use another --out or remove it")
-        todo.append((name, config))
+        todo.append(i)
     return done, todo
+
+
+def _split_finished(job: Job) -> tuple[dict, list]:
+    """(rows of runs already finished with the same settings, (name, config) pairs to do)."""
+    done, todo = finished_runs(job.out, job.names, job.configs, replace_changed=job.replace_changed)
+    return done, [(job.names[i], job.configs[i]) for i in todo]
 
 
 def varying_settings(table: pd.DataFrame) -> list[str]:

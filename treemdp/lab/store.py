@@ -105,25 +105,6 @@ def _write_results(rows: dict, names: Sequence[str], out: Path) -> None:
     _write_csv_atomic(frame, out / RESULTS)
 
 
-def _finished(out: Path, names: Sequence[str], configs: Sequence[LabConfig]) -> tuple[dict, list[int]]:
-    """(rows of runs already finished with the same settings, indices still to do)."""
-    done, todo = {}, []
-    for i, (name, config) in enumerate(zip(names, configs)):
-        run_dir = out / name
-        try:
-            stored = json.loads((run_dir / "config.json").read_text())
-            summary = json.loads((run_dir / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            todo.append(i)
-            continue
-        if stored != config.to_dict():
-            changed = sorted(k for k, v in config.to_dict().items() if stored.get(k) != v)
-            raise UserError(f"{str(run_dir)!r} holds a run with other settings ({', '.join(changed)}); "
-                            "use another --out or remove it")
-        done[name] = (name, stored, summary)
-    return done, todo
-
-
 def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1, fmt: str = "csv",
               progress: bool = True) -> pd.DataFrame:
     """Run every config not yet finished in ``out``, write its folder, keep ``results.csv`` current.
@@ -156,9 +137,9 @@ def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1
     names = run_names(configs)
     out = check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
-    from ..sweep import _clean_partial
+    from ..sweep import _clean_partial, finished_runs
     _clean_partial(out)
-    rows, todo = _finished(out, names, configs)
+    rows, todo = finished_runs(out, names, configs)
     if rows:
         _write_results(rows, names, out)
     unfinished = set(todo)
