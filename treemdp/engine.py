@@ -23,6 +23,7 @@ column of ``metrics.csv``, whatever the tree size.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -36,6 +37,18 @@ from .tree import TreeMDP
 # ----- optimisers --------------------------------------------------------------------------------
 #: name -> torch.optim class; every run uses torch's own update rule with default hyper-parameters.
 OPTIMIZERS: dict[str, type] = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` inside, restored after (stacked tree runs are small:
+    one thread is usually fastest, and same-seed numbers stay bit for bit)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
@@ -645,5 +658,5 @@ def kl_regularised_loss(ctx: RunContext, reward: torch.Tensor, beta: torch.Tenso
 
 __all__ = ["OPTIMIZERS", "MEASUREMENTS", "Measurement", "register_measurement", "default_measurements",
            "RunContext", "Phase", "PhaseRecord", "run_phase", "sft_loss", "daa_loss", "bradley_terry_loss",
-           "kl_regularised_loss", "PairSchedule", "make_optimizer", "stack_parameters", "load_row",
+           "kl_regularised_loss", "PairSchedule", "make_optimizer", "torch_threads", "stack_parameters", "load_row",
            "masked_mean", "gather_runs", "block_probs", "block_log_ratio"]

@@ -23,7 +23,7 @@ import torch
 
 from . import accounting  # noqa: F401  (registers the mass buckets)
 from .engine import (OPTIMIZERS, DaaHook, Phase, PhaseRecord, RunContext, daa_loss, load_row, run_phase,
-                     sft_loss, stack_parameters)
+                     sft_loss, stack_parameters, torch_threads)
 from .errors import UserError
 from .exact import entropy, in_distribution_mask, kl_divergence, top_ood
 from .losses import check_beta, get_objective
@@ -436,12 +436,8 @@ def train_batch(configs: Sequence[TrainConfig], dataset: Optional[Dataset] = Non
     else:
         shared = resolve_dataset(first, mdp, dataset)
         datasets = [shared] * len(configs)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(first.threads)
-    try:
+    with torch_threads(first.threads):
         return _train_batch(configs, mdp, datasets, on_step, keep_history, daa_hook, on_log)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _train_batch(configs, mdp, datasets, on_step, keep_history, daa_hook, on_log):

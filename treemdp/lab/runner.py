@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from ..engine import (Phase, PairSchedule, PhaseRecord, RunContext, bradley_terry_loss, daa_loss,
-                      kl_regularised_loss, run_phase, sft_loss, stack_parameters)
+                      kl_regularised_loss, run_phase, sft_loss, stack_parameters, torch_threads)
 from ..losses import get_objective
 from ..policies import make_policy
 from ..training import context_from_rows
@@ -160,12 +160,8 @@ def run_batch(configs: Sequence[LabConfig], *, on_work: Optional[Callable[[int],
     order = sorted(range(len(configs)), key=lambda i: (configs[i].lr, configs[i].rm_lr))  # lr groups contiguous
     configs = [configs[i].validate() for i in order]
     first = configs[0]
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(first.threads)
-    try:
+    with torch_threads(first.threads):
         results = _run_sorted(configs, first.mdp, torch.device(first.device), on_work or (lambda n: None))
-    finally:
-        torch.set_num_threads(previous_threads)
     out: list = [None] * len(configs)
     for position, i in enumerate(order):
         out[i] = results[position]

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import pandas as pd
 import torch
 
+from ..engine import torch_threads
 from ..exact import trajectory_log_probs
 from ..tree import Dataset, TreeMDP, paper_dataset
 
@@ -102,7 +103,7 @@ def lab_rewards(mdp: TreeMDP, dataset: Dataset, kind: str, seeds: Sequence[int],
     lab = lab or LabConfig()
     chosen, rejected = mdp.trajectory_index(dataset.chosen()), mdp.trajectory_index(dataset.rejected())
     n = len(seeds)
-    with _one_thread():
+    with torch_threads(1):
         return fit_reward_models(mdp, kind, [chosen] * n, [rejected] * n, seeds=[_rm_seed(s) for s in seeds],
                                  lrs=[lab.rm_lr] * n, steps=lab.rm_steps, optimizer=lab.optimizer,
                                  hidden_size=lab.rm_hidden_size, cell=lab.cell)
@@ -124,24 +125,13 @@ def rlhf_on_engine(mdp: TreeMDP, dataset: Dataset, policy, ref_params: dict, rew
     chosen, rejected = mdp.trajectory_index(dataset.chosen()), mdp.trajectory_index(dataset.rejected())
     ctx = context_from_rows(mdp, [torch.as_tensor(mdp.trajectory_index(dataset.demonstrations))] * R,
                             [chosen] * R, [rejected] * R)
-    with _one_thread():
+    with torch_threads(1):
         with torch.no_grad():
             ctx.ref_logp = policy.stacked_log_probs(ref_params)
         loss = kl_regularised_loss(ctx, reward.float(), torch.tensor([float(b) for b in betas])[:, None])
         _, final = policy_phase(policy, ref_params, ctx, loss, name="rlhf", steps=steps, lrs=[lr] * R,
                                 optimizer=optimizer)
     return ctx.ref_logp.double(), final
-
-
-class _one_thread:
-    """torch on one thread inside (as the lab and ``train_batch`` run: these stacks are tiny)."""
-
-    def __enter__(self):
-        self.previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.previous)
 
 
 #: The methods of :func:`unseen_experiment`, in its row order.
