@@ -79,6 +79,24 @@ def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Write a file all at once: yields a hidden sibling path to write; on success it replaces ``path``.
+
+    A kill leaves at most a hidden ``.NAME.tmp-*`` file (removed here on errors, and by sweeps on
+    resume), never a truncated ``path``. Results tables, the LLM track's reference cache and its
+    ``config.json`` are written through this.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_run(result, out_dir: str | Path, *, plot: bool = True) -> Path:
     """Write a :class:`~treemdp.training.RunResult` into ``out_dir`` (replacing an older run there).
 

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -113,14 +112,9 @@ def result_row(name: str, config: dict, summary: dict) -> dict:
 
 
 def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            frame.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .runs import atomic_file
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def read_results(out: str | Path) -> pd.DataFrame:

@@ -22,7 +22,6 @@ import csv
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -33,7 +32,7 @@ import torch
 
 from ..errors import UserError
 from ..losses import check_beta, get_objective, preference_loss
-from ..runs import atomic_directory
+from ..runs import atomic_directory, atomic_file
 from ..training import TrainingDiverged, loss_spec
 from .data import (PAIR_FIELDS, SFT_FIELDS, TOKENIZATIONS, TRUNCATION_MODES, check_lengths,
                    collate_sft, load_rows, rows_digest, tokenize_rows)
@@ -270,10 +269,9 @@ def data_key(cfg: TrainConfig, rows: list[dict], tokenizer_name: str, ref_name: 
 
 
 def save_file_atomic(obj, path: Path) -> None:
-    """``torch.save`` into a hidden sibling, then rename: a kill never leaves a truncated file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through :func:`treemdp.runs.atomic_file`: a kill never leaves a truncated file."""
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def read_json(path: Path) -> dict:
@@ -287,9 +285,8 @@ def read_json(path: Path) -> dict:
 
 def write_json(obj, path: Path) -> None:
     """Standard JSON (NaN and inf written as null), written atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(json_ready(obj), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(json_ready(obj), indent=2, allow_nan=False) + "\n")
 
 
 def json_ready(obj):
