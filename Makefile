@@ -43,7 +43,7 @@ test-floor:
 	.venv-floor/bin/pip install --no-deps -e .
 	.venv-floor/bin/python -m pytest -q tests/test_exact.py tests/test_training.py tests/test_pinned.py \
 		tests/test_engine.py tests/test_accounting.py tests/test_sweep.py tests/test_tree.py tests/test_runs.py \
-		tests/test_losses.py tests/test_losses_zoo.py tests/test_losses_registry.py
+		tests/losses/test_losses.py tests/losses/test_losses_zoo.py tests/losses/test_losses_registry.py
 
 lessons: $(VENV)/.installed-lessons
 	$(VENV)/bin/jupyter lab lessons/ $(if $(filter 0,$(shell id -u)),--allow-root,)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .errors import UserError
+from .exact import plog
 from .policies import TreePolicy
 from .tree import TreeMDP
 
@@ -238,12 +239,12 @@ def _in_distribution_mass(logp, ctx):
 def _kl_to_reference(logp, ctx):
     if ctx.ref_logp is None:
         return logp.new_full(logp.shape[:-1], math.nan)
-    return (block_probs(logp) * block_log_ratio(logp, ctx)).sum(-1)
+    return plog(block_probs(logp), block_log_ratio(logp, ctx)).sum(-1)
 
 
 @register_measurement("entropy", "entropy of the trajectory distribution, nats")
 def _entropy(logp, ctx):
-    return -(block_probs(logp) * logp).sum(-1)
+    return -plog(block_probs(logp), logp).sum(-1)
 
 
 # ----- the recorder ------------------------------------------------------------------------------

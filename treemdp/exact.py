@@ -1,6 +1,6 @@
 """Exact trajectory probabilities by enumeration, and the quantities built on them.
 
-:func:`trajectory_log_probs` walks the tree level by level: at depth t it holds the policy state
+The tree walk (:func:`treemdp.policies.walk_log_probs`, behind :func:`trajectory_log_probs`) goes level by level: at depth t it holds the policy state
 of all ``branching**t`` nodes, asks for their next-action log-probs once, and adds them to the
 prefix log-probs, so every node is evaluated exactly once (prefix sharing) and everything stays
 in log space and differentiable. Nothing is sampled: the OOD mass is a number, not an estimate.
@@ -10,17 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .policies import TreePolicy
+from .policies import CHUNK_LEAVES, ONE_HEAD_STATES, TreePolicy, walk_log_probs  # noqa: F401  (re-exported)
 from .tree import Dataset, TreeMDP
-
-
-#: With gradients on, the last two levels are computed in chunks of at most this many leaves,
-#: each recomputed during backward (activation checkpointing), bounding memory on huge trees.
-CHUNK_LEAVES = 2**20
-
-#: Up to this many (run x node) states, every level's states are kept and the policy's head runs
-#: once over all of them (fewer, larger operations: faster for the small trees of most runs).
-ONE_HEAD_STATES = 2**17
 
 
 def trajectory_log_probs(policy: TreePolicy, *, chunk_leaves: int = CHUNK_LEAVES) -> torch.Tensor:
@@ -36,65 +27,6 @@ def trajectory_log_probs(policy: TreePolicy, *, chunk_leaves: int = CHUNK_LEAVES
         Tensor [branching**depth]; ``logsumexp`` is 0 up to float error. Differentiable.
     """
     return policy.trajectory_log_probs(chunk_leaves=chunk_leaves)
-
-
-def walk_log_probs(policy: TreePolicy, params: dict[str, torch.Tensor], *,
-                   chunk_leaves: int = CHUNK_LEAVES) -> torch.Tensor:
-    """The tree walk behind every policy's enumeration: [R, branching**depth] log-probs.
-
-    At depth t the walk holds the state of all ``b**t`` nodes (of every stacked run), asks the
-    policy for their next-action log-probs once, and adds them to the prefix log-probs: each node
-    is evaluated exactly once (prefix sharing) and everything stays in log space.
-
-    Args:
-        policy: a policy with the step interface (``prepare``, ``root``, ``expand``,
-            ``next_log_probs``).
-        params: its parameters stacked over R runs, ``name -> [R, *shape]``.
-        chunk_leaves: see :func:`trajectory_log_probs`.
-    """
-    mdp = policy.mdp
-    prep = policy.prepare(params)
-    state = policy.root(prep)
-    R = next(iter(params.values())).shape[0]
-    if R * mdp.n_states <= ONE_HEAD_STATES:
-        levels = [state]
-        for _ in range(1, mdp.depth):
-            state = policy.expand(prep, state)
-            levels.append(state)
-        step = policy.next_log_probs(prep, policy.cat_states(levels) if len(levels) > 1 else state)  # [R, n_states, b]
-        edges = mdp.edge_index().to(step.device).reshape(1, -1).expand(R, -1)  # [R, T*depth]
-        per_edge = step.reshape(R, -1).gather(1, edges)  # the edge each trajectory takes at each depth
-        return per_edge.reshape(R, mdp.n_trajectories, mdp.depth).sum(-1)  # log p(y) = sum_t log pi(a_t | s_t)
-    logp = None
-    for t in range(mdp.depth):
-        if t == mdp.depth - 2 and torch.is_grad_enabled() and R * mdp.n_trajectories > chunk_leaves:
-            return _last_two_levels_chunked(policy, prep, state, logp, R, chunk_leaves)
-        step = policy.next_log_probs(prep, state)  # [R, b**t, b]
-        logp = step.reshape(R, -1) if logp is None else (logp[:, :, None] + step).reshape(R, -1)
-        if t + 1 < mdp.depth:
-            state = policy.expand(prep, state)
-    return logp
-
-
-def _last_two_levels(policy: TreePolicy, prep, state, logp: torch.Tensor) -> torch.Tensor:
-    """From nodes at depth d-2 (states, [R, N] log-probs) to their N*b*b leaves' log-probs."""
-    R = logp.shape[0]
-    logp = (logp[:, :, None] + policy.next_log_probs(prep, state)).reshape(R, -1)
-    return (logp[:, :, None] + policy.next_log_probs(prep, policy.expand(prep, state))).reshape(R, -1)
-
-
-def _last_two_levels_chunked(policy: TreePolicy, prep, state, logp, R: int, chunk_leaves: int) -> torch.Tensor:
-    from torch.utils.checkpoint import checkpoint
-    if logp is None:  # depth 2: the root is the only node at depth d-2
-        logp = torch.zeros(R, 1, device=policy.device)
-    per_node = policy.mdp.branching**2
-    step = max(1, chunk_leaves // (per_node * R))
-    parts = []
-    for start in range(0, logp.shape[1], step):
-        stop = min(start + step, logp.shape[1])
-        parts.append(checkpoint(_last_two_levels, policy, prep, policy.slice_state(state, start, stop),
-                                logp[:, start:stop], use_reentrant=False))
-    return torch.cat(parts, 1)
 
 
 def sequence_log_probs(logp: torch.Tensor, mdp: TreeMDP, actions: torch.Tensor) -> torch.Tensor:
@@ -146,14 +78,24 @@ def ood_mass(logp: torch.Tensor, in_distribution: torch.Tensor) -> torch.Tensor:
     return mass(logp, ~in_distribution)
 
 
+def plog(p: torch.Tensor, log_values: torch.Tensor) -> torch.Tensor:
+    """The terms ``p(y) log v(y)`` of an expectation over trajectories, with ``0 log 0 = 0``: a
+    trajectory of probability 0 adds 0 even where its log value is -inf (the one place the
+    convention is written; KL and entropy below, and the engine's measurements, use it)."""
+    return torch.where(p > 0, p * log_values, torch.zeros_like(p))
+
+
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """Exact KL(p || q) = sum_y p(y) (log p(y) - log q(y)) over trajectories; inputs are log-probs."""
-    return torch.sum(logp.exp() * (logp - logq))
+    """Exact KL(p || q) = sum_y p(y) (log p(y) - log q(y)) over trajectories, 0 log 0 = 0.
+
+    Inputs are log-probs [..., T]; the result is [...] (a scalar for one distribution).
+    """
+    return plog(logp.exp(), logp - logq).sum(-1)
 
 
 def entropy(logp: torch.Tensor) -> torch.Tensor:
-    """Exact entropy -sum_y p(y) log p(y) of the trajectory distribution (nats)."""
-    return -torch.sum(logp.exp() * logp)
+    """Exact entropy -sum_y p(y) log p(y) of the trajectory distribution (nats), 0 log 0 = 0; [..., T] -> [...]."""
+    return -plog(logp.exp(), logp).sum(-1)
 
 
 def top_ood(logp: torch.Tensor, in_distribution: torch.Tensor, k: int = 3) -> list[tuple[int, float]]:

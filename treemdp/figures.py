@@ -15,11 +15,10 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .plots import pyplot
+from .style import BETA_COLORS, DPI, figure, footer, save  # noqa: F401  (DPI re-exported)
 from .sweep import read_results
 from .tree import Dataset, TreeMDP, paper_dataset
 
-DPI = 100
 #: Figure name -> (width, height) in inches; PNGs are exactly width*DPI x height*DPI pixels.
 SIZES = {
     "fig06_tree_mdp": (10, 5.5),
@@ -33,29 +32,10 @@ SIZES = {
     "zoo_ood_map": (13, 11),
 }
 LOSS_ORDER = ("dpo", "ipo", "slic")
-BETA_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e")
 
 
 def _figure(name: str):
-    plt = pyplot()
-    return plt.figure(figsize=SIZES[name], dpi=DPI, layout="constrained")
-
-
-def _save(fig, out: str | Path) -> Path:
-    """Save as PNG (exactly the figure's size in pixels) and PDF; returns the PNG path."""
-    out = Path(out)
-    stem = out.parent / (out.name[:-4] if out.name.endswith((".png", ".pdf")) else out.name)
-    out = stem.parent / (stem.name + ".png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    fig.savefig(stem.parent / (stem.name + ".pdf"), metadata={"CreationDate": None})  # reproducible bytes
-    pyplot().close(fig)
-    return out
-
-
-def _footer(fig, text: str, **_) -> None:
-    """The settings line under a figure (placed by the layout engine, never over the axes)."""
-    fig.supxlabel(text, fontsize=8, color="0.3")
+    return figure(SIZES[name])
 
 
 def settings_text(config: dict, *, omit: tuple = ()) -> str:
@@ -74,7 +54,7 @@ def settings_text(config: dict, *, omit: tuple = ()) -> str:
 
 
 # ----- reading sweep folders ---------------------------------------------------------------------
-def _results(folder) -> pd.DataFrame:
+def sweep_results(folder) -> pd.DataFrame:
     """results.csv of one sweep folder, or of several stacked; ``_dir`` is each run's directory.
     Diverged runs (no numbers) are left out."""
     folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
@@ -170,15 +150,15 @@ def figure_tree(out: str | Path, mdp: TreeMDP | None = None, dataset: Dataset | 
     ax.set_title("Figure 6: the tree MDP (Appendix E). Blue: the three SFT demonstrations\n"
                  f"{', '.join(mdp.trajectory_name(d) for d in demos)}; every depth-{mdp.depth - 1} state "
                  "moves to s∞ whatever the action", fontsize=10)
-    _footer(fig, f"{mdp.branching} actions, {mdp.depth} steps, {mdp.n_trajectories} trajectories; "
-             "in distribution = the 3 demonstrations, the other 24 are OOD", fontsize=8, color="0.3")
-    return _save(fig, out)
+    footer(fig, f"{mdp.branching} actions, {mdp.depth} steps, {mdp.n_trajectories} trajectories; "
+           "in distribution = the 3 demonstrations, the other 24 are OOD")
+    return save(fig, out)
 
 
 # ----- figure 7: mass summary --------------------------------------------------------------------
 def daa_mass_curves(folder: str | Path) -> pd.DataFrame:
     """Tidy OOD / in-distribution mass over DAA steps for every run of a full sweep folder."""
-    table = _results(folder)
+    table = sweep_results(folder)
     parts = []
     for _, row in table.iterrows():
         metrics = pd.read_csv(Path(row["_dir"]) / "metrics.csv")
@@ -193,7 +173,7 @@ def figure_mass_summary(folder: str | Path, out: str | Path) -> Path:
     """Figure 7: OOD mass (top) and in-distribution mass (bottom) over DAA training, one column per
     loss, one line per beta: mean over seeds with a min-max band."""
     curves = daa_mass_curves(folder)
-    table = _results(folder)
+    table = sweep_results(folder)
     config = _config(Path(table.iloc[0]["_dir"]))
     fig = _figure("fig07_mass_summary")
     losses = [loss for loss in LOSS_ORDER if loss in set(curves["loss"])]
@@ -220,8 +200,8 @@ def figure_mass_summary(folder: str | Path, out: str | Path) -> Path:
     seeds = sorted(curves["seed"].unique())
     fig.suptitle(f"Figure 7: mass during DAA training, mean over seeds {seeds[0]}-{seeds[-1]} "
                  f"({len(seeds)} per line), band = min-max", fontsize=11)
-    _footer(fig, settings_text(config), fontsize=8, color="0.3")
-    return _save(fig, out)
+    footer(fig, settings_text(config))
+    return save(fig, out)
 
 
 # ----- figures 9-17: trajectories per (loss, beta) -----------------------------------------------
@@ -230,7 +210,7 @@ def figure_trajectories(folder: str | Path, out: str | Path, *, loss: str, beta:
     """Figures 9-17: every trajectory's probability over SFT then DAA for one (loss, beta, seed);
     in-distribution trajectories thick and labelled, OOD ones labelled once they pass 5%."""
     from .plots import plot_trajectories
-    table = _results(folder)
+    table = sweep_results(folder)
     run = _run_dir(folder, table, loss=loss, beta=float(beta), seed=seed)
     history, config = _history(run), _config(run)
     summary = json.loads((run / "summary.json").read_text())
@@ -248,8 +228,8 @@ def figure_trajectories(folder: str | Path, out: str | Path, *, loss: str, beta:
     fig.suptitle(f"{label}{loss.upper()}, beta={beta:g}, seed {seed}: every trajectory's probability; peak OOD "
                  f"mass {summary['peak_ood_mass']:.0%} at DAA step {summary['peak_ood_step']}, final "
                  f"{summary['final_ood_mass']:.1%}", fontsize=11)
-    _footer(fig, settings_text(config))
-    return _save(fig, out)
+    footer(fig, settings_text(config))
+    return save(fig, out)
 
 
 # ----- figure 18: DPO over seeds ---------------------------------------------------------------
@@ -257,7 +237,7 @@ def figure_dpo_seeds(folder: str | Path, out: str | Path, *, beta: float, seeds=
     """Figure 18: DPO repeated with further seeds, side by side: the DAA phase of each, where the
     mass goes differs from seed to seed."""
     from .plots import plot_trajectories
-    table = _results(folder)
+    table = sweep_results(folder)
     fig = _figure("fig18_dpo_seeds")
     axes = fig.subplots(1, len(seeds), sharey=True, squeeze=False)[0]
     config = None
@@ -275,15 +255,15 @@ def figure_dpo_seeds(folder: str | Path, out: str | Path, *, beta: float, seeds=
         ax.set_xlabel("DAA step (linear to 10, then log)")
         ax.legend(fontsize=6, loc="best", framealpha=0.85)
     fig.suptitle(f"Figure 18: DPO, beta={beta:g}, three more seeds (DAA phase)", fontsize=11)
-    _footer(fig, settings_text(config), fontsize=8, color="0.3")
-    return _save(fig, out)
+    footer(fig, settings_text(config))
+    return save(fig, out)
 
 
 # ----- beyond the paper: the sensitivity atlas and the controls ------------------------------------
 def figure_atlas(folder: str | Path, out: str | Path, *, metric: str = "peak_ood_mass") -> Path:
     """Heat maps of mean peak (or final) OOD mass over DAA learning rate x hidden size, one panel
     per (loss, beta), numbers in the cells; seeds per cell stated."""
-    table = _results(folder)
+    table = sweep_results(folder)
     name = "atlas_peak_ood" if metric == "peak_ood_mass" else "atlas_final_ood"
     fig = _figure(name)
     losses = [loss for loss in LOSS_ORDER if loss in set(table["loss"])]
@@ -315,10 +295,9 @@ def figure_atlas(folder: str | Path, out: str | Path, *, metric: str = "peak_ood
     what = "PEAK (max over DAA steps)" if metric == "peak_ood_mass" else "FINAL (after the last DAA step)"
     fig.suptitle(f"Sensitivity atlas: {what} OOD mass, mean over {_seeds_text(seeds)} per cell",
                  fontsize=11)
-    _footer(fig, settings_text(config, omit=("policy", "lr")) +
-             f"; SFT lr {config['sft_lr']:g} x {config['sft_steps']}, DAA {config['daa_steps']} steps",
-             fontsize=8, color="0.3")
-    return _save(fig, out)
+    footer(fig, settings_text(config, omit=("policy", "lr")) +
+           f"; SFT lr {config['sft_lr']:g} x {config['sft_steps']}, DAA {config['daa_steps']} steps")
+    return save(fig, out)
 
 
 def _seeds_text(counts: pd.Series) -> str:
@@ -339,7 +318,7 @@ def _diverged_text(folder, by: str, labels: dict) -> str:
 
 def _bars(folder, out: str | Path, *, by: str, labels: dict, name: str, title: str) -> Path:
     """Peak and final OOD mass per (loss, beta), one bar per value of ``by`` (mean, seeds as dots)."""
-    table = _results(folder)
+    table = sweep_results(folder)
     fig = _figure(name)
     axes = fig.subplots(1, 2, sharey=True)
     groups = [(loss, beta) for loss in LOSS_ORDER for beta in sorted(table["beta"].unique())
@@ -366,12 +345,12 @@ def _bars(folder, out: str | Path, *, by: str, labels: dict, name: str, title: s
     axes[0].legend(fontsize=9)
     seeds = table.groupby(["loss", "beta", by]).size()
     fig.suptitle(f"{title} ({_seeds_text(seeds)} per bar{_diverged_text(folder, by, labels)})", fontsize=11)
-    footer = []
+    settings = []
     for key in keys:
         config = _config(Path(table[table[by] == key].iloc[0]["_dir"]))
-        footer.append(f"{labels[key]}: " + settings_text(config).split("; full batch")[0])
-    _footer(fig, " | ".join(footer), fontsize=7.5, color="0.3")
-    return _save(fig, out)
+        settings.append(f"{labels[key]}: " + settings_text(config).split("; full batch")[0])
+    footer(fig, " | ".join(settings))
+    return save(fig, out)
 
 
 def figure_optimizers(folder, out: str | Path) -> Path:
@@ -389,7 +368,7 @@ def figure_tabular(folder, out: str | Path) -> Path:
 def figure_zoo(folder, out: str | Path) -> Path:
     """The OOD map of the objective zoo: peak and final OOD mass of every objective at each beta,
     mean over seeds (marker) with the seeds' range (bar), on the paper's tree and data."""
-    table = _results(folder)
+    table = sweep_results(folder)
     fig = _figure("zoo_ood_map")
     axes = fig.subplots(1, 2, sharey=True)
     order = list(dict.fromkeys(table["loss"]))  # the sweep's order: paper, GPO, variants, TRL
@@ -420,6 +399,6 @@ def figure_zoo(folder, out: str | Path) -> Path:
                  f"showed it ({_seeds_text(seeds)} per point" + (f"; {diverged} runs diverged, not shown" if diverged else "")
                  + ")", fontsize=11)
     config = _config(Path(table.iloc[0]["_dir"]))
-    _footer(fig, settings_text(config, omit=("loss",)) + "; trl(...) = TRL 1.16 DPOTrainer loss_type, "
-            "sigmoid = dpo and hinge = slic (not repeated)", fontsize=8, color="0.3")
-    return _save(fig, out)
+    footer(fig, settings_text(config, omit=("loss",)) + "; trl(...) = TRL 1.16 DPOTrainer loss_type, "
+           "sigmoid = dpo and hinge = slic (not repeated)")
+    return save(fig, out)

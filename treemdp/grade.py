@@ -37,7 +37,7 @@ class Row:
     message: str
 
 
-def _known_assignment(name: str) -> str:
+def known_assignment(name: str) -> str:
     from .exercises import assignment_exercises
     assignment_exercises(name)  # raises UserError listing the valid ones
     return name
@@ -47,10 +47,10 @@ def detect_assignment(nb, path: Path) -> str:
     """The assignment id from the notebook's ``treemdp`` metadata, else from a name like ``a2_...``."""
     meta = nb.metadata.get("treemdp", {}) if hasattr(nb, "metadata") else {}
     if isinstance(meta, dict) and meta.get("assignment"):
-        return _known_assignment(str(meta["assignment"]))
+        return known_assignment(str(meta["assignment"]))
     match = re.search(r"(?:^|[^a-z0-9])(a\d+)(?:[^0-9]|$)", path.stem.lower())
     if match:
-        return _known_assignment(match.group(1))
+        return known_assignment(match.group(1))
     raise UserError(f"cannot tell which assignment {str(path)!r} is; pass --assignment")
 
 
@@ -159,7 +159,7 @@ def _with_cell_errors(cells, rows: list[Row], exercises) -> list[Row]:
     return out
 
 
-def _is_cell_row(row: Row) -> bool:
+def is_cell_row(row: Row) -> bool:
     return row.exercise.startswith("cell [")
 
 
@@ -167,12 +167,12 @@ def format_table(rows: list[Row], root: Path | None = None) -> str:
     """One line per submission, one column per exercise (✓ correct, ✗ incorrect, · not attempted),
     then a ``cells`` column: ✓ when every other cell ran, else ! and how many raised (the CSV
     names them)."""
-    exercises = list(dict.fromkeys(r.exercise for r in rows if r.exercise and not _is_cell_row(r)))
+    exercises = list(dict.fromkeys(r.exercise for r in rows if r.exercise and not is_cell_row(r)))
     by_notebook: dict[str, dict[str, str]] = {}
     failing: dict[str, int] = {}
     for r in rows:
         outcomes = by_notebook.setdefault(r.notebook, {})
-        if _is_cell_row(r):
+        if is_cell_row(r):
             failing[r.notebook] = failing.get(r.notebook, 0) + 1
         else:
             outcomes[r.exercise] = r.outcome
@@ -206,7 +206,7 @@ def format_table(rows: list[Row], root: Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def _check_writable(path: Path) -> None:
+def check_writable(path: Path) -> None:
     if path.exists() and path.is_dir():
         raise UserError(f"--csv {str(path)!r} is a folder")
     if not path.parent.exists():

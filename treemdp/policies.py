@@ -6,7 +6,7 @@ log-probability of every trajectory, ``[R, T]``. The training engine trains R ru
 through it; a single module is the case R = 1 (:meth:`TreePolicy.trajectory_log_probs`).
 
 The two built-in policies describe themselves step by step instead, and the shared tree walk of
-:func:`treemdp.exact.walk_log_probs` (level by level, each node once) turns that into
+:func:`walk_log_probs` (level by level, each node once) turns that into
 ``stacked_log_probs``::
 
     prep  = policy.prepare(params)            # per-forward tables (e.g. input gates per token)
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .rng import stream
 from .tree import TreeMDP
 
 CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "rnn": nn.RNNCell}
@@ -39,9 +40,7 @@ GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 
 
 def _generator(seed: int | None) -> torch.Generator:
-    generator = torch.Generator()
-    generator.manual_seed(0 if seed is None else int(seed))
-    return generator
+    return stream(0 if seed is None else seed, "policy_init")
 
 
 class TreePolicy(nn.Module):
@@ -60,12 +59,11 @@ class TreePolicy(nn.Module):
 
         Args:
             params: ``name -> [R, *shape]`` for every name of ``named_parameters()``.
-            chunk_leaves: see :func:`treemdp.exact.walk_log_probs`.
+            chunk_leaves: see :func:`walk_log_probs`.
 
         Returns:
             Tensor [R, branching**depth] in ``mdp.trajectories()`` order. Differentiable.
         """
-        from .exact import CHUNK_LEAVES, walk_log_probs
         return walk_log_probs(self, params, chunk_leaves=CHUNK_LEAVES if chunk_leaves is None else chunk_leaves)
 
     def stacked_parameters(self) -> dict[str, torch.Tensor]:
@@ -155,6 +153,78 @@ class TreePolicy(nn.Module):
         powers = b ** torch.arange(t - 1, -1, -1, device=prefixes.device)
         rows = (prefixes * powers).sum(-1) if t else torch.zeros(len(prefixes), dtype=torch.long, device=prefixes.device)
         return torch.log_softmax(marginal[rows], -1)
+
+
+# ----- the tree walk: every policy's enumeration ---------------------------------------------------
+#: With gradients on, the last two levels are computed in chunks of at most this many leaves,
+#: each recomputed during backward (activation checkpointing), bounding memory on huge trees.
+CHUNK_LEAVES = 2**20
+
+#: Up to this many (run x node) states, every level's states are kept and the policy's head runs
+#: once over all of them (fewer, larger operations: faster for the small trees of most runs).
+ONE_HEAD_STATES = 2**17
+
+
+def walk_log_probs(policy: TreePolicy, params: dict[str, torch.Tensor], *,
+                   chunk_leaves: int = CHUNK_LEAVES) -> torch.Tensor:
+    """The tree walk behind every policy's enumeration: [R, branching**depth] log-probs.
+
+    At depth t the walk holds the state of all ``b**t`` nodes (of every stacked run), asks the
+    policy for their next-action log-probs once, and adds them to the prefix log-probs: each node
+    is evaluated exactly once (prefix sharing) and everything stays in log space.
+
+    Args:
+        policy: a policy with the step interface (``prepare``, ``root``, ``expand``,
+            ``next_log_probs``).
+        params: its parameters stacked over R runs, ``name -> [R, *shape]``.
+        chunk_leaves: with autograd on and more leaves than this, the last two levels are
+            evaluated subtree by subtree under activation checkpointing (same numbers, bounded
+            memory, some recomputation in backward).
+    """
+    mdp = policy.mdp
+    prep = policy.prepare(params)
+    state = policy.root(prep)
+    R = next(iter(params.values())).shape[0]
+    if R * mdp.n_states <= ONE_HEAD_STATES:
+        levels = [state]
+        for _ in range(1, mdp.depth):
+            state = policy.expand(prep, state)
+            levels.append(state)
+        step = policy.next_log_probs(prep, policy.cat_states(levels) if len(levels) > 1 else state)  # [R, n_states, b]
+        edges = mdp.edge_index().to(step.device).reshape(1, -1).expand(R, -1)  # [R, T*depth]
+        per_edge = step.reshape(R, -1).gather(1, edges)  # the edge each trajectory takes at each depth
+        return per_edge.reshape(R, mdp.n_trajectories, mdp.depth).sum(-1)  # log p(y) = sum_t log pi(a_t | s_t)
+    logp = None
+    for t in range(mdp.depth):
+        if t == mdp.depth - 2 and torch.is_grad_enabled() and R * mdp.n_trajectories > chunk_leaves:
+            return _last_two_levels_chunked(policy, prep, state, logp, R, chunk_leaves)
+        step = policy.next_log_probs(prep, state)  # [R, b**t, b]
+        logp = step.reshape(R, -1) if logp is None else (logp[:, :, None] + step).reshape(R, -1)
+        if t + 1 < mdp.depth:
+            state = policy.expand(prep, state)
+    return logp
+
+
+def _last_two_levels(policy: TreePolicy, prep, state, logp: torch.Tensor) -> torch.Tensor:
+    """From nodes at depth d-2 (states, [R, N] log-probs) to their N*b*b leaves' log-probs."""
+    R = logp.shape[0]
+    logp = (logp[:, :, None] + policy.next_log_probs(prep, state)).reshape(R, -1)
+    return (logp[:, :, None] + policy.next_log_probs(prep, policy.expand(prep, state))).reshape(R, -1)
+
+
+def _last_two_levels_chunked(policy: TreePolicy, prep, state, logp, R: int, chunk_leaves: int) -> torch.Tensor:
+    from torch.utils.checkpoint import checkpoint
+    if logp is None:  # depth 2: the root is the only node at depth d-2
+        logp = torch.zeros(R, 1, device=policy.device)
+    per_node = policy.mdp.branching**2
+    step = max(1, chunk_leaves // (per_node * R))
+    parts = []
+    for start in range(0, logp.shape[1], step):
+        stop = min(start + step, logp.shape[1])
+        parts.append(checkpoint(_last_two_levels, policy, prep, policy.slice_state(state, start, stop),
+                                logp[:, start:stop], use_reentrant=False))
+    return torch.cat(parts, 1)
+
 
 
 class RNNPolicy(TreePolicy):

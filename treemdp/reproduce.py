@@ -3,9 +3,9 @@
 ``reproduce`` runs four sweeps (the paper grid, the sensitivity atlas, the optimiser and the
 policy controls) into ``--runs`` (resumable: finished runs are kept), then draws every figure of
 :mod:`treemdp.figures` into ``--out``; then the over-optimization lab's grids
-(:mod:`treemdp.lab.experiments`) into ``--runs``/lab and its figures into ``--out``/lab. The settings of every experiment are pinned here, not
-taken from ``TrainConfig``'s defaults, so a change of defaults cannot silently change the
-committed figures.
+(:mod:`treemdp.lab.experiments`) into ``--runs``/lab and its figures into ``--out``/lab. The settings of every experiment are pinned in
+:mod:`treemdp.experiments`, not taken from ``TrainConfig``'s defaults, so a change of defaults
+cannot silently change the committed figures.
 """
 
 from __future__ import annotations
@@ -17,35 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from .experiments import BETAS, FULL, LOSSES, PAPER, QUICK, Plan  # noqa: F401  (pinned there)
 from .training import TrainConfig
-
-LOSSES = ("dpo", "ipo", "slic")
-BETAS = (0.01, 0.1, 0.5)
-
-#: The paper-style figures (7, 9-17, 18): chosen from the atlas because the effect shows there
-#: (a larger DAA step than SFT's); stated on every figure.
-PAPER = dict(policy="rnn", cell="gru", hidden_size=32, optimizer="adam", sft_lr=1e-2, daa_lr=3e-2,
-             sft_steps=200, daa_steps=1000, log_every=1, branching=3, depth=3, threads=1, device="cpu",
-             data=None)
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """Sizes of one reproduction (full or ``--quick``)."""
-
-    seeds: tuple
-    sft_steps: int
-    daa_steps: int
-    atlas_hidden: tuple
-    atlas_lr: tuple
-    dpo_seeds: tuple  # figure 18
-
-
-FULL = Plan(seeds=tuple(range(5)), sft_steps=200, daa_steps=1000, atlas_hidden=(8, 16, 32),
-            atlas_lr=(3e-3, 1e-2, 3e-2), dpo_seeds=(1, 2, 3))
-QUICK = Plan(seeds=(0, 1, 2, 3), sft_steps=60, daa_steps=120, atlas_hidden=(8, 16),
-             atlas_lr=(1e-2, 3e-2), dpo_seeds=(1, 2, 3))
-
 
 def zoo_objectives() -> list[str]:
     """The objectives of the zoo figure: every registered objective, TRL's loss types one by one
@@ -129,7 +102,7 @@ def run_reproduce(out: str | Path = "figures", *, runs: str | Path | None = None
                  ("figure_zoo", (runs / "zoo", out / "zoo_ood_map"), {})]
     made = [_draw_one(*drawing) for drawing in drawings]  # a process pool measured no faster here
     # The neighbouring results (displacement, squeezing, IPO's argument, theory, explain): their own
-    # small experiments, plus the paper sweep above; settings pinned in treemdp.phenomena.figures.
+    # small experiments, plus the paper sweep above; settings pinned in treemdp.experiments.
     from .phenomena.figures import draw_all as draw_phenomena
     made += draw_phenomena(paper, out, quick=quick, progress=progress)
     from .lab.experiments import run_lab_reproduce  # the over-optimization lab: figures/lab/

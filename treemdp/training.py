@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -24,112 +22,24 @@ import torch
 from . import accounting  # noqa: F401  (registers the mass buckets)
 from .engine import (OPTIMIZERS, DaaHook, Phase, PhaseRecord, RunContext, daa_loss, load_row, run_phase,
                      sft_loss, stack_parameters, torch_threads)
-from .errors import UserError
+from .errors import TrainingDiverged, UserError
 from .exact import entropy, in_distribution_mask, kl_divergence, top_ood
-from .losses import check_beta, get_objective
+from .losses import get_objective
+from .objectives import check_loss, loss_spec
 from .policies import CELLS, POLICIES, TreePolicy, make_policy
+from .settings import Settings, check_integer, check_positive, setting
 from .tree import Dataset, TreeMDP, load_dataset, make_dataset, paper_dataset
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of one run; ``config.json`` holds these fields and reruns it exactly."""
-
-    loss: str = "dpo"
-    """Direct alignment objective: a name (dpo, ipo, slic, ...; see 'treemdp losses'), NAME(k=v, ...) with its parameters, or module:function."""
-    beta: float = 0.1
-    """Inverse temperature beta of g(beta * h); finite and > 0 (paper: 0.01, 0.1, 0.5)."""
-    seed: int = 0
-    """Seeds the policy initialisation; same seed, same numbers, bit for bit on CPU."""
-    branching: int = 3
-    """Actions per state (paper: 3)."""
-    depth: int = 3
-    """Actions per trajectory (paper: 3)."""
-    policy: str = "rnn"
-    """Policy class: rnn (shared parameters), tabular (independent logits per state), or a registered one."""
-    cell: str = "gru"
-    """Recurrent cell of the rnn policy: gru, lstm or rnn."""
-    hidden_size: int = 32
-    """Hidden size of the rnn policy."""
-    optimizer: str = "adam"
-    """Optimiser for both phases: adam, rmsprop or sgd (torch.optim, default settings)."""
-    sft_lr: float = 1e-2
-    """Learning rate of the SFT phase."""
-    daa_lr: float = 1e-2
-    """Learning rate of the direct alignment phase."""
-    sft_steps: int = 200
-    """Full-batch SFT steps on the demonstrations."""
-    daa_steps: int = 1000
-    """Full-batch direct alignment steps on the preferences."""
-    log_every: int = 1
-    """Write every trajectory's probability to the history every this many steps (and the last)."""
-    history_limit: int = 4096
-    """Trees with more trajectories log only in-distribution and the top-10 OOD ones per logged step."""
-    threads: int = 1
-    """torch threads (one is fastest for these tiny tensors)."""
-    device: str = "cpu"
-    """Torch device: cpu, cuda, cuda:1, mps, ..."""
-    data: Optional[str] = None
-    """JSON data file (demonstrations, preferences); None means the paper's data."""
-    in_distribution: str = "data"
-    """What counts as in distribution: data (demonstrations and both sides of every preference), demonstrations, or a JSON file of trajectories."""
-    history_format: str = "auto"
-    """history file of a run folder: csv, parquet, or auto (Parquet above a million rows)."""
-
-    def validate(self) -> "TrainConfig":
-        """Raise UserError naming the first bad field; return the config with its loss spelled canonically."""
-        try:
-            objective = get_objective(self.loss)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        check_beta_user(self.beta)
-        for name in ("branching", "depth", "hidden_size", "threads", "log_every", "history_limit"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{name} must be a positive integer, got {value!r}")
-        if self.branching < 2:
-            raise UserError(f"branching must be >= 2, got {self.branching}")
-        for name in ("sft_steps", "daa_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise UserError(f"{name} must be an integer >= 0, got {value!r}")
-        for name in ("sft_lr", "daa_lr"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise UserError(f"{name} must be a finite number > 0, got {value!r}")
-        for name, table in (("policy", POLICIES), ("cell", CELLS), ("optimizer", OPTIMIZERS)):
-            if getattr(self, name) not in table:
-                raise UserError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(table)}")
-        check_device(self.device)
-        if self.history_format not in HISTORY_FORMATS:
-            raise UserError(f"unknown history_format {self.history_format!r}; choose one of: {', '.join(HISTORY_FORMATS)}")
-        if not isinstance(self.in_distribution, str) or not self.in_distribution:
-            raise UserError("in_distribution must be data, demonstrations or the path of a JSON file of trajectories")
-        if isinstance(self.loss, str) and self.loss != objective.spec:
-            return dataclasses.replace(self, loss=objective.spec)
-        return self
-
-    @property
-    def objective(self):
-        """The :class:`~treemdp.losses.Objective` named by ``loss``."""
-        return get_objective(self.loss)
-
-    def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["loss"] = loss_spec(self.loss)
-        return out
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "TrainConfig":
-        """Build from a dict (e.g. ``config.json``), refusing unknown keys."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise UserError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(**raw)
-
-
+#: The history file formats of a run folder (``history_format``).
 HISTORY_FORMATS = ("auto", "csv", "parquet")
+
+
+def check_in_distribution(value) -> str:
+    """``data``, ``demonstrations`` or the path of a JSON file of trajectories (any non-empty string)."""
+    if not isinstance(value, str) or not value:
+        raise UserError("in_distribution must be data, demonstrations or the path of a JSON file of trajectories")
+    return value
 
 
 def check_device(name: str) -> torch.device:
@@ -154,37 +64,77 @@ def check_device(name: str) -> torch.device:
     return device
 
 
-def loss_spec(loss) -> str:
-    """How ``config.json`` writes a loss: its spec string, or ``module:function`` for a callable.
+@dataclass(frozen=True)
+class TrainConfig(Settings):
+    """Every setting of one run; ``config.json`` holds these fields and reruns it exactly."""
 
-    A callable defined in a notebook or script cannot be imported back; it is written as
-    ``<name>`` and ``treemdp train --config`` then asks for a registered name instead.
-    """
-    if isinstance(loss, str):
-        return loss
-    spec = getattr(loss, "spec", None)
-    if isinstance(spec, str):
-        return spec
-    module, name = getattr(loss, "__module__", None), getattr(loss, "__qualname__", None)
-    if module and name and "<" not in name and module != "__main__":
-        try:
-            if functools.reduce(getattr, name.split("."), importlib.import_module(module)) is loss:
-                return f"{module}:{name}"
-        except (ImportError, AttributeError):
-            pass
-    return f"<{name or type(loss).__name__}>"
+    loss: str = setting("dpo", check=check_loss)
+    """Direct alignment objective: a name (dpo, ipo, slic, ...; see 'treemdp losses'), NAME(k=v, ...) with its parameters, or module:function."""
+    beta: float = setting(0.1, check=check_positive)
+    """Inverse temperature beta of g(beta * h); finite and > 0 (paper: 0.01, 0.1, 0.5)."""
+    seed: int = 0
+    """Seeds the policy initialisation; same seed, same numbers, bit for bit on CPU."""
+    branching: int = setting(3, check=check_integer(2))
+    """Actions per state (paper: 3)."""
+    depth: int = setting(3, check=check_integer(1))
+    """Actions per trajectory (paper: 3)."""
+    policy: str = setting("rnn", choices=lambda: POLICIES)
+    """Policy class: rnn (shared parameters), tabular (independent logits per state), or a registered one."""
+    cell: str = setting("gru", choices=lambda: CELLS)
+    """Recurrent cell of the rnn policy: gru, lstm or rnn."""
+    hidden_size: int = setting(32, check=check_integer(1))
+    """Hidden size of the rnn policy."""
+    optimizer: str = setting("adam", choices=lambda: OPTIMIZERS)
+    """Optimiser for both phases: adam, rmsprop or sgd (torch.optim, default settings)."""
+    sft_lr: float = setting(1e-2, check=check_positive)
+    """Learning rate of the SFT phase."""
+    daa_lr: float = setting(1e-2, check=check_positive)
+    """Learning rate of the direct alignment phase."""
+    sft_steps: int = setting(200, check=check_integer(0))
+    """Full-batch SFT steps on the demonstrations."""
+    daa_steps: int = setting(1000, check=check_integer(0))
+    """Full-batch direct alignment steps on the preferences."""
+    log_every: int = setting(1, check=check_integer(1))
+    """Write every trajectory's probability to the history every this many steps (and the last)."""
+    history_limit: int = setting(4096, check=check_integer(1))
+    """Trees with more trajectories log only in-distribution and the top-10 OOD ones per logged step."""
+    threads: int = setting(1, check=check_integer(1))
+    """torch threads (one is fastest for these tiny tensors)."""
+    device: str = setting("cpu", check=check_device)
+    """Torch device: cpu, cuda, cuda:1, mps, ..."""
+    data: Optional[str] = None
+    """JSON data file (demonstrations, preferences); None means the paper's data."""
+    in_distribution: str = setting("data", check=check_in_distribution)
+    """What counts as in distribution: data (demonstrations and both sides of every preference), demonstrations, or a JSON file of trajectories."""
+    history_format: str = setting("auto", choices=HISTORY_FORMATS)
+    """history file of a run folder: csv, parquet, or auto (Parquet above a million rows)."""
 
+    def validate(self) -> "TrainConfig":
+        """Raise UserError naming the first bad field; return the config with its loss spelled canonically."""
+        self.check_fields()
+        objective = get_objective(self.loss)
+        if isinstance(self.loss, str) and self.loss != objective.spec:
+            return dataclasses.replace(self, loss=objective.spec)
+        return self
 
-def check_beta_user(beta) -> float:
-    """:func:`treemdp.losses.check_beta` with the error as a UserError."""
-    try:
-        return check_beta(beta)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    @property
+    def objective(self):
+        """The :class:`~treemdp.losses.Objective` named by ``loss``."""
+        return get_objective(self.loss)
 
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["loss"] = loss_spec(self.loss)
+        return out
 
-class TrainingDiverged(UserError):
-    """The loss or the probabilities became NaN/inf."""
+    @classmethod
+    def from_dict(cls, raw: dict) -> "TrainConfig":
+        """Build from a dict (e.g. ``config.json``), refusing unknown keys."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise UserError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**raw)
 
 
 #: Fields that may differ between the runs of one batch; every other field is part of the shape.

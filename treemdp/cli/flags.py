@@ -23,6 +23,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import UserError, read_json_file
+from ..settings import field_choices
+from ..specs import parse_bool
 
 
 @lru_cache(maxsize=None)
@@ -58,10 +60,13 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, *, nargs=None, ski
 
     Every flag defaults to None ("not given"), so :func:`values_from_args` can tell an explicit
     flag from the dataclass default. ``nargs="+"`` makes every flag take a list (sweeps);
-    ``choices`` maps field names to the names a single-valued flag accepts (listed in --help).
-    Boolean fields become ``--name`` / ``--no-name`` switches.
+    ``choices`` maps field names to the names a single-valued flag accepts (listed in --help);
+    by default they are read from the fields' metadata (:func:`treemdp.settings.setting`), as is
+    a ``help`` text given there. Boolean fields become ``--name`` / ``--no-name`` switches.
     """
-    docs = field_docs(cls)
+    docs = {**field_docs(cls), **{f.name: f.metadata["help"] for f in dataclasses.fields(cls) if "help" in f.metadata}}
+    if choices is None:
+        choices = {f.name: field_choices(f) for f in dataclasses.fields(cls) if "choices" in f.metadata}
     group = parser.add_argument_group(title or f"settings (every {cls.__name__} field)")
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -85,11 +90,10 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, *, nargs=None, ski
 
 
 def _boolean(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    try:
+        return parse_bool(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from ..grade import (SYMBOLS, Row, _check_writable, _is_cell_row, _known_assignment, format_table,
-                     grade_notebook, write_csv)
+from ..grade import (SYMBOLS, Row, check_writable, format_table, grade_notebook, is_cell_row, known_assignment,
+                     write_csv)
 
 
 def add_parsers(subparsers) -> None:
@@ -34,13 +34,13 @@ def handler(args) -> int:
     if args.timeout is not None and args.timeout < 1:
         raise UserError(f"--timeout must be >= 1 second, got {args.timeout}")
     if args.assignment is not None:
-        _known_assignment(args.assignment)
+        known_assignment(args.assignment)
     if path.is_dir():
         notebooks = sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
         if not notebooks:
             raise UserError(f"no .ipynb files under {str(path)!r}")
         csv_path = Path(args.csv) if args.csv else path / "grades.csv"
-        _check_writable(csv_path)
+        check_writable(csv_path)
         rows = []
         for notebook in notebooks:
             print(f"grading {notebook.relative_to(path)} ...", file=sys.stderr, flush=True)
@@ -60,7 +60,7 @@ def handler(args) -> int:
     width = max(len(r.exercise) for r in rows)
     for r in rows:
         print(f"{SYMBOLS.get(r.outcome, '?')} {r.exercise:<{width}}  {r.outcome}: {r.message}")
-    graded = [r for r in rows if not _is_cell_row(r)]
+    graded = [r for r in rows if not is_cell_row(r)]
     done = sum(r.outcome == "correct" for r in graded)
     print(f"{done} of {len(graded)} exercises correct")
     return 0

@@ -23,15 +23,6 @@ EPILOG = ("Every setting takes one or more values and the grid is their product;
           "columns and figures: the README's lab section.")
 
 
-def _choices() -> dict:
-    from ..engine import OPTIMIZERS
-    from ..lab.config import METHODS, PAIR_SOURCES
-    from ..lab.rlhf import SCORERS
-    from ..policies import CELLS, POLICIES
-    return {"policy": list(POLICIES), "cell": list(CELLS), "optimizer": list(OPTIMIZERS), "method": list(METHODS),
-            "pair_source": list(PAIR_SOURCES), "rm": list(SCORERS)}
-
-
 def _grid_parser(subparsers, name: str, help_text: str, description: str, *, bon: bool):
     from ..lab.config import LabConfig
     parser = subparsers.add_parser(name, help=help_text, description=description, epilog=EPILOG)
@@ -39,7 +30,7 @@ def _grid_parser(subparsers, name: str, help_text: str, description: str, *, bon
     parser.add_argument("--seeds", nargs="+", default=["0"], metavar="SEEDS",
                         help="seeds: integers and ranges, e.g. 0-9 or 0 3 5 (default 0)")
     skip = ("seed", "n") + (("method", "loss", "beta", "steps", "lr", "batch_size") if bon else ())
-    add_dataclass_flags(parser, LabConfig, nargs="+", skip=skip, choices=_choices(),
+    add_dataclass_flags(parser, LabConfig, nargs="+", skip=skip,
                         title="lab settings (every LabConfig field; one or more values each)")
     if bon:
         parser.add_argument("--n", nargs="+", type=int, metavar="N", help="best-of-n sizes (default: 1 2 4 ... 4096)")

@@ -8,31 +8,16 @@ import itertools
 from pathlib import Path
 
 from ..errors import UserError
+from ..specs import literal
 from ..training import TrainConfig
 from .flags import add_dataclass_flags, read_config_file, values_from_args
 
 
-def config_choices() -> dict:
-    """Names the single-valued flags accept (listed by --help)."""
-    from ..engine import OPTIMIZERS
-    from ..policies import CELLS, POLICIES
-    return {"policy": list(POLICIES), "cell": list(CELLS), "optimizer": list(OPTIMIZERS)}
-
-
 def add_config_flags(parser: argparse.ArgumentParser, *, nargs=None, skip=()) -> None:
     """``--field-name`` for every TrainConfig field; ``nargs="+"`` for value lists (sweeps)."""
-    add_dataclass_flags(parser, TrainConfig, nargs=nargs, skip=skip, choices=config_choices(),
+    add_dataclass_flags(parser, TrainConfig, nargs=nargs, skip=skip,
                         title="run settings (every TrainConfig field)")
     parser.set_defaults(loss_flags=True)
-
-
-def _parse_value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def objective_flags(extra: list[str]) -> dict[str, list]:
@@ -45,11 +30,11 @@ def objective_flags(extra: list[str]) -> dict[str, list]:
             name = name.replace("-", "_")
             if name in flags:
                 raise UserError(f"--{name.replace('_', '-')} is given twice")
-            flags[name] = [_parse_value(inline)] if inline else []
+            flags[name] = [literal(inline)] if inline else []
         elif name is None:
             raise UserError(f"unrecognized argument {token!r}")
         else:
-            flags[name].append(_parse_value(token))
+            flags[name].append(literal(token))
     for name, values in flags.items():
         if not values:
             raise UserError(f"--{name.replace('_', '-')} needs a value")

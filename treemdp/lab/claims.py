@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..rng import stream
+
 #: A run "over-optimizes" when its win-rate gain falls at least this far below its peak by the end.
 DROP = 0.02
 
@@ -24,7 +26,7 @@ def _bootstrap_mean(values, *, resamples: int = 2000, seed: int = 0) -> tuple[fl
     values = values[np.isfinite(values)]
     if not len(values):
         return np.nan, np.nan, np.nan
-    rng = np.random.default_rng(seed)
+    rng = stream(seed, "bootstrap")
     means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(1)
     low, high = np.quantile(means, [0.025, 0.975])
     return float(values.mean()), float(low), float(high)

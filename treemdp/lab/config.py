@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 from dataclasses import dataclass
 
 from ..engine import OPTIMIZERS
 from ..errors import UserError
 from ..losses import get_objective
+from ..objectives import check_loss, loss_spec
 from ..policies import CELLS, POLICIES
-from ..training import check_beta_user, loss_spec
+from ..settings import Settings, check_integer, check_non_negative, check_positive, setting
 from ..tree import TreeMDP
 
 METHODS = ("daa", "rlhf", "bon")
@@ -21,67 +21,98 @@ PAIR_SOURCES = ("reference", "uniform")
 DEFAULT_N = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
 
 
+def _scorers() -> list[str]:
+    from .rlhf import SCORERS
+    return list(SCORERS)
+
+
+def check_best_of_n(value) -> tuple:
+    """One best-of-n size or several, each an integer >= 1."""
+    n = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if not n:
+        raise UserError("best-of-n needs at least one n")
+    for item in n:
+        check_integer(1)(item)
+    return n
+
+
+def check_tree(text: str) -> str:
+    """BRANCHINGxDEPTH naming a valid tree (see :func:`parse_tree`)."""
+    parse_tree(text)
+    return text
+
+
+def check_device_name(name: str) -> str:
+    """A name ``torch.device`` reads (whether this machine has it is checked when the run starts)."""
+    import torch
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}") from None
+    return name
+
+
 @dataclass(frozen=True)
-class LabConfig:
+class LabConfig(Settings):
     """Every setting of one over-optimization lab run; ``config.json`` holds these fields."""
 
-    method: str = "daa"
+    method: str = setting("daa", choices=METHODS)
     """daa (a direct alignment objective), rlhf (Bradley-Terry reward model, then E_pi[r] - beta*KL by exact gradient) or bon (best-of-n under that reward model)."""
-    loss: str = "dpo"
+    loss: str = setting("dpo", check=check_loss)
     """DAA objective (method daa): dpo, ipo, slic or any name of 'treemdp losses'."""
-    beta: float = 0.1
+    beta: float = setting(0.1, check=check_positive)
     """beta of the DAA objective, or the KL coefficient of RLHF; finite and > 0."""
-    seed: int = 0
+    seed: int = setting(0, check=check_integer(0))
     """Seeds the data draws and the initialisations; same seed, same numbers on CPU."""
-    pairs: int = 64
+    pairs: int = setting(64, check=check_integer(1))
     """N, the number of preference pairs (the pairs of one seed are nested: N=16 is a prefix of N=64)."""
-    tree: str = "4x4"
+    tree: str = setting("4x4", check=check_tree)
     """Tree shape BRANCHINGxDEPTH (4x4: 256 trajectories)."""
     gold: str = "random"
     """Gold reward r*: random, additive, spurious (with parameters: spurious(strength=2, off=0)), a .pt/.npy/.json file of T values, or module:function."""
-    gold_seed: int = 0
+    gold_seed: int = setting(0, check=check_integer(0))
     """Seeds the gold reward (the task); runs with other seeds share it."""
-    demos: int = 64
+    demos: int = setting(64, check=check_integer(1))
     """SFT demonstrations drawn from the data distribution softmax(r*/demo_temperature) on the gold's support."""
-    demo_temperature: float = 1.0
+    demo_temperature: float = setting(1.0, check=check_positive)
     """Temperature of the data distribution of the demonstrations; > 0."""
-    pair_source: str = "reference"
+    pair_source: str = setting("reference", choices=PAIR_SOURCES)
     """Where both answers of a pair come from: reference (the SFT policy) or uniform."""
-    label_temperature: float = 1.0
+    label_temperature: float = setting(1.0, check=check_non_negative)
     """Bradley-Terry label noise: P(y1 > y2) = sigmoid((r*(y1) - r*(y2)) / T); 0: deterministic."""
-    policy: str = "rnn"
+    policy: str = setting("rnn", choices=lambda: POLICIES)
     """Policy class: rnn or tabular (or a registered one)."""
-    cell: str = "gru"
+    cell: str = setting("gru", choices=lambda: CELLS)
     """Recurrent cell of the rnn policy (and of the rnn reward model)."""
-    hidden_size: int = 16
+    hidden_size: int = setting(16, check=check_integer(1))
     """Hidden size of the rnn policy: the toy's model size."""
-    optimizer: str = "adam"
+    optimizer: str = setting("adam", choices=lambda: OPTIMIZERS)
     """Optimiser of every phase: adam, rmsprop or sgd (torch.optim defaults)."""
-    sft_lr: float = 1e-2
+    sft_lr: float = setting(1e-2, check=check_positive)
     """Learning rate of SFT on the demonstrations."""
-    sft_steps: int = 200
+    sft_steps: int = setting(200, check=check_integer(0))
     """Full-batch SFT steps."""
-    lr: float = 1e-2
+    lr: float = setting(1e-2, check=check_positive)
     """Learning rate of the policy optimisation (DAA or RLHF)."""
-    steps: int = 1000
+    steps: int = setting(1000, check=check_integer(0))
     """Policy optimisation steps (DAA or RLHF); every step is measured."""
-    batch_size: int = 0
+    batch_size: int = setting(0, check=check_integer(0))
     """Preference pairs per DAA step (minibatches without replacement, epoch after epoch); 0: all pairs every step."""
-    rm: str = "rnn"
+    rm: str = setting("rnn", choices=_scorers, label="reward model")
     """Reward model (rlhf, bon): rnn (the policy's network with per-token reward outputs) or tabular."""
-    rm_hidden_size: int = 16
+    rm_hidden_size: int = setting(16, check=check_integer(1))
     """Hidden size of the rnn reward model."""
-    rm_lr: float = 1e-2
+    rm_lr: float = setting(1e-2, check=check_positive)
     """Learning rate of the reward model's Bradley-Terry fit."""
-    rm_steps: int = 300
+    rm_steps: int = setting(300, check=check_integer(0))
     """Full-batch Bradley-Terry steps of the reward model."""
-    n: tuple = DEFAULT_N
+    n: tuple = setting(DEFAULT_N, check=check_best_of_n)
     """Best-of-n sizes (method bon)."""
-    log_every: int = 1
+    log_every: int = setting(1, check=check_integer(1))
     """Write every this many steps to curve.csv (and the last); measurements are taken at every step."""
-    threads: int = 1
+    threads: int = setting(1, check=check_integer(1))
     """torch threads."""
-    device: str = "cpu"
+    device: str = setting("cpu", check=check_device_name)
     """Torch device."""
 
     # ----- derived ---------------------------------------------------------------------------------
@@ -95,42 +126,10 @@ class LabConfig:
 
     def validate(self) -> "LabConfig":
         """Raise UserError naming the first bad field; return the config with canonical spellings."""
-        if self.method not in METHODS:
-            raise UserError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
-        try:
-            objective = get_objective(self.loss)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        check_beta_user(self.beta)
-        _check_gold(self.tree, self.gold, self.gold_seed)  # validates the tree too
-        for name in ("pairs", "demos", "hidden_size", "rm_hidden_size", "log_every", "threads"):
-            _positive_int(name, getattr(self, name))
-        for name in ("seed", "gold_seed", "sft_steps", "steps", "rm_steps", "batch_size"):
-            _positive_int(name, getattr(self, name), low=0)
-        for name in ("sft_lr", "lr", "rm_lr", "demo_temperature"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise UserError(f"{name} must be a finite number > 0, got {value!r}")
-        if (isinstance(self.label_temperature, bool) or not isinstance(self.label_temperature, (int, float))
-                or not math.isfinite(self.label_temperature) or self.label_temperature < 0):
-            raise UserError(f"label_temperature must be a finite number >= 0, got {self.label_temperature!r}")
-        for name, table in (("policy", POLICIES), ("cell", CELLS), ("optimizer", OPTIMIZERS),
-                            ("pair_source", PAIR_SOURCES)):
-            if getattr(self, name) not in table:
-                raise UserError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(table)}")
-        from .rlhf import SCORERS
-        if self.rm not in SCORERS:
-            raise UserError(f"unknown reward model {self.rm!r}; choose one of: {', '.join(SCORERS)}")
+        self.check_fields()
+        _check_gold(self.tree, self.gold, self.gold_seed)  # the gold reward needs its tree and seed
+        objective = get_objective(self.loss)
         n = tuple(self.n) if isinstance(self.n, (list, tuple)) else (self.n,)
-        if not n:
-            raise UserError("best-of-n needs at least one n")
-        for value in n:
-            _positive_int("n", value)
-        try:
-            import torch
-            torch.device(self.device)
-        except RuntimeError:
-            raise UserError(f"unknown device {self.device!r}") from None
         canonical = dict(loss=objective.spec if isinstance(self.loss, str) else self.loss,
                          n=tuple(sorted(set(int(v) for v in n))))
         return dataclasses.replace(self, **{**canonical, **self._unused()})
@@ -168,11 +167,6 @@ def _check_gold(tree: str, gold, gold_seed: int) -> None:
     """Build the gold reward once per (tree, spec, seed), so a bad one fails before any work."""
     from .gold import make_gold
     make_gold(TreeMDP(*parse_tree(tree)), gold, seed=gold_seed)
-
-
-def _positive_int(name: str, value, *, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 _TREE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")

@@ -5,7 +5,7 @@
     labels           y1 preferred with probability sigma((r*(y1) - r*(y2)) / tau)   (Bradley-Terry)
                      tau = 0: deterministic, the higher r* wins (a tie is a fair coin)
 
-Every draw comes from ``numpy.random.default_rng([seed, stream])``: a run's data depend on its
+Every draw comes from a named stream of the run's seed (:func:`treemdp.rng.stream`): a run's data depend on its
 seed only. Pairs are drawn as one stream per seed and a dataset of N pairs takes the first N, so the
 datasets of one seed are nested (N = 16 is a prefix of N = 64).
 """
@@ -18,11 +18,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..rng import stream
 from ..tree import Dataset, Preference, TreeMDP
 from .gold import GoldReward
 
-#: Stream ids mixed into the seed of each kind of draw.
-DEMO_STREAM, PAIR_STREAM = 1, 2
 
 
 def data_distribution(gold: GoldReward, temperature: float) -> torch.Tensor:
@@ -51,7 +50,7 @@ def _probabilities(probs) -> np.ndarray:
 def sample_demonstrations(mdp: TreeMDP, gold: GoldReward, n: int, *, temperature: float = 1.0,
                           seed: int = 0) -> torch.Tensor:
     """``n`` trajectory rows drawn i.i.d. from :func:`data_distribution`, LongTensor [n]."""
-    rng = np.random.default_rng([int(seed), DEMO_STREAM])
+    rng = stream(seed, "demonstrations")
     return torch.from_numpy(rng.choice(mdp.n_trajectories, size=int(n), p=_probabilities(data_distribution(gold, temperature))))
 
 
@@ -70,7 +69,7 @@ def sample_pairs(source_probs, gold: GoldReward, n: int, *, temperature: float =
     p = _probabilities(source_probs)
     if (p > 0).sum() < 2:
         raise UserError("the pair source puts all its mass on one trajectory: no pair of distinct answers")
-    rng = np.random.default_rng([int(seed), PAIR_STREAM])
+    rng = stream(seed, "pairs")
     cdf = np.cumsum(p)
     draw = lambda: min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(p) - 1)  # noqa: E731
     first, second, coins = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n)

@@ -20,42 +20,9 @@ import os
 import time
 from pathlib import Path
 
+from ..experiments import LAB_BASE as BASE, LAB_FULL as FULL, LAB_QUICK as QUICK, LOSSES, LabPlan
 from .config import LabConfig
 from .store import grid, lab_sweep
-
-#: Every lab setting of the committed figures.
-BASE = dict(tree="4x4", gold="random", gold_seed=0, demos=64, demo_temperature=1.0, pair_source="reference",
-            label_temperature=1.0, policy="rnn", cell="gru", hidden_size=16, optimizer="adam", sft_lr=1e-2,
-            sft_steps=200, lr=1e-2, steps=1000, batch_size=0, rm="rnn", rm_hidden_size=16, rm_lr=1e-2,
-            rm_steps=300, n=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096), log_every=1, threads=1,
-            device="cpu")
-LOSSES = ("dpo", "ipo", "slic")
-
-
-@dataclasses.dataclass(frozen=True)
-class LabPlan:
-    """Sizes of one reproduction of the lab (full or quick)."""
-
-    tree: str
-    seeds: tuple
-    steps: int
-    sft_steps: int
-    rm_steps: int
-    betas: tuple
-    pairs: tuple
-    hidden: tuple
-    spurious_betas: tuple
-    epoch_pairs: tuple
-    epoch_batch: int
-    epoch_steps: int
-
-
-FULL = LabPlan(tree="4x4", seeds=tuple(range(10)), steps=1000, sft_steps=200, rm_steps=300,
-               betas=(0.01, 0.05, 0.1, 0.5), pairs=(16, 64, 256), hidden=(4, 8, 32, 64),
-               spurious_betas=(0.01, 0.1, 0.5), epoch_pairs=(256, 2048), epoch_batch=8, epoch_steps=1024)
-QUICK = LabPlan(tree="3x3", seeds=(0, 1), steps=40, sft_steps=40, rm_steps=40, betas=(0.1, 0.5), pairs=(8, 32),
-                hidden=(4,), spurious_betas=(0.1,), epoch_pairs=(64,), epoch_batch=8, epoch_steps=24)
-
 
 def experiments(plan: LabPlan) -> dict[str, list[LabConfig]]:
     """The configs of every lab grid, by folder name."""

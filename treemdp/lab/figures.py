@@ -14,32 +14,20 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..figures import DPI, _save
-from ..plots import pyplot
+from ..style import BETA_COLORS, LOSS_COLORS, N_COLORS, figure, footer, save
 from .claims import claims_table, daa_runs
 from .fits import FORMS, curve_points, fit_groups
 from .store import LabTables, load_lab
 
 SIZES = {"humps": (15, 10), "frontier": (14, 6), "fit_coefficients": (14, 6), "rmse": (13, 5.5),
          "spurious_share": (14, 5.5), "first_epoch": (14, 5), "kl_spent": (13, 5.5)}
-LOSS_COLORS = {"dpo": "#1f77b4", "ipo": "#d62728", "slic": "#2ca02c"}
-N_COLORS = ("#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854")
-BETA_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e")
 #: Settings that group runs for the fits (those present in the curves).
 FIT_BY = ("method", "loss", "beta", "pairs", "hidden_size", "gold", "batch_size")
 
 
 def _figure(name: str):
     """A figure of fixed size with fixed margins (a layout engine costs seconds per figure here)."""
-    fig = pyplot().figure(figsize=SIZES[name], dpi=DPI)
-    width, height = SIZES[name]
-    fig.subplots_adjust(left=0.85 / width, right=1 - 0.25 / width, bottom=1.05 / height, top=1 - 0.75 / height,
-                        wspace=0.28, hspace=0.3)
-    return fig
-
-
-def _footer(fig, text: str) -> None:
-    fig.text(0.5, 0.012, text, ha="center", va="bottom", fontsize=7.5, color="0.3")
+    return figure(SIZES[name], fixed_margins=True)
 
 
 def _settings(results: pd.DataFrame) -> str:
@@ -126,8 +114,8 @@ def figure_humps(tables: LabTables, fits: pd.DataFrame, out: Path) -> Optional[P
     steps = int(results["steps"].iloc[0])
     fig.suptitle(f"Over-optimization, exactly: gold win rate against the reference vs sqrt(KL) over {steps} "
                  f"full-batch DAA steps (thin: each run; solid: d(alpha - b log d); dashed: c1 KL + c2 KL^2)", fontsize=11)
-    _footer(fig, _settings(results) + f"; DAA lr {results['lr'].iloc[0]:g}")
-    return _save(fig, out / "humps_win_rate")
+    footer(fig, _settings(results) + f"; DAA lr {results['lr'].iloc[0]:g}")
+    return save(fig, out / "humps_win_rate")
 
 
 def figure_frontier(tables: LabTables, out: Path, *, seed: Optional[int] = None, pairs: Optional[int] = None) -> Optional[Path]:
@@ -174,8 +162,8 @@ def figure_frontier(tables: LabTables, out: Path, *, seed: Optional[int] = None,
     axes[1].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"The physical limit: one reference (seed {seed}), N = {pairs} pairs; frontiers exact "
                  "(the best value reachable at each KL), methods exact", fontsize=11)
-    _footer(fig, _settings(runs))
-    return _save(fig, out / "frontier")
+    footer(fig, _settings(runs))
+    return save(fig, out / "frontier")
 
 
 def figure_fit_coefficients(fits: pd.DataFrame, results: pd.DataFrame, out: Path) -> Optional[Path]:
@@ -215,8 +203,8 @@ def figure_fit_coefficients(fits: pd.DataFrame, results: pd.DataFrame, out: Path
             axes[2 * p].legend(fontsize=7)
     fig.suptitle("The RL form's coefficients, R(d) = d(alpha - b log d) on the win-rate gain, with 95% bootstrap "
                  "intervals over seeds: vs model size (left) and vs data size (right, middle beta)", fontsize=11)
-    _footer(fig, _settings(results[results["method"] == "daa"]))
-    return _save(fig, out / "fit_coefficients")
+    footer(fig, _settings(results[results["method"] == "daa"]))
+    return save(fig, out / "fit_coefficients")
 
 
 def _middle(values) -> float:
@@ -259,8 +247,8 @@ def figure_rmse(fits: pd.DataFrame, results: pd.DataFrame, out: Path) -> Optiona
     ax_ratio.grid(alpha=0.3)
     fig.suptitle("Which form fits the over-optimization curves? The same points for every form; "
                  "intervals: 95% bootstrap over seeds", fontsize=11)
-    _footer(fig, _settings(results))
-    return _save(fig, out / "rmse_forms")
+    footer(fig, _settings(results))
+    return save(fig, out / "rmse_forms")
 
 
 def _group_label(row) -> str:
@@ -310,8 +298,8 @@ def figure_spurious(tables: LabTables, out: Path) -> Optional[Path]:
     fig.suptitle(f"The toy's eq. 6: a simple feature (the count of action a{action}, "
                  f"the toy's answer length) in the gold '{gold}' raises r* on the data's support and lowers it off it",
                  fontsize=11)
-    _footer(fig, _settings(results))
-    return _save(fig, out / "spurious_share")
+    footer(fig, _settings(results))
+    return save(fig, out / "spurious_share")
 
 
 def figure_first_epoch(tables: LabTables, out: Path) -> Optional[Path]:
@@ -353,8 +341,8 @@ def figure_first_epoch(tables: LabTables, out: Path) -> Optional[Path]:
     fig.suptitle(f"Within the first epoch? DAA on minibatches, beta = "
                  f"{', '.join(f'{b:g}' for b in sorted(results['beta'].unique()))}, {int(first['steps'])} steps; "
                  "dashed: the end of the first epoch", fontsize=11)
-    _footer(fig, _settings(results) + f"; DAA lr {first['lr']:g}")
-    return _save(fig, out / "first_epoch")
+    footer(fig, _settings(results) + f"; DAA lr {first['lr']:g}")
+    return save(fig, out / "first_epoch")
 
 
 def figure_kl_spent(tables: LabTables, out: Path) -> Optional[Path]:
@@ -390,9 +378,9 @@ def figure_kl_spent(tables: LabTables, out: Path) -> Optional[Path]:
     fig.suptitle("Gao et al.: 'RL spends more KL than best-of-n for the same gold' - RLHF by exact policy gradient "
                  "vs exact best-of-n, one reward model per (seed, N)", fontsize=11)
     first = results.iloc[0]
-    _footer(fig, f"reward model {first['rm']} (hidden {first['rm_hidden_size']}), Bradley-Terry lr {first['rm_lr']:g} x "
-                 f"{first['rm_steps']} steps; " + _settings(results).split("; exact")[0])
-    return _save(fig, out / "kl_spent")
+    footer(fig, f"reward model {first['rm']} (hidden {first['rm_hidden_size']}), Bradley-Terry lr {first['rm_lr']:g} x "
+                f"{first['rm_steps']} steps; " + _settings(results).split("; exact")[0])
+    return save(fig, out / "kl_spent")
 
 
 # ----- everything -------------------------------------------------------------------------------------

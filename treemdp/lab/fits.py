@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
+from ..rng import stream
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def fit_groups(curves: pd.DataFrame, by: Sequence[str], *, x: str = "sqrt_kl", y
     missing = [c for c in list(by) + [x, y, run] if c not in curves]
     if missing:
         raise UserError(f"the curves have no column(s) {', '.join(missing)}")
-    rng = np.random.default_rng(seed)
+    rng = stream(seed, "bootstrap")
     tail = (1 - level) / 2
     rows = []
     for key, group in curves.groupby(list(by), dropna=False, sort=True):

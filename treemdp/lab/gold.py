@@ -21,10 +21,8 @@ a tensor/array of T values, a file (``.pt``, ``.npy``, ``.json`` list) or a call
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -32,7 +30,9 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
+from .. import specs
 from ..errors import UserError
+from ..rng import stream
 from ..tree import TreeMDP
 
 
@@ -66,7 +66,7 @@ def action_count(mdp: TreeMDP, action: int) -> torch.Tensor:
 
 
 def _normal(n: int, seed: int) -> torch.Tensor:
-    return torch.from_numpy(np.random.default_rng([int(seed), 7919]).standard_normal(n))
+    return torch.from_numpy(stream(seed, "gold").standard_normal(n))
 
 
 def random_gold(mdp: TreeMDP, seed: int = 0) -> torch.Tensor:
@@ -101,24 +101,17 @@ GOLDS: dict[str, tuple[Callable[..., torch.Tensor], dict]] = {
     "spurious": (spurious_gold, {"strength": 1.0, "off": -1.0, "action": 0}),
 }
 
-_SPEC = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$")
-
-
 def parse_spec(spec: str) -> tuple[str, dict]:
-    """``"spurious(strength=2, off=0)"`` -> ``("spurious", {"strength": 2.0, "off": 0.0})``."""
-    match = _SPEC.match(spec)
-    if not match:
-        raise UserError(f"bad gold reward {spec!r}: write NAME or NAME(key=value, ...)")
-    name, inside = match.group(1), match.group(2)
-    params = {}
-    for part in filter(None, (p.strip() for p in (inside or "").split(","))):
-        key, eq, value = part.partition("=")
-        try:
-            params[key.strip()] = float(value)
-        except ValueError:
-            raise UserError(f"bad gold reward {spec!r}: parameter {part!r} is not key=number") from None
-        if not eq:
-            raise UserError(f"bad gold reward {spec!r}: parameter {part!r} is not key=number")
+    """``"spurious(strength=2, off=0)"`` -> ``("spurious", {"strength": 2.0, "off": 0.0})``
+    (read by :func:`treemdp.specs.parse_spec`; every parameter is a number)."""
+    try:
+        name, params = specs.parse_spec(spec, "gold reward")
+    except ValueError:
+        raise UserError(f"bad gold reward {spec!r}: write NAME or NAME(key=value, ...)") from None
+    for key, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"bad gold reward {spec!r}: parameter {key}={specs.format_value(value)} is not key=number")
+        params[key] = float(value)
     return name, params
 
 
@@ -178,9 +171,8 @@ def _user_values(mdp: TreeMDP, spec) -> tuple[object, str]:
     if isinstance(spec, str) and spec.lower().endswith((".pt", ".npy", ".json")):
         return _read_file(Path(spec)), spec
     if isinstance(spec, str):  # module:function
-        module, _, attr = spec.partition(":")
         try:
-            fn = getattr(importlib.import_module(module), attr)
+            fn = specs.load_attribute(spec)
         except (ImportError, AttributeError, ValueError) as e:
             raise UserError(f"cannot import gold reward {spec!r}: {e}") from None
         return _call(fn, mdp, spec), spec

@@ -20,6 +20,7 @@ import math
 import torch
 
 from ..engine import block_log_ratio, block_probs, register_measurement
+from ..exact import plog
 
 #: The lab's columns, in order (the engine's ``kl_to_reference`` and ``ood_mass`` among them).
 LAB_MEASUREMENTS = ("gold_reward", "gold_gain", "win_rate", "win_gain", "proxy_gain", "kl_to_reference",
@@ -50,7 +51,7 @@ def block_stats(logp: torch.Tensor, ctx) -> dict:
     V = _vectors(ctx, logp)  # [R, T, 5]: r*, G, f, f^2, proxy
     E = torch.bmm(p.transpose(0, 1), V).transpose(0, 1)  # [S, R, 5]
     gold, win, mean_f, mean_f2, proxy = E.unbind(-1)
-    py = p * y
+    py = plog(p, y)  # the terms of KL(pi || ref), 0 log 0 = 0
     kl = py.sum(-1)
     f, ref = _vec(ctx, "feature", logp), _vec(ctx, "ref_probs", logp)
     ref_moments = torch.bmm(y.transpose(0, 1), torch.stack([ref, ref * f], -1)).transpose(0, 1)  # E_ref[y], E_ref[f y]

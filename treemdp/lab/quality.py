@@ -21,16 +21,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..exact import kl_divergence
+
 
 def expected(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """E_pi[v] = sum_y pi(y) v(y): [..., T] x [..., T] -> [...]."""
     return (probs * values).sum(-1)
 
 
-def kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """KL(pi || ref) = sum_y pi(y) (log pi(y) - log ref(y)), exact; 0 * log 0 = 0. [..., T] -> [...]."""
-    p = logp.exp()
-    return torch.where(p > 0, p * (logp - ref_logp), torch.zeros_like(p)).sum(-1)
+#: KL(pi || ref) = sum_y pi(y) (log pi(y) - log ref(y)), exact; 0 * log 0 = 0. [..., T] -> [...].
+kl = kl_divergence
 
 
 def win_scores(ref_probs: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:

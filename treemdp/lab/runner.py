@@ -26,8 +26,10 @@ import torch
 
 from ..engine import (Phase, PairSchedule, PhaseRecord, RunContext, bradley_terry_loss, daa_loss,
                       kl_regularised_loss, run_phase, sft_loss, stack_parameters, torch_threads)
+from ..exact import plog
 from ..losses import get_objective
 from ..policies import make_policy
+from ..rng import stream_seed
 from ..training import context_from_rows
 from ..tree import Dataset, TreeMDP
 from .bestofn import BestOfN, best_of_n_table
@@ -143,9 +145,9 @@ def _quiet_record(name: str, steps: int, ctx: RunContext, measurements=()) -> Ph
                        measurements=list(measurements), track_peak=False)
 
 
-def _rm_seed(seed: int) -> int:
+def rm_seed(seed: int) -> int:
     """The reward model's initialisation seed, derived from the run's seed (its own stream)."""
-    return int(np.random.SeedSequence([int(seed), 3]).generate_state(1)[0])
+    return stream_seed(seed, "reward_model_init")
 
 
 def _unique(keys: list) -> tuple[list, torch.Tensor]:
@@ -266,7 +268,7 @@ def _optimise(configs, template, params, ctx: RunContext, rewards, on_work):
     schedule = None
     if first.method == "daa":
         schedule = PairSchedule([c.pairs for c in configs], first.batch_size,
-                                [int(np.random.SeedSequence([c.seed, 4]).generate_state(1)[0]) for c in configs],
+                                [stream_seed(c.seed, "minibatches") for c in configs],
                                 device=device)
         loss = daa_loss(ctx, [get_objective(c.loss) for c in configs], beta, schedule=schedule)
     else:
@@ -314,7 +316,7 @@ def _fit_reward_models(configs, mdp, device, ctx, chosen, rejected, on_work) -> 
                                 c.label_temperature, c.pairs, c.rm_lr) for c in configs])
     rows = [int((rm_of_run == v).nonzero()[0]) for v in range(len(keys))]  # a run of each reward model
     reward = fit_reward_models(mdp, first.rm, [chosen[r] for r in rows], [rejected[r] for r in rows],
-                               seeds=[_rm_seed(configs[r].seed) for r in rows], lrs=[k[-1] for k in keys],
+                               seeds=[rm_seed(configs[r].seed) for r in rows], lrs=[k[-1] for k in keys],
                                steps=first.rm_steps, optimizer=first.optimizer, hidden_size=first.rm_hidden_size,
                                cell=first.cell, device=device, on_work=on_work,
                                demonstrations=[ctx.demonstrations[r, :1].cpu() for r in rows])  # [V, T]
@@ -384,7 +386,7 @@ def summarize_lab(config: LabConfig, curve: pd.DataFrame, front: pd.DataFrame, r
     summary = {"method": config.method, "loss": config.loss if config.method == "daa" else "",
                "beta": config.beta if config.method != "bon" else math.nan, "pairs": config.pairs, "seed": config.seed,
                "ref_gold": float(expected(ref_probs, gold.values)),
-               "ref_entropy": float(-(ref_probs * torch.log(ref_probs.clamp_min(1e-300))).sum())}
+               "ref_entropy": float(-plog(ref_probs, torch.log(ref_probs)).sum())}
     for quality in ("win", "gold"):
         gain = rows[f"{quality}_gain"].to_numpy()
         peak = int(np.nanargmax(gain)) if np.isfinite(gain).any() else 0

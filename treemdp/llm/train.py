@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
+from ..errors import TrainingDiverged, UserError
 from ..losses import check_beta, get_objective, preference_loss
+from ..objectives import loss_spec
 from ..runs import atomic_directory, atomic_file
-from ..training import TrainingDiverged, loss_spec
 from .data import (PAIR_FIELDS, SFT_FIELDS, TOKENIZATIONS, TRUNCATION_MODES, check_lengths,
                    collate_sft, load_rows, rows_digest, tokenize_rows)
 from .logprobs import log_prob_table, pair_log_probs, sequence_log_probs, shared_prompt_works

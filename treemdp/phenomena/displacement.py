@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from ..policies import RNNPolicy
+from ..rng import stream
 from ..tree import Dataset, Preference, TreeMDP
 from .stacked import daa_stacked, repeat_params, sft_stacked
 
@@ -132,7 +133,7 @@ def near_synonym_policy(mdp: TreeMDP, *, seed: int, hidden_size: int, head_scale
         policy.head_bias.mul_(head_scale)
         if synonym_noise is not None:
             W = policy.head_weight
-            g = torch.Generator().manual_seed(10_000 + seed)
+            g = stream(seed, "synonym_noise")
             noise = torch.randn(W.shape[0], generator=g) / W.shape[0] ** 0.5
             W[:, minus] = W[:, plus] + synonym_noise * W[:, plus].norm() * noise
             policy.head_bias[0, minus] = policy.head_bias[0, plus]

@@ -2,21 +2,24 @@
 
 Each function runs its experiment (or reads the paper sweep ``reproduce`` trained), draws at a
 fixed size (:data:`SIZES`), states its settings at the foot, and saves PNG + PDF. :data:`FULL` and
-:data:`QUICK` pin the settings (``reproduce --quick`` uses the small ones).
+:data:`QUICK` (pinned in :mod:`treemdp.experiments`) size them (``reproduce --quick`` uses the small ones).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..figures import DPI, _results, _save, settings_text
+from ..experiments import PAPER, PhenPlan
+from ..experiments import PHEN_FULL as FULL
+from ..experiments import PHEN_QUICK as QUICK
+from ..figures import settings_text, sweep_results
 from ..plots import pyplot
+from ..style import figure, footer, save
 from ..tree import TreeMDP, paper_dataset
 
 #: Figure name -> (width, height) in inches.
@@ -30,36 +33,12 @@ SIZES = {
 }
 
 
-@dataclass(frozen=True)
-class PhenPlan:
-    """Sizes of the phenomena experiments (full or ``--quick``)."""
-
-    token_seeds: tuple
-    ches_seeds: tuple
-    ches_demos: int
-    ches_steps: int
-    squeeze_seeds: tuple
-    squeeze_steps: int
-    ipo_steps: int
-    unseen_seeds: tuple
-
-
-FULL = PhenPlan(token_seeds=tuple(range(40)), ches_seeds=tuple(range(5)), ches_demos=8, ches_steps=150,
-                squeeze_seeds=tuple(range(5)), squeeze_steps=300, ipo_steps=2000, unseen_seeds=tuple(range(10)))
-QUICK = PhenPlan(token_seeds=tuple(range(8)), ches_seeds=(0, 1), ches_demos=4, ches_steps=40,
-                 squeeze_seeds=(0, 1), squeeze_steps=60, ipo_steps=300, unseen_seeds=(0, 1))
-
-
 def _figure(name: str):
-    return pyplot().figure(figsize=SIZES[name], dpi=DPI, layout="constrained")
-
-
-def _foot(fig, text: str) -> None:
-    fig.supxlabel(text, fontsize=8, color="0.3")
+    return figure(SIZES[name])
 
 
 def _paper_runs(folder) -> pd.DataFrame:
-    table = _results(folder)
+    table = sweep_results(folder)
     return table.sort_values(["loss", "beta", "seed"]).reset_index(drop=True)
 
 
@@ -111,11 +90,11 @@ def figure_displacement(out, plan: PhenPlan = FULL, *, progress: bool = False) -
                     f"shared prefix {rho['rho_shared_prefix'].mean():+.2f}", fontsize=10)
     fig.suptitle("Likelihood displacement (Razin et al. 2024): when does DPO lower the chosen answer, and does CHES "
                  "predict it?", fontsize=11)
-    _foot(fig, f"left, middle: GRU hidden 16, DPO beta 0.1, Adam 1e-3 x 200, ref = init, near-synonyms W- = W+ + 10% "
-               f"noise, seeds {plan.token_seeds[0]}-{plan.token_seeds[-1]} | right: GRU hidden 32, SFT Adam 1e-2 x 200 "
-               f"on {plan.ches_demos} random demos, DPO beta 0.1 Adam 1e-2 x {plan.ches_steps} per pair, seeds "
-               f"{plan.ches_seeds[0]}-{plan.ches_seeds[-1]}")
-    return _save(fig, out)
+    footer(fig, f"left, middle: GRU hidden 16, DPO beta 0.1, Adam 1e-3 x 200, ref = init, near-synonyms W- = W+ + 10% "
+                f"noise, seeds {plan.token_seeds[0]}-{plan.token_seeds[-1]} | right: GRU hidden 32, SFT Adam 1e-2 x 200 "
+                f"on {plan.ches_demos} random demos, DPO beta 0.1 Adam 1e-2 x {plan.ches_steps} per pair, seeds "
+                f"{plan.ches_seeds[0]}-{plan.ches_seeds[-1]}")
+    return save(fig, out)
 
 
 # ----- 2. squeezing --------------------------------------------------------------------------------------------
@@ -185,9 +164,9 @@ def figure_squeezing(paper_folder, out, plan: PhenPlan = FULL, *, progress: bool
     fig.suptitle("The squeezing effect (Ren & Sutherland 2025): a negative gradient sends the freed mass to the "
                  "current argmax", fontsize=11)
     config = json.loads((Path(table.iloc[0]["_dir"]) / "config.json").read_text())
-    _foot(fig, f"(a) logits N(0, T²), T in 0.5-4, 5 seeds, lr 0.1 | (b) GRU hidden 32 / tabular, SFT 200 steps, seeds "
-               f"{', '.join(map(str, plan.squeeze_seeds))}, {plan.squeeze_steps} steps | (c, d) " + settings_text(config))
-    return _save(fig, out)
+    footer(fig, f"(a) logits N(0, T²), T in 0.5-4, 5 seeds, lr 0.1 | (b) GRU hidden 32 / tabular, SFT 200 steps, seeds "
+                f"{', '.join(map(str, plan.squeeze_seeds))}, {plan.squeeze_steps} steps | (c, d) " + settings_text(config))
+    return save(fig, out)
 
 
 # ----- 3. IPO's argument ----------------------------------------------------------------------------------------
@@ -224,9 +203,9 @@ def figure_ipo(out, plan: PhenPlan = FULL) -> Path:
                     fontsize=9)
     fig.suptitle("IPO's argument (Azar et al. 2023) on a 3-arm bandit with one deterministic preference "
                  "(tabular policy, exact)", fontsize=11)
-    _foot(fig, f"tabular logits N(0, 0.1²) seed 0 = the reference; SGD with lr 0.05/β² (the same clock in β·h for "
-               f"every β); {plan.ipo_steps} steps; arm 0 preferred over arm 1, arm 2 unseen")
-    return _save(fig, out)
+    footer(fig, f"tabular logits N(0, 0.1²) seed 0 = the reference; SGD with lr 0.05/β² (the same clock in β·h for "
+                f"every β); {plan.ipo_steps} steps; arm 0 preferred over arm 1, arm 2 unseen")
+    return save(fig, out)
 
 
 # ----- 5. the theory as tools ------------------------------------------------------------------------------------
@@ -235,7 +214,6 @@ def figure_theory(out) -> Path:
     path as β varies for a fixed implicit reward, with its limits; (c) the OOD share of each V."""
     from ..exact import in_distribution_mask, trajectory_log_probs
     from ..losses import preference_loss
-    from ..reproduce import PAPER
     from ..theory import ood_bootstrap_share, query_matrix, query_rank, soft_q, soft_q_of_policy, values_over_beta, with_ood_mass
     from .explain import group_masses, trajectory_groups
     from ..training import TrainConfig, train
@@ -297,9 +275,9 @@ def figure_theory(out) -> Path:
     c.set_title("(c) the share of each bootstrapped V\nthat comes from unseen (OOD) leaves", fontsize=9)
     fig.suptitle("The paper's theory as tools (§4, App. D): the null space of Q, and the soft-Q view of a DPO policy",
                  fontsize=11)
-    _foot(fig, "DPO beta 0.1 on the paper's tree and data, GRU hidden 32, SFT 200 steps, DAA Adam lr 3e-2 x 12 steps "
-               "(near its OOD peak); theory.with_ood_mass, theory.soft_q, theory.values_over_beta")
-    return _save(fig, out)
+    footer(fig, "DPO beta 0.1 on the paper's tree and data, GRU hidden 32, SFT 200 steps, DAA Adam lr 3e-2 x 12 steps "
+                "(near its OOD peak); theory.with_ood_mass, theory.soft_q, theory.values_over_beta")
+    return save(fig, out)
 
 
 # ----- 6. explain ------------------------------------------------------------------------------------------------
@@ -342,8 +320,8 @@ def figure_explain(paper_folder, out) -> Path:
     fig.suptitle("Where did the chosen probability go? (treemdp explain, exact accounting over the DAA phase)",
                  fontsize=11)
     config = json.loads((Path(table.iloc[0]["_dir"]) / "config.json").read_text())
-    _foot(fig, settings_text(config) + f"; seeds {', '.join(map(str, sorted(table['seed'].unique())))}")
-    return _save(fig, out)
+    footer(fig, settings_text(config) + f"; seeds {', '.join(map(str, sorted(table['seed'].unique())))}")
+    return save(fig, out)
 
 
 # ----- 4. unseen answers ------------------------------------------------------------------------------------
@@ -384,12 +362,12 @@ def figure_unseen(out, plan: PhenPlan = FULL) -> Path:
     fig.suptitle("Unseen answers (Xu et al. 2024): DPO's solutions raise answers no preference mentions; so does "
                  "KL-regularised RLHF when its reward model extrapolates (the GRU scorer), not with a per-answer one",
                  fontsize=10.5)
-    _foot(fig, f"paper tree and data, seeds {plan.unseen_seeds[0]}-{plan.unseen_seeds[-1]}; DPO from the paper's "
-               f"settings (GRU, or tabular with SFT lr 3e-2). RLHF from the GRU runs' SFT references: the optimum "
-               f"ref·exp(r_φ/β)/Z with r_φ per answer (L2 Bradley-Terry, λ=0.01, exact),\nthe lab's per-(state, action) "
-               f"scorer or its GRU scorer (Bradley-Terry on the engine, Adam 1e-2 × 300 steps); 'on the engine': the "
-               f"GRU policy trained by kl_regularised_loss, Adam 1e-2 × {1000 if plan is FULL else 120} steps")
-    return _save(fig, out)
+    footer(fig, f"paper tree and data, seeds {plan.unseen_seeds[0]}-{plan.unseen_seeds[-1]}; DPO from the paper's "
+                f"settings (GRU, or tabular with SFT lr 3e-2). RLHF from the GRU runs' SFT references: the optimum "
+                f"ref·exp(r_φ/β)/Z with r_φ per answer (L2 Bradley-Terry, λ=0.01, exact),\nthe lab's per-(state, action) "
+                f"scorer or its GRU scorer (Bradley-Terry on the engine, Adam 1e-2 × 300 steps); 'on the engine': the "
+                f"GRU policy trained by kl_regularised_loss, Adam 1e-2 × {1000 if plan is FULL else 120} steps")
+    return save(fig, out)
 
 
 def draw_all(paper_folder, out, *, quick: bool = False, progress: bool = False) -> list[Path]:

@@ -99,12 +99,12 @@ def lab_rewards(mdp: TreeMDP, dataset: Dataset, kind: str, seeds: Sequence[int],
     steps), initialised from the seed as a lab run with that seed initialises its reward model.
     """
     from ..lab.config import LabConfig
-    from ..lab.runner import _rm_seed, fit_reward_models
+    from ..lab.runner import rm_seed, fit_reward_models
     lab = lab or LabConfig()
     chosen, rejected = mdp.trajectory_index(dataset.chosen()), mdp.trajectory_index(dataset.rejected())
     n = len(seeds)
     with torch_threads(1):
-        return fit_reward_models(mdp, kind, [chosen] * n, [rejected] * n, seeds=[_rm_seed(s) for s in seeds],
+        return fit_reward_models(mdp, kind, [chosen] * n, [rejected] * n, seeds=[rm_seed(s) for s in seeds],
                                  lrs=[lab.rm_lr] * n, steps=lab.rm_steps, optimizer=lab.optimizer,
                                  hidden_size=lab.rm_hidden_size, cell=lab.cell)
 
@@ -159,7 +159,7 @@ def unseen_experiment(*, seeds: Sequence[int] = range(10), betas: Sequence[float
     """
     from ..lab.config import LabConfig
     from ..engine import stack_parameters
-    from ..reproduce import PAPER
+    from ..experiments import PAPER
     from ..training import TrainConfig, train_batch
     mdp, data = TreeMDP(), paper_dataset()
     seeds, betas = [int(s) for s in seeds], [float(b) for b in betas]
