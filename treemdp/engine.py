@@ -407,7 +407,10 @@ def _flat_group(params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str
     The optimiser then updates one tensor per learning rate, not one per weight matrix (for these
     tiny models the per-tensor overhead, not arithmetic, dominates a step). Each leaf's ``.grad``
     is a view into ``flat.grad``, where autograd accumulates in place; the update is elementwise,
-    so the numbers are those of per-parameter torch.optim.
+    so the numbers are those of per-parameter torch.optim: bit for bit for SGD, RMSprop and
+    Adam's loop and foreach kernels; to float rounding for Adam's fused CPU kernel (the one
+    :func:`make_optimizer` picks), whose vector body and scalar tail round differently
+    (``tests/test_flat_optimizer.py``).
     """
     flat = torch.cat([p.detach().reshape(-1) for p in params.values()]).requires_grad_(True)
     flat.grad = torch.zeros_like(flat)
