@@ -10,7 +10,11 @@ one run at a time on huge trees). Each run lands in its own directory through
 finishes, and ``results.csv`` (one row per finished run: every setting and the summary) is
 rewritten atomically after every batch. Rerunning the same sweep skips finished runs, so an
 interrupted sweep loses at most the batch in flight. ``workers > 1`` spreads batches over
-processes.
+processes, ``executor=`` over a Dask cluster or SLURM jobs.
+
+The machinery (folder names, the stacks, resume, results.csv, executors, progress) is
+:mod:`treemdp.grid`, shared with the lab; this module is the toy track's study on it
+(:class:`ToyStudy`) plus the grid expansion and the closing table.
 """
 
 from __future__ import annotations
