@@ -52,6 +52,7 @@ benchmark: $(VENV)/.installed-base
 	$(VENV)/bin/python benchmarks/bench_engine.py
 	$(VENV)/bin/python benchmarks/bench_sweep.py
 	$(VENV)/bin/python benchmarks/bench_lab.py
+	$(VENV)/bin/python benchmarks/bench_grid.py
 
 benchmark-llm: $(VENV)/.installed-test
 	$(VENV)/bin/python benchmarks/bench_llm.py --steps 60 --repeats 3
