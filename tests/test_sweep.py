@@ -153,7 +153,7 @@ def test_sweep_writes_contract_runs_and_skips_finished(tmp_path):
             assert (run / file).is_file(), file
         history = pd.read_csv(run / "history.csv")
         assert list(history.columns) == ["phase", "step", "trajectory", "prob", "in_distribution", "row",
-                                         "action_0", "action_1", "action_2"]
+                                         "log_prob", "action_0", "action_1", "action_2"]
         summary = json.loads((run / "summary.json").read_text())
         alone = train(TrainConfig.from_dict(json.loads((run / "config.json").read_text())), progress=False)
         assert summary["peak_ood_mass"] == pytest.approx(alone.summary["peak_ood_mass"], abs=1e-4)
