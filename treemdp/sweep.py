@@ -15,13 +15,14 @@ processes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import math
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -187,10 +188,10 @@ def _train_and_write(batch: list[tuple[str, TrainConfig]], out: Path, light: boo
     return rows
 
 
-def _worker(batch, out, light, plot, threads, finished):
+def _worker(batch, out, light, plot, threads, finished, on_step=None):
     import torch
     torch.set_num_threads(threads)
-    return _train_and_write(batch, Path(out), light, plot, finished=finished)
+    return _train_and_write(batch, Path(out), light, plot, on_step=on_step, finished=finished)
 
 
 #: Most runs trained as one stacked computation by default (a larger group is cut into equal parts).
@@ -225,7 +226,7 @@ class Job:
 
 def sweep(configs: Sequence[TrainConfig], out: str | Path, *, names: Optional[Sequence[str]] = None,
           light: bool = False, plot: bool = True, batch_size: int = BATCH_SIZE, workers: int = 1,
-          progress: bool = True, replace_changed: bool = False) -> pd.DataFrame:
+          progress: bool = False, replace_changed: bool = False) -> pd.DataFrame:
     """Train every config (skipping finished ones) and write run directories plus results.csv.
 
     Args:
@@ -236,7 +237,7 @@ def sweep(configs: Sequence[TrainConfig], out: str | Path, *, names: Optional[Se
         plot: draw each run's run.png (full runs only).
         batch_size: most runs trained as one computation.
         workers: processes training batches in parallel (1: this process).
-        progress: a tqdm bar across the grid.
+        progress: a tqdm bar across the grid, advancing by steps (off by default).
         replace_changed: retrain a finished run whose stored settings differ from its config
             (default: refuse, naming it).
 
@@ -249,7 +250,7 @@ def sweep(configs: Sequence[TrainConfig], out: str | Path, *, names: Optional[Se
     return sweep_many([job], batch_size=batch_size, workers=workers, progress=progress)[0]
 
 
-def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: int = 1, progress: bool = True,
+def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: int = 1, progress: bool = False,
                desc: str | None = None) -> list[pd.DataFrame]:
     """:func:`sweep` for several grid directories at once, sharing one pool of workers."""
     from .runs import check_writable
@@ -317,15 +318,23 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: in
             threads = max(1, (os.cpu_count() or 1) // workers)
             import multiprocessing
             context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(_worker, batch, str(jobs[j].out), jobs[j].light, jobs[j].plot, threads, skip):
-                           (j, batch) for j, batch, skip in batches}
-                for future in as_completed(futures):
-                    j, batch = futures[future]
-                    for row in future.result():
-                        rows[j][row[0]] = row
-                    bar.update(len(batch))
-                    save_table(j)
+            from .progress import StepReports
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool, \
+                    (context.Manager() if progress else contextlib.nullcontext()) as manager:
+                reports = StepReports(manager, bar)  # the bar moves by steps inside each worker's batch
+                futures = {pool.submit(_worker, batch, str(jobs[j].out), jobs[j].light, jobs[j].plot, threads, skip,
+                                       reports.callback(k, len(batch), batch[0][1].sft_steps + batch[0][1].daa_steps)):
+                           (k, j, batch) for k, (j, batch, skip) in enumerate(batches)}
+                pending = set(futures)
+                while pending:
+                    finished_now, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    reports.drain()
+                    for future in finished_now:
+                        k, j, batch = futures[future]
+                        for row in future.result():
+                            rows[j][row[0]] = row
+                        reports.finish(k, len(batch))
+                        save_table(j)
     finally:
         bar.close()
         # Runs that workers finished while this process was interrupted are on disk: list them too.

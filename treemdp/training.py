@@ -520,7 +520,7 @@ def _policy_at(build, config, final, reference, r, which):
 
 
 def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,
-          progress: bool = True, on_log: Optional[Callable[[str, int, torch.Tensor], None]] = None,
+          progress: bool = False, on_log: Optional[Callable[[str, int, torch.Tensor], None]] = None,
           **overrides) -> RunResult:
     """Run SFT then direct alignment, enumerating every trajectory exactly at every step.
 
@@ -529,7 +529,7 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,
             e.g. ``train(loss="ipo", beta=0.5, seed=3)``; ``loss`` may also be an objective or a
             callable ``g`` (see :func:`treemdp.losses.get_objective`).
         dataset: demonstrations and preferences; default: ``config.data`` if set, else the paper's.
-        progress: show a tqdm bar on runs longer than a second.
+        progress: show a tqdm bar (per step) on runs longer than a second; off by default.
         on_log: called as ``on_log(phase, step, probs)`` at every logged step (live plots).
 
     Returns:

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..sweep import BATCH_SIZE
 from ..training import TrainConfig
+from ..progress import add_progress_flag, show_progress
 from .train import add_config_flags, apply_objective_flags, shape_from_data, wants_loss_help
 
 
@@ -35,6 +36,7 @@ def add_parsers(subparsers) -> None:
     sweep.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                        help="processes training and writing batches in parallel (default: up to 2)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    add_progress_flag(sweep)
     sweep.set_defaults(func=_sweep_command)
 
     reproduce = subparsers.add_parser(
@@ -48,6 +50,7 @@ def add_parsers(subparsers) -> None:
     reproduce.add_argument("--fresh", action="store_true", help="discard finished runs in --runs first")
     reproduce.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_flag(reproduce)
     reproduce.set_defaults(func=_reproduce_command)
 
 
@@ -69,7 +72,7 @@ def _sweep_command(args) -> int:
             if len(axes[k]) > 1:
                 raise UserError(f"--{k} takes one value together with --data (the data fix the shape)")
     table = sweep(configs, args.out, light=args.light, plot=args.plot, batch_size=args.batch_size,
-                  workers=args.workers, progress=not args.quiet)
+                  workers=args.workers, progress=show_progress(args.progress, args.quiet))
     if not args.quiet:
         print(format_table(table))
         print(f"{len(table)} runs in {args.out}/ ; table: {Path(args.out) / 'results.csv'}")
@@ -81,7 +84,7 @@ def _reproduce_command(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be >= 1")
     made = run_reproduce(args.out, runs=args.runs, quick=args.quick, workers=args.workers, fresh=args.fresh,
-                         progress=not args.quiet)
+                         progress=show_progress(args.progress, args.quiet))
     if not args.quiet:
         print("\n".join(str(p) for p in made))
     return 0

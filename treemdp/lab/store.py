@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -106,7 +106,7 @@ def _write_results(rows: dict, names: Sequence[str], out: Path) -> None:
 
 
 def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1, fmt: str = "csv",
-              progress: bool = True) -> pd.DataFrame:
+              progress: bool = False) -> pd.DataFrame:
     """Run every config not yet finished in ``out``, write its folder, keep ``results.csv`` current.
 
     The grid is computed in the stacks of :func:`treemdp.lab.runner.plan_batches` (fixed by the
@@ -119,7 +119,7 @@ def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1
         workers: processes, each taking whole stacks; grids under :data:`PARALLEL_WORK` run-steps
             run in this process.
         fmt: ``csv`` or ``parquet`` (needs pyarrow) for each run's curve.
-        progress: a progress bar.
+        progress: a progress bar advancing by steps, inside worker processes too (off by default).
 
     Returns:
         results.csv as a DataFrame, one row per config, in order.
@@ -161,21 +161,37 @@ def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1
 
 def _parallel(configs, batches, workers, progress, save) -> None:
     """Whole stacks over spawned worker processes (one torch thread each)."""
+    import contextlib
     import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, wait
+
     from tqdm.auto import tqdm
-    with tqdm(total=sum(len(b) for b in batches), disable=not progress, unit="run", desc="lab") as bar, \
-            ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_worker, [configs[i] for i in batch]): batch for batch in batches}
-        for future in as_completed(futures):
-            batch = futures[future]
-            save(batch, future.result())
-            bar.update(len(batch))
+
+    from ..progress import StepReports
+    from .runner import _work
+    context = multiprocessing.get_context("spawn")
+    with tqdm(total=sum(len(b) for b in batches), disable=not progress, unit="run", desc="lab",
+              bar_format="{l_bar}{bar}| {n:.1f}/{total} runs [{elapsed}<{remaining}]") as bar, \
+            ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool, \
+            (context.Manager() if progress else contextlib.nullcontext()) as manager:
+        reports = StepReports(manager, bar)  # the bar moves by steps inside each worker's batch
+        futures = {pool.submit(_worker, [configs[i] for i in batch],
+                               reports.callback(k, len(batch), sum(_work(configs[i]) for i in batch))): (k, batch)
+                   for k, batch in enumerate(batches)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            reports.drain()
+            for future in done:
+                k, batch = futures[future]
+                save(batch, future.result())
+                reports.finish(k, len(batch))
 
 
-def _worker(configs: list[LabConfig]) -> list[LabResult]:
+def _worker(configs: list[LabConfig], on_work=None) -> list[LabResult]:
     import torch
     torch.set_num_threads(1)
-    return run_batch(configs)
+    return run_batch(configs, on_work=on_work)
 
 
 # ----- reading back ------------------------------------------------------------------------------------
