@@ -3,6 +3,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import treemdp  # noqa: F401  first: pins the CPU kernels before torch computes (treemdp/kernels.py)
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]

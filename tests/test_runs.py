@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -38,6 +39,33 @@ def test_load_run_gives_back_config_data_policy_reference_and_frames(tmp_path):
     for _, row in history.sample(20, random_state=0).iterrows():
         actions = [row[f"action_{t}"] for t in range(3)]
         assert mdp.trajectory_name(actions) == row["trajectory"] and mdp.trajectory_index(actions) == row["row"]
+
+
+@pytest.mark.parametrize("history_format", ["csv", "parquet"])
+def test_history_keeps_log_probs_below_float32s_floor(tmp_path, history_format):
+    """A run pushed hard (lr 0.1) puts pi(y) near e^-125, far below float32's smallest number
+    (1.4e-45): history keeps the run's log-probs (float64), so KL(ref || pi) recomputed from the
+    saved file equals the summary's (both float64 from the same float32 log-probs) to 1e-9; prob
+    does not underflow to 0."""
+    result = train(loss="dpo", beta=0.1, daa_lr=0.1, sft_steps=100, daa_steps=300, log_every=50,
+                   history_format=history_format, progress=False)
+    history = treemdp.load_run(write_run(result, tmp_path / "run", plot=False)).history
+    assert history["log_prob"].dtype == "float64"
+    at = lambda phase: history[(history.phase == phase) & (history.step == history[history.phase == phase].step.max())]  # noqa: E731
+    ref, pi = at("sft")["log_prob"].to_numpy(), at("daa")["log_prob"].to_numpy()
+    assert pi.min() < -100 and (at("daa")["prob"] > 0).all()
+    assert np.exp(pi) == pytest.approx(at("daa")["prob"].to_numpy(), rel=1e-15, abs=0)
+    kl = float(np.sum(np.exp(ref) * (ref - pi)))
+    assert kl == pytest.approx(result.summary["kl_reference_to_policy"], abs=1e-9)
+    assert float(np.sum(np.exp(pi) * (pi - ref))) == pytest.approx(result.summary["kl_to_reference"], abs=1e-9)
+
+
+def test_old_history_without_log_prob_reads_back_with_one(tmp_path):
+    out = write_run(train(**SHORT), tmp_path / "run", plot=False)
+    old = pd.read_csv(out / "history.csv").drop(columns="log_prob")
+    old.to_csv(out / "history.csv", index=False)
+    history = treemdp.load_run(out).history
+    assert np.log(history["prob"]).to_numpy() == pytest.approx(history["log_prob"].to_numpy())
 
 
 def test_parquet_history_by_flag_reads_back_equal(tmp_path):

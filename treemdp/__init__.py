@@ -5,6 +5,10 @@ policies, exact enumeration of trajectory probabilities, SFT then DPO/IPO/SLiC. 
 (``treemdp.llm``, imported lazily): the same losses on Pythia / GPT-NeoX models.
 """
 
+from . import kernels as _kernels
+
+_kernels.pin()  # before anything loads torch, MKL or OpenBLAS: same kernels, same bits on every x86-64 CPU
+
 from gymnasium.envs.registration import register as _register
 
 from .errors import UserError

@@ -285,8 +285,8 @@ class PhaseRecord:
         self.values: dict[str, list[torch.Tensor]] = {m.name: [] for m in self.measurements}
         self.columns = {m.name: m.columns(ctx) for m in self.measurements if m.columns is not None}
         self.logged_steps: list[int] = []
-        self.logged: list[torch.Tensor] = []  # small trees: [R, T] float32 probabilities
-        self.logged_top: list[tuple[torch.Tensor, torch.Tensor]] = []  # large trees: ([R, k] rows, [R, k] probs)
+        self.logged: list[torch.Tensor] = []  # small trees: [R, T] float32 log-probs (exp underflows at e^-104)
+        self.logged_top: list[tuple[torch.Tensor, torch.Tensor]] = []  # large trees: ([R, k] rows, [R, k] log-probs)
         if not self.small:  # each run's in-distribution rows, padded by repeating its first one
             counts = ctx.in_distribution.sum(-1)
             width = int(counts.max())
@@ -360,12 +360,12 @@ class PhaseRecord:
             if not self.keep_history:
                 continue
             if self.small:
-                self.logged.append(block[s].exp().cpu())
+                self.logged.append(block[s].cpu())
             else:
                 k = min(TOP_LOGGED, self.T)
                 top = torch.topk(block[s].masked_fill(self.ctx.in_distribution, -math.inf), k, dim=-1).indices
                 rows = torch.cat([self.in_rows, top], -1)  # [R, Kd + k]
-                self.logged_top.append((rows.cpu(), gather_runs(block[s], rows).exp().cpu()))
+                self.logged_top.append((rows.cpu(), gather_runs(block[s], rows).cpu()))
 
     def table(self) -> dict[str, torch.Tensor]:
         """Every step's scalars: ``loss`` and each measurement, [steps + 1, R] float64."""

@@ -100,6 +100,7 @@ def entropy(logp: torch.Tensor) -> torch.Tensor:
 
 def top_ood(logp: torch.Tensor, in_distribution: torch.Tensor, k: int = 3) -> list[tuple[int, float]]:
     """The ``k`` most probable OOD trajectories as ``(row in trajectories(), probability)``."""
-    probs = logp.detach().exp().masked_fill(in_distribution.to(logp.device), -1.0)
+    probs = logp.detach().double().exp().masked_fill(  # float64: no float32 floor (1e-45)
+        in_distribution.to(logp.device), -1.0)
     values, index = torch.topk(probs, min(k, int((~in_distribution).sum())))
     return [(int(i), float(v)) for i, v in zip(index, values)]

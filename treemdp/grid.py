@@ -28,7 +28,7 @@ import json
 import math
 import os
 import shutil
-from concurrent.futures import Executor, as_completed
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Callable, Hashable, Optional, Sequence
 
@@ -249,18 +249,19 @@ def _compute_and_write(study: Study, batch: list[tuple[str, Any]], out: Path, fi
     return rows
 
 
-def task(study: Study, batch: list[tuple[str, Any]], out: str, finished: frozenset, threads: int
-         ) -> list[tuple[str, dict, dict]]:
+def task(study: Study, batch: list[tuple[str, Any]], out: str, finished: frozenset, threads: int,
+         on_work: Optional[Callable[[float], None]] = None) -> list[tuple[str, dict, dict]]:
     """What an executor runs for one stack (a worker process, a Dask worker, a SLURM job): compute
-    it with ``threads`` torch threads, write its run folders, return their rows."""
+    it with ``threads`` torch threads, write its run folders, return their rows. ``on_work`` (local
+    pool only: :class:`treemdp.progress.StepReports`) moves the parent's bar inside the stack."""
     from .engine import torch_threads
     with torch_threads(threads):
-        return _compute_and_write(study, batch, Path(out), finished, lambda w: None)
+        return _compute_and_write(study, batch, Path(out), finished, on_work or (lambda w: None))
 
 
 # ----- the grid -----------------------------------------------------------------------------------
 def run_grid(study: Study, configs: Sequence, out: str | Path, *, names: Optional[Sequence[str]] = None,
-             executor: str | Executor | None = None, workers: int = 1, progress: bool = True,
+             executor: str | Executor | None = None, workers: int = 1, progress: bool = False,
              replace_changed: bool = False, desc: Optional[str] = None, **executor_options) -> pd.DataFrame:
     """Compute every config of ``study`` not yet finished in ``out``; write its folder; keep
     ``out/results.csv`` current. Rerunning resumes.
@@ -291,7 +292,7 @@ def run_grid(study: Study, configs: Sequence, out: str | Path, *, names: Optiona
 
 
 def run_grids(jobs: Sequence[Job], *, executor: str | Executor | None = None, workers: int = 1,
-              progress: bool = True, desc: Optional[str] = None, **executor_options) -> list[pd.DataFrame]:
+              progress: bool = False, desc: Optional[str] = None, **executor_options) -> list[pd.DataFrame]:
     """:func:`run_grid` for several grid folders at once, sharing one executor."""
     from .executors import is_local, open_executor
     from .runs import check_writable
@@ -345,16 +346,32 @@ def run_grids(jobs: Sequence[Job], *, executor: str | Executor | None = None, wo
                 bar.refresh()
                 save(j)
         elif stacks:
-            with open_executor(executor, workers, **executor_options) as pool:
+            import contextlib
+            import multiprocessing
+            from concurrent.futures import FIRST_COMPLETED, wait
+
+            from .progress import StepReports
+            # A local pool reports steps through a manager's queue, so the bar moves inside a stack;
+            # other executors (Dask, SLURM) move it when a stack is written.
+            steps_shown = progress and is_local(executor)
+            with open_executor(executor, workers, **executor_options) as pool, \
+                    (multiprocessing.get_context("spawn").Manager() if steps_shown
+                     else contextlib.nullcontext()) as manager:
                 threads = getattr(pool, "threads", 1)
-                futures = {pool.submit(task, jobs[j].study, batch, str(jobs[j].out), skip, threads): (j, batch)
-                           for j, batch, skip in stacks}
-                for future in as_completed(futures):
-                    j, batch = futures[future]
-                    for row in future.result():
-                        rows[j][row[0]] = row
-                    bar.update(len(batch))
-                    save(j)
+                reports = StepReports(manager, bar)
+                futures = {pool.submit(task, jobs[j].study, batch, str(jobs[j].out), skip, threads,
+                                       reports.callback(k, len(batch), work)): (k, j, batch)
+                           for k, ((j, batch, skip), work) in enumerate(zip(stacks, cost))}
+                pending = set(futures)
+                while pending:
+                    done_now, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    reports.drain()
+                    for future in done_now:
+                        k, j, batch = futures[future]
+                        for row in future.result():
+                            rows[j][row[0]] = row
+                        reports.finish(k, len(batch))
+                        save(j)
     finally:
         bar.close()
         # Runs that workers finished while this process was interrupted are on disk: list them too.
@@ -369,7 +386,7 @@ def run_grids(jobs: Sequence[Job], *, executor: str | Executor | None = None, wo
     return [pd.DataFrame([job.study.result_row(*rows[j][n]) for n in job.names]) for j, job in enumerate(jobs)]
 
 
-def compute(study: Study, configs: Sequence, *, progress: bool = True, desc: Optional[str] = None) -> list:
+def compute(study: Study, configs: Sequence, *, progress: bool = False, desc: Optional[str] = None) -> list:
     """Every config's result in memory (no folders), in ``configs`` order, in this process: the
     same plan (:func:`plan_batches`, one worker) as a grid folder, so the same numbers."""
     configs = list(configs)

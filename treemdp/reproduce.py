@@ -69,7 +69,7 @@ def reproduce_jobs(plan: Plan, runs: Path) -> list:
 
 
 def run_reproduce(out: str | Path = "figures", *, runs: str | Path | None = None, quick: bool = False,
-                  workers: int | None = None, fresh: bool = False, progress: bool = True) -> list[Path]:
+                  workers: int | None = None, fresh: bool = False, progress: bool = False) -> list[Path]:
     """Run (or resume) every sweep, then draw every figure. Returns the PNG paths."""
     from .runs import check_writable
     from .sweep import sweep_many

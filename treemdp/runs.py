@@ -4,8 +4,9 @@ Layout of a run directory::
 
     config.json    every TrainConfig field (rerun with ``treemdp train --config config.json``)
     data.json      the demonstrations and preferences used (the ``--data`` format)
-    history.csv    phase, step, trajectory, prob, in_distribution, row, action_0 .. action_{depth-1}
-                   (one row per logged step x trajectory); history.parquet instead for large runs
+    history.csv    phase, step, trajectory, prob, in_distribution, row, log_prob, action_0 .. action_{depth-1}
+                   (one row per logged step x trajectory; log_prob is the run's exact log-probability
+                   in float64, prob = exp(log_prob)); history.parquet instead for large runs
     metrics.csv    phase, step, loss, ood_mass, chosen_prob, ..., mass_* buckets (one row per logged step)
     summary.json   final / peak OOD mass and buckets, chosen / rejected probability, KL, top OOD trajectories
     policy.pt      the trained policy's state_dict; reference.pt the frozen SFT policy's
@@ -135,11 +136,21 @@ def read_history(folder: str | Path):
     import pandas as pd
     folder = Path(folder)
     if (folder / "history.parquet").is_file():
-        return pd.read_parquet(folder / "history.parquet")
+        return _with_log_prob(pd.read_parquet(folder / "history.parquet"))
     if not (folder / "history.csv").is_file():
         raise UserError(f"{str(folder)!r} has no history (a light sweep run keeps only config and summary)")
     history = pd.read_csv(folder / "history.csv")
     history["in_distribution"] = history["in_distribution"].astype(str).str.lower() == "true"
+    return _with_log_prob(history)
+
+
+def _with_log_prob(history):
+    """Folders written before treemdp kept log-probs have only ``prob``: log it (-inf where it underflowed)."""
+    import numpy as np
+    if "log_prob" not in history.columns:
+        with np.errstate(divide="ignore"):
+            history.insert(list(history.columns).index("row") + 1 if "row" in history.columns else len(history.columns),
+                           "log_prob", np.log(history["prob"].to_numpy(np.float64)))
     return history
 
 

@@ -211,7 +211,7 @@ class Job:
 
 def sweep(configs: Sequence[TrainConfig], out: str | Path, *, names: Optional[Sequence[str]] = None,
           light: bool = False, plot: bool = True, batch_size: int = BATCH_SIZE, workers: int = 1,
-          progress: bool = True, replace_changed: bool = False, executor=None, **executor_options) -> pd.DataFrame:
+          progress: bool = False, replace_changed: bool = False, executor=None, **executor_options) -> pd.DataFrame:
     """Train every config (skipping finished ones) and write run directories plus results.csv.
 
     Args:
@@ -223,7 +223,7 @@ def sweep(configs: Sequence[TrainConfig], out: str | Path, *, names: Optional[Se
         batch_size: most runs trained as one computation.
         workers: processes training batches in parallel (1: this process); the batches are cut for
             this many workers, whichever executor runs them.
-        progress: a tqdm bar across the grid.
+        progress: a tqdm bar across the grid, advancing by steps (off by default).
         replace_changed: retrain a finished run whose stored settings differ from its config
             (default: refuse, naming it).
         executor: where the batches run (:func:`treemdp.grid.run_grid`): ``"local"`` (default),
@@ -240,7 +240,7 @@ def sweep(configs: Sequence[TrainConfig], out: str | Path, *, names: Optional[Se
                       **executor_options)[0]
 
 
-def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: int = 1, progress: bool = True,
+def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: int = 1, progress: bool = False,
                desc: str | None = None, executor=None, **executor_options) -> list[pd.DataFrame]:
     """:func:`sweep` for several grid directories at once, sharing one pool of workers."""
     if batch_size < 1 or workers < 1:

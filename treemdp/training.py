@@ -202,18 +202,18 @@ class RunResult:
             in_dist = record.ctx.in_distribution[row].cpu().numpy()
             steps = np.asarray(record.logged_steps)
             if record.small:
-                probs = torch.stack([p[row] for p in record.logged]).double() if record.logged else torch.zeros(0, mdp.n_trajectories)
+                logps = torch.stack([p[row] for p in record.logged]).double() if record.logged else torch.zeros(0, mdp.n_trajectories)
                 index = np.tile(np.arange(mdp.n_trajectories), len(steps))
                 repeat = np.repeat(steps, mdp.n_trajectories)
-                probs = probs.reshape(-1).numpy()
+                logps = logps.reshape(-1).numpy()
             else:
                 k, width = int(record.in_counts[row]), record.in_rows.shape[1]
                 keep = [torch.cat([r[row, :k], r[row, width:]]) for r, _ in record.logged_top]
                 kept = [torch.cat([p[row, :k], p[row, width:]]) for _, p in record.logged_top]
                 index = torch.cat(keep).numpy() if keep else np.zeros(0, dtype=np.int64)
                 repeat = np.repeat(steps, [len(x) for x in keep])
-                probs = torch.cat(kept).double().numpy() if kept else np.zeros(0)
-            frames.append(history_frame(mdp, record.name, repeat, index, probs, in_dist))
+                logps = torch.cat(kept).double().numpy() if kept else np.zeros(0)
+            frames.append(history_frame(mdp, record.name, repeat, index, logps, in_dist))
         return pd.concat(frames, ignore_index=True)
 
     @functools.cached_property
@@ -225,12 +225,16 @@ class RunResult:
         return self._make_policy_at("reference")
 
 
-def history_frame(mdp: TreeMDP, phase: str, steps: np.ndarray, rows: np.ndarray, probs: np.ndarray,
+def history_frame(mdp: TreeMDP, phase: str, steps: np.ndarray, rows: np.ndarray, log_probs: np.ndarray,
                   in_distribution: np.ndarray) -> pd.DataFrame:
     """The tidy history: one row per (step, trajectory) with the trajectory's name, its row in
-    ``mdp.trajectories()`` and its actions as columns ``action_0 .. action_{depth-1}``."""
+    ``mdp.trajectories()``, ``log_prob`` (the run's exact log-probability, float64) and its actions
+    as columns ``action_0 .. action_{depth-1}``. ``prob`` = exp(log_prob) in float64, so it does not
+    underflow where float32 would (below ~1e-45) and KL recomputed from the history is the run's."""
+    log_probs = np.asarray(log_probs, dtype=np.float64)
     frame = pd.DataFrame({"phase": phase, "step": steps, "trajectory": _trajectory_name_array(mdp, rows),
-                          "prob": probs, "in_distribution": in_distribution[rows], "row": rows})
+                          "prob": np.exp(log_probs), "in_distribution": in_distribution[rows], "row": rows,
+                          "log_prob": log_probs})
     for t in range(mdp.depth):
         frame[f"action_{t}"] = (rows // mdp.branching ** (mdp.depth - 1 - t)) % mdp.branching
     return frame
@@ -265,9 +269,10 @@ def summarize(config: TrainConfig, mdp: TreeMDP, steps: pd.DataFrame, final_logp
         "sft_ood_mass": float(sft.iloc[-1]["ood_mass"]),
         "final_chosen_prob": float(final["chosen_prob"]),
         "final_rejected_prob": float(final["rejected_prob"]),
-        "kl_to_reference": float(kl_divergence(final_logp, ref_logp)),
-        "kl_reference_to_policy": float(kl_divergence(ref_logp, final_logp)),
-        "final_entropy": float(entropy(final_logp)),
+        # float64 from the run's float32 log-probs: the same numbers as history.csv's log_prob gives
+        "kl_to_reference": float(kl_divergence(final_logp.double(), ref_logp.double())),
+        "kl_reference_to_policy": float(kl_divergence(ref_logp.double(), final_logp.double())),
+        "final_entropy": float(entropy(final_logp.double())),
         "final_loss": float(final["loss"]),
         "top_ood": [{"trajectory": names(i), "prob": p} for i, p in top_ood(final_logp.cpu(), in_dist, k=3)],
     }
@@ -465,7 +470,7 @@ def _policy_at(build, config, final, reference, r, which):
 
 
 def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,
-          progress: bool = True, on_log: Optional[Callable[[str, int, torch.Tensor], None]] = None,
+          progress: bool = False, on_log: Optional[Callable[[str, int, torch.Tensor], None]] = None,
           **overrides) -> RunResult:
     """Run SFT then direct alignment, enumerating every trajectory exactly at every step.
 
@@ -474,7 +479,7 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,
             e.g. ``train(loss="ipo", beta=0.5, seed=3)``; ``loss`` may also be an objective or a
             callable ``g`` (see :func:`treemdp.losses.get_objective`).
         dataset: demonstrations and preferences; default: ``config.data`` if set, else the paper's.
-        progress: show a tqdm bar on runs longer than a second.
+        progress: show a tqdm bar (per step) on runs longer than a second; off by default.
         on_log: called as ``on_log(phase, step, probs)`` at every logged step (live plots).
 
     Returns:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .executor import add_executor_flags, executor_arguments
+from ..progress import add_progress_flag, show_progress
 from .flags import add_dataclass_flags
 
 EPILOG = ("Every setting takes one or more values and the grid is their product; runs sharing a shape are "
@@ -39,6 +40,7 @@ def _grid_parser(subparsers, name: str, help_text: str, description: str, *, bon
     parser.add_argument("--format", default="csv", choices=("csv", "parquet"), help="each run's curve table (default csv)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     add_executor_flags(parser)
+    add_progress_flag(parser)
     parser.set_defaults(func=_grid_command, bon=bon, loss_flags=not bon)
     return parser
 
@@ -82,6 +84,7 @@ def add_parsers(subparsers) -> None:
     report.add_argument("folders", nargs="+", metavar="DIR", help="lab grid folders")
     report.add_argument("--out", default="figures/lab", metavar="DIR", help="figure folder (default figures/lab)")
     report.add_argument("--quiet", action="store_true", help="no list of files")
+    add_progress_flag(report)
     report.set_defaults(func=_report_command)
 
 
@@ -102,8 +105,9 @@ def _grid_command(args) -> int:
     if args.workers < 1:
         raise UserError("--workers must be >= 1")
     configs = grid(LabConfig(), **axes)
-    table = lab_sweep(configs, args.out, workers=args.workers, fmt=args.format, progress=not args.quiet,
-                      **executor_arguments(args))
+    table = lab_sweep(configs, args.out, workers=args.workers, fmt=args.format,
+                      progress=show_progress(args.progress, args.quiet),
+                  **executor_arguments(args))
     if not args.quiet:
         print(format_results(table))
         print(f"{len(table)} runs in {args.out}/ ; table: {Path(args.out) / 'results.csv'}")
@@ -163,7 +167,7 @@ def format_fits(fits, by) -> str:
 
 def _report_command(args) -> int:
     from ..lab.figures import lab_report
-    made = lab_report(args.folders, args.out, progress=not args.quiet)
+    made = lab_report(args.folders, args.out, progress=show_progress(args.progress, args.quiet))
     if not args.quiet:
         print("\n".join(str(p) for p in made))
     return 0

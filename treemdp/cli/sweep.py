@@ -10,6 +10,7 @@ from ..errors import UserError
 from ..sweep import BATCH_SIZE
 from ..training import TrainConfig
 from .executor import add_executor_flags, executor_arguments
+from ..progress import add_progress_flag, show_progress
 from .train import add_config_flags, apply_objective_flags, shape_from_data, wants_loss_help
 
 
@@ -38,6 +39,7 @@ def add_parsers(subparsers) -> None:
                             "another --executor, the batches are cut for this many workers")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar or table")
     add_executor_flags(sweep)
+    add_progress_flag(sweep)
     sweep.set_defaults(func=_sweep_command)
 
     reproduce = subparsers.add_parser(
@@ -51,6 +53,7 @@ def add_parsers(subparsers) -> None:
     reproduce.add_argument("--fresh", action="store_true", help="discard finished runs in --runs first")
     reproduce.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_flag(reproduce)
     reproduce.set_defaults(func=_reproduce_command)
 
 
@@ -72,7 +75,8 @@ def _sweep_command(args) -> int:
             if len(axes[k]) > 1:
                 raise UserError(f"--{k} takes one value together with --data (the data fix the shape)")
     table = sweep(configs, args.out, light=args.light, plot=args.plot, batch_size=args.batch_size,
-                  workers=args.workers, progress=not args.quiet, **executor_arguments(args))
+                  workers=args.workers, progress=show_progress(args.progress, args.quiet),
+                  **executor_arguments(args))
     if not args.quiet:
         print(format_table(table))
         print(f"{len(table)} runs in {args.out}/ ; table: {Path(args.out) / 'results.csv'}")
@@ -84,7 +88,7 @@ def _reproduce_command(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be >= 1")
     made = run_reproduce(args.out, runs=args.runs, quick=args.quick, workers=args.workers, fresh=args.fresh,
-                         progress=not args.quiet)
+                         progress=show_progress(args.progress, args.quiet))
     if not args.quiet:
         print("\n".join(str(p) for p in made))
     return 0

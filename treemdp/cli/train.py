@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..specs import literal
 from ..training import TrainConfig
+from ..progress import add_progress_flag, show_progress
 from .flags import add_dataclass_flags, read_config_file, values_from_args
 
 
@@ -137,7 +138,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     dataset = resolve_dataset(config, TreeMDP(config.branching, config.depth))
     out = check_writable(args.out or default_out(config))
-    result = train(config, dataset, progress=not args.quiet)
+    result = train(config, dataset, progress=show_progress(args.progress, args.quiet))
     write_run(result, out, plot=not args.no_plot)
     s = result.summary
     if not args.quiet:
@@ -167,5 +168,6 @@ def add_parsers(subparsers) -> None:
     parser.add_argument("--config", metavar="FILE", help="start from a config.json (flags override it)")
     parser.add_argument("--no-plot", action="store_true", help="skip run.png")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
+    add_progress_flag(parser)
     add_config_flags(parser)
     parser.set_defaults(func=run_train)

@@ -108,7 +108,7 @@ def _read_table(run_dir: Path) -> pd.DataFrame:
 
 
 def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1, fmt: str = "csv",
-              progress: bool = True, executor=None, **executor_options) -> pd.DataFrame:
+              progress: bool = False, executor=None, **executor_options) -> pd.DataFrame:
     """Run every config not yet finished in ``out``, write its folder, keep ``results.csv`` current.
 
     The grid is computed in the stacks of :func:`treemdp.lab.runner.plan_batches` (fixed by the
@@ -121,7 +121,7 @@ def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1
         workers: processes, each taking whole stacks; grids under :data:`PARALLEL_WORK` run-steps
             run in this process (with the local executor).
         fmt: ``csv`` or ``parquet`` (needs pyarrow) for each run's curve.
-        progress: a progress bar.
+        progress: a progress bar advancing by steps, inside worker processes too (off by default).
         executor: where the stacks run (:func:`treemdp.grid.run_grid`): ``"local"`` (default),
             ``"dask:local"``, ``"dask:tcp://HOST:PORT"``, ``"slurm"``, ``"slurm:local"`` or an Executor.
         **executor_options: SLURM resources (:class:`treemdp.executors.SlurmOptions` fields).

@@ -106,7 +106,7 @@ def daa_stacked(template: TreePolicy, params: dict, datasets: Sequence[Dataset],
     with _bar(steps, progress, "DAA") as bar:
         final = run_phase(template, params, Phase("daa", steps, per_run(lr, R, "lr"), phase_loss), optimizer,
                           record, on_step=bar.update)
-    logp = torch.stack(record.logged).log()  # [S + 1, R, T]
+    logp = torch.stack(record.logged)  # [S + 1, R, T]
     return StackedRun(template.mdp, ctx, logp, {n: p.clone() for n, p in params.items()}, final, template)
 
 
