@@ -4,7 +4,7 @@ VENV := .venv
 PIP := $(VENV)/bin/pip install --constraint constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test test-floor lessons benchmark benchmark-llm clean
+.PHONY: reproduce test test-fast test-floor lessons benchmark benchmark-llm clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ test: $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest -n auto --maxprocesses 4 --dist loadfile --ignore=tests/lessons || status=1; \
 	$(VENV)/bin/python -m pytest tests/lessons || status=1; \
 	exit $$status
+
+# The fast tier (under a minute on 2 cores): the math, the losses, enumeration, the engine on tiny
+# trees, the package's layering and random streams; no subprocesses (tests marked slow are left out).
+FAST_TESTS := tests/losses tests/test_tree.py tests/test_exact.py tests/test_env.py tests/test_engine.py \
+	tests/test_theory.py tests/test_structure.py tests/test_rng.py tests/test_flat_optimizer.py
+test-fast: $(VENV)/.installed-test
+	$(VENV)/bin/python -m pytest -q -n 2 -m "not slow" -p no:randomly $(FAST_TESTS)
 
 # The toy track on the oldest torch pyproject.toml admits (PyPI's wheel: a large download with its
 # CUDA libraries; run by hand before changing the floor, not by CI).

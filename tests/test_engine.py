@@ -29,6 +29,7 @@ def test_a_callable_g_trains_like_the_registered_name():
     assert result.config.to_dict()["loss"].startswith("<")  # a lambda cannot be imported back
 
 
+@pytest.mark.slow  # a subprocess per CLI call
 def test_a_user_objective_in_five_lines_reaches_train_and_sweep(tmp_path):
     @register_objective(name="dpo_nll", formula="-log sigmoid(beta h) + alpha * NLL(y_w)", params={"alpha": 0.5})
     def dpo_nll(batch, beta, alpha):
@@ -52,6 +53,7 @@ def cli(*args, cwd=None, env=None):
                           cwd=cwd, env=env)
 
 
+@pytest.mark.slow  # a subprocess per CLI call
 def test_cli_objective_parameters_as_flags_specs_and_module_function(tmp_path):
     proc = cli("train", "--loss", "cdpo", "--epsilon", "0.2", "--sft-steps", 5, "--daa-steps", 5, "--quiet",
                "--no-plot", "--out", tmp_path / "a")
@@ -88,6 +90,7 @@ def test_cli_objective_parameters_as_flags_specs_and_module_function(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a subprocess per CLI call
 def test_losses_command_lists_every_objective():
     proc = cli("losses")
     assert proc.returncode == 0

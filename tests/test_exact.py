@@ -80,6 +80,7 @@ def test_stacked_runs_equal_runs_alone(make):
             torch.testing.assert_close(stacked[r], trajectory_log_probs(policy), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow  # tens of thousands of env rollouts in Python
 @pytest.mark.parametrize("branching,depth,make", [(3, 3, POLICIES[0]), (2, 4, POLICIES[3]), (4, 2, POLICIES[1])])
 def test_monte_carlo_through_env_matches_enumeration(branching, depth, make):
     mdp = TreeMDP(branching, depth)

@@ -12,6 +12,8 @@ import pytest
 from treemdp.figures import DPI, SIZES
 from treemdp.phenomena.figures import SIZES as PHEN_SIZES
 
+pytestmark = pytest.mark.slow  # one `treemdp reproduce --quick` in a subprocess
+
 EXPECTED = (["fig06_tree_mdp", "fig07_mass_summary"]
             + [f"fig{9 + 3 * i + j:02d}_{loss}_beta{beta}" for i, loss in enumerate(("dpo", "ipo", "slic"))
                for j, beta in enumerate(("0.01", "0.1", "0.5"))]
