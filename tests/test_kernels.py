@@ -81,3 +81,25 @@ def test_this_process_is_pinned():
     """tests/conftest.py imports treemdp before torch computes, so the suite runs on the pinned kernels."""
     assert kernels.pinned() == (kernels.cpu_has_avx2() and not kernels.native())
     assert kernels.settings().get("MKL_CBWR") == ("COMPATIBLE" if not kernels.native() else None)
+
+
+def test_unpin_gives_the_environment_back(monkeypatch):
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("TREEMDP_KERNELS", raising=False)
+    monkeypatch.setattr(kernels, "_BEFORE", {})
+    chosen = kernels.pin()
+    assert os.environ["MKL_CBWR"] == "COMPATIBLE" and chosen["MKL_CBWR"] == "COMPATIBLE"
+    kernels.unpin()
+    assert os.environ["MKL_CBWR"] == "AVX2" and "ATEN_CPU_CAPABILITY" not in os.environ
+
+
+def test_the_llm_commands_run_on_the_machines_own_kernels(tmp_path):
+    """`treemdp llm ...` gives the environment back before its work starts (here: a one-line error)."""
+    import sys
+    code = ("import os, sys; from treemdp.cli import main; "
+            f"rc = main(['llm', 'plot', {str(tmp_path / 'missing')!r}, '--out', {str(tmp_path / 'out')!r}]); "
+            "print(rc, os.environ.get('MKL_CBWR'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "TREEMDP_KERNELS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split()[-1] == "None", out.stdout + out.stderr

@@ -26,6 +26,8 @@ computation; ``import treemdp`` calls :func:`pin` first thing, so it works whene
 imported before torch computes anything (the CLI, ``python -m``, worker processes, which inherit
 the environment). :func:`pinned` says whether it took effect in this process.
 
+The LLM track (``treemdp llm ...``) calls :func:`unpin` and keeps every library's own kernels.
+
 Not covered (bits may differ; the verdicts in figures/README.md are stated with their intervals):
 other architectures (ARM, Apple silicon), GPUs, x86 CPUs without AVX2, another torch/numpy build.
 """
@@ -66,11 +68,28 @@ def settings() -> dict[str, str]:
     return {**MKL, **(AVX2 if cpu_has_avx2() else {})}
 
 
+_BEFORE: dict[str, str | None] = {}  # what pin() replaced, for unpin()
+
+
 def pin() -> dict[str, str]:
     """Set :func:`settings` in ``os.environ`` (effective if torch has not computed yet); return them."""
     chosen = settings()
+    for name in chosen:
+        _BEFORE.setdefault(name, os.environ.get(name))
     os.environ.update(chosen)
     return chosen
+
+
+def unpin() -> None:
+    """Give the environment back as it was before :func:`pin` (effective if torch has not computed
+    yet). The LLM track does this: its matrix products are large, MKL's SSE2 branch would slow them
+    several-fold, and bit identity across machines is not promised there (GPUs)."""
+    for name, value in _BEFORE.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _BEFORE.clear()
 
 
 def mkl_branch() -> int | None:

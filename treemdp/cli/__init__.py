@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "loss_flags", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    if getattr(getattr(args, "func", None), "__module__", "").endswith(".llm"):
+        from ..kernels import unpin
+        unpin()  # large matrix products, GPUs: the machine's fastest kernels (treemdp/kernels.py)
     try:
         return int(args.func(args) or 0)
     except UserError as e:
