@@ -53,7 +53,6 @@ track (``treemdp.llm``) summed token log-probs.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import math
 import re
@@ -62,6 +61,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
+
+from .imports import import_object
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 #: beta: a Python float (checked by :func:`check_beta`) or a tensor broadcastable to [..., B]
@@ -442,7 +443,7 @@ _TOKEN = re.compile(r"""\s*(?:(?P<punct>[()\[\],=])|(?P<quoted>"[^"]*"|'[^']*')|
 _INT = re.compile(r"[+-]?\d+\Z")
 _FLOAT = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|infinity|nan)\Z", re.IGNORECASE)
 _BARE = re.compile(r"[^\s()\[\],=\"']+\Z")
-_SPEC_NAME = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?\Z")
+_SPEC_NAME = re.compile(r"""([A-Za-z_][\w.]*|[^\s()\[\],="':]+\.py)(:[A-Za-z_][\w.]*)?\Z""")  # name, module:attr, file.py:attr
 _LITERALS = {"true": True, "false": False, "none": None, "null": None}
 
 
@@ -549,12 +550,10 @@ def format_value(value: Any) -> str:
 
 
 def _load(path: str, params: Mapping[str, Any]) -> Objective:
-    """The objective behind ``package.module:attr`` (an Objective, or a plain callable g)."""
-    module_name, _, attr = path.partition(":")
+    """The objective behind ``package.module:attr`` or ``file.py:attr`` (an Objective, or a plain
+    callable g), named by its canonical spec (:func:`treemdp.imports.import_object`)."""
     try:
-        target = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
+        target, path = import_object(path)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"cannot load loss {path!r}: {e}") from None
     if isinstance(target, Objective):  # named by its path, so that its spec loads it in a new process
@@ -594,7 +593,7 @@ def _objective_for_spec(spec: str) -> tuple[str, Objective]:
     if ":" in name:
         return name, _load(name, params)
     raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(OBJECTIVES)} "
-                     "(or 'package.module:attr')")
+                     "(or 'package.module:attr' or 'path/to/file.py:attr')")
 
 
 def objectives_table() -> list[dict[str, Any]]:
