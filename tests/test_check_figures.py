@@ -96,3 +96,30 @@ def test_the_committed_readme_tags_resolve_to_committed_rows():
     problems, _, checked = check(ROOT / "figures" / "README.md")
     unresolved = [str(p) for p in problems if "rows for" in str(p) or "no table" in str(p) or "names" in str(p)]
     assert checked > 0 and not unresolved, unresolved
+
+
+def test_paper_claims_rows_are_the_means_over_seeds():
+    from treemdp.figure_claims import controls, dpo_seeds, mass_summary
+    rows = []
+    for loss in ("dpo", "ipo", "slic"):
+        for beta in (0.01, 0.1, 0.5):
+            for seed in range(4):
+                peak = 0.9 if loss == "dpo" else 0.1 * seed
+                rows.append(dict(loss=loss, beta=beta, seed=seed, peak_ood_mass=peak, final_ood_mass=peak / 2,
+                                 peak_ood_step=10 + seed, sft_ood_mass=0.01, optimizer="adam"))
+    paper = pd.DataFrame(rows)
+    table = pd.DataFrame(mass_summary(paper)).set_index(["setting", "statistic"])
+    assert table.loc[("dpo, beta=0.1", "mean peak OOD mass"), "value"] == pytest.approx(0.9)
+    assert table.loc[("ipo, beta=0.5", "mean peak OOD mass"), "value"] == pytest.approx(0.15)
+    assert table.loc[("ipo, beta=0.5", "mean final OOD mass"), "n"] == 4
+    low, high = table.loc[("ipo, beta=0.5", "mean peak OOD mass"), ["low", "high"]]
+    assert 0 <= low < 0.15 < high <= 0.3  # a bootstrap interval of the mean of 0, 0.1, 0.2, 0.3
+    assert table.loc[("all (loss, beta)", "cells with mean peak OOD mass > 0.5"), "value"] == 3
+    assert table.loc[("all (loss, beta)", "lowest mean peak OOD mass"), "value"] == pytest.approx(0.15)
+    seeds = pd.DataFrame(dpo_seeds(paper)).set_index(["setting", "statistic"])
+    assert seeds.loc[("dpo, beta=0.1, seed 2", "step of the peak"), "value"] == 12
+    sgd = paper.assign(optimizer="sgd", peak_ood_mass=0.05)
+    by = pd.DataFrame(controls(paper, sgd, by="optimizer", claim="optimizers")).set_index(["setting", "statistic"])
+    assert by.loc[("optimizer=sgd, all loss and beta", "max peak OOD mass over runs"), "value"] == pytest.approx(0.05)
+    assert by.loc[("optimizer=adam, all loss and beta", "mean peak OOD mass"), "value"] == pytest.approx(
+        paper["peak_ood_mass"].mean())

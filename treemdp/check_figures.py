@@ -112,10 +112,12 @@ def check(readme_path: str | Path, tables: str | Path | None = None) -> tuple[li
     readme_path = Path(readme_path)
     tables = Path(tables) if tables is not None else readme_path.parent
     readme = readme_path.read_text()
+    prose = _prose(readme)  # tags and numbers are read where the reader sees text, not in code
+    every_number = quoted_numbers(TAG.sub(_blank, prose))  # "13<!-- tag -->–14%": 13 is a percent too
     line_of = lambda offset: readme.count("\n", 0, offset) + 1  # noqa: E731
     problems, covered, checked, cache = [], set(), 0, {}
     previous_end = 0
-    for tag in TAG.finditer(readme):
+    for tag in TAG.finditer(prose):
         paragraph = max(readme.rfind("\n\n", 0, tag.start()), readme.rfind("\n|", 0, tag.start()),
                         readme.rfind("\n- ", 0, tag.start()))
         segment_start = max(previous_end, paragraph + 1)
@@ -127,7 +129,7 @@ def check(readme_path: str | Path, tables: str | Path | None = None) -> tuple[li
             continue
         key = [part.strip() for part in " ".join(tag.group("key").split()).split("|")]
         name = tag.group("table").strip()
-        numbers = quoted_numbers(readme[segment_start:tag.start()], segment_start)
+        numbers = [q for q in every_number if segment_start <= q.offset < tag.start()]
         if len(numbers) < len(fields):
             problems.append(Problem(line, f"the tag names {len(fields)} numbers ({' '.join(fields)}) but the text "
                                           f"before it has {len(numbers)}: {_sentence(readme, segment_start, tag.start())!r}"))
@@ -158,23 +160,20 @@ def check(readme_path: str | Path, tables: str | Path | None = None) -> tuple[li
                                         f"{_sentence(readme, quoted.offset, tag.start())!r}: quotes {quoted.text} as "
                                         f"{field} of {name} [{' | '.join(key)}]; the table has "
                                         f"{_format(quoted, table_value)}"))
-    unchecked = []
-    for offset_line, text in _prose(readme):
-        for quoted in quoted_numbers(text, offset_line):
-            if quoted.offset not in covered:
-                unchecked.append((line_of(quoted.offset), quoted))
+    unchecked = [(line_of(q.offset), q) for q in every_number if q.offset not in covered]
     return problems, unchecked, checked
 
 
-def _prose(readme: str):
-    """(offset, text) of the README's prose: code spans, fenced blocks and tags blanked out, so
-    their digits (file names, flags) are not taken for quoted numbers."""
-    blank = lambda m: " " * len(m.group(0))  # noqa: E731
-    text = re.sub(r"```.*?```", blank, readme, flags=re.S)
-    text = re.sub(r"`[^`\n]*`", blank, text)
-    text = TAG.sub(blank, text)
-    text = re.sub(r"^#.*$", blank, text, flags=re.M)  # headings
-    yield 0, text
+def _blank(match: re.Match) -> str:
+    return re.sub(r"[^\n]", " ", match.group(0))
+
+
+def _prose(readme: str) -> str:
+    """The README with fenced blocks, code spans and headings blanked (same length, same lines),
+    so their digits (file names, flags, figure numbers) are not taken for quoted numbers."""
+    text = re.sub(r"```.*?```", _blank, readme, flags=re.S)
+    text = re.sub(r"`[^`]*`", _blank, text)
+    return re.sub(r"^#.*$", _blank, text, flags=re.M)
 
 
 def main(argv: list[str] | None = None) -> int:
