@@ -35,7 +35,7 @@ import torch
 
 from .errors import UserError
 from .settings import check_beta, check_like
-from .specs import IDENTIFIER, format_value, load_attribute, parse_spec, qualified_name
+from .specs import IDENTIFIER, format_value, parse_spec, qualified_name
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 #: beta: a Python float (checked by :func:`check_beta`) or a tensor broadcastable to [..., B]
@@ -334,9 +334,11 @@ def objective_from_g(g: LossFn, name: Optional[str] = None) -> Objective:
 # --------------------------------------------------------------------------------------------
 
 def _load(path: str, params: Mapping[str, Any]) -> Objective:
-    """The objective behind ``package.module:attr`` (an Objective, or a plain callable g)."""
+    """The objective behind ``package.module:attr`` or ``file.py:attr`` (an Objective, or a plain
+    callable g), named by its canonical spec (:func:`treemdp.imports.import_object`)."""
+    from .imports import import_object
     try:
-        target = load_attribute(path)
+        target, path = import_object(path)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"cannot load loss {path!r}: {e}") from None
     if isinstance(target, Objective):  # named by its path, so that its spec loads it in a new process
@@ -376,7 +378,7 @@ def _objective_for_spec(spec: str) -> tuple[str, Objective]:
     if ":" in name:
         return name, _load(name, params)
     raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(OBJECTIVES)} "
-                     "(or 'package.module:attr')")
+                     "(or 'package.module:attr' or 'path/to/file.py:attr')")
 
 
 def check_loss(loss: Union[str, Objective, LossFn]) -> Union[str, Objective, LossFn]:

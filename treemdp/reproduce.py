@@ -2,10 +2,11 @@
 
 ``reproduce`` runs four sweeps (the paper grid, the sensitivity atlas, the optimiser and the
 policy controls) into ``--runs`` (resumable: finished runs are kept), then draws every figure of
-:mod:`treemdp.figures` into ``--out``; then the over-optimization lab's grids
-(:mod:`treemdp.lab.experiments`) into ``--runs``/lab and its figures into ``--out``/lab. The settings of every experiment are pinned in
-:mod:`treemdp.experiments`, not taken from ``TrainConfig``'s defaults, so a change of defaults
-cannot silently change the committed figures.
+:mod:`treemdp.figures` into ``--out`` with ``claims.csv``, the numbers ``figures/README.md`` quotes
+(:mod:`treemdp.figure_claims`); then the over-optimization lab's grids
+(:mod:`treemdp.lab.experiments`) into ``--runs``/lab and its figures into ``--out``/lab. The settings of
+every experiment are pinned in :mod:`treemdp.experiments`, not taken from ``TrainConfig``'s defaults,
+so a change of defaults cannot silently change the committed figures.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def run_reproduce(out: str | Path = "figures", *, runs: str | Path | None = None
                  ("figure_tabular", ([paper, runs / "policies"], out / "tabular_vs_gru"), {}),
                  ("figure_zoo", (runs / "zoo", out / "zoo_ood_map"), {})]
     made = [_draw_one(*drawing) for drawing in drawings]  # a process pool measured no faster here
+    from .figure_claims import write_paper_claims  # the numbers figures/README.md quotes (check-figures)
+    write_paper_claims(runs, out / "claims.csv")
     # The neighbouring results (displacement, squeezing, IPO's argument, theory, explain): their own
     # small experiments, plus the paper sweep above; settings pinned in treemdp.experiments.
     from .phenomena.figures import draw_all as draw_phenomena

@@ -12,8 +12,6 @@ back unchanged.
 
 from __future__ import annotations
 
-import functools
-import importlib
 import re
 from typing import Any, Optional
 
@@ -22,7 +20,7 @@ _INT = re.compile(r"[+-]?\d+\Z")
 _FLOAT = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|infinity|nan)\Z", re.IGNORECASE)
 _BARE = re.compile(r"[^\s()\[\],=\"']+\Z")
 #: ``name``, ``package.module`` or ``package.module:attr``
-SPEC_NAME = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?\Z")
+SPEC_NAME = re.compile(r"""([A-Za-z_][\w.]*|[^\s()\[\],="':]+\.py)(:[A-Za-z_][\w.]*)?\Z""")  # name, module:attr, file.py:attr
 #: a parameter (or registry) name: letters, digits and ``_``
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _LITERALS = {"true": True, "false": False, "none": None, "null": None}
@@ -144,13 +142,14 @@ def format_value(value: Any) -> str:
 
 
 def load_attribute(path: str) -> Any:
-    """The object behind ``package.module:attr`` (``attr`` may be dotted).
+    """The object behind ``package.module:attr`` or ``path/to/file.py:attr`` (``attr`` may be
+    dotted; the current folder is on the import path: :func:`treemdp.imports.import_object`).
 
     Raises:
         ImportError, AttributeError, ValueError: as importing and looking up raise them.
     """
-    module_name, _, attr = path.partition(":")
-    return functools.reduce(getattr, attr.split("."), importlib.import_module(module_name))
+    from .imports import import_object
+    return import_object(path)[0]
 
 
 def qualified_name(obj: Any) -> Optional[str]:

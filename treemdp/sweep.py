@@ -54,7 +54,7 @@ def parse_seeds(items: Iterable[str]) -> list[int]:
                 else:
                     seeds.append(int(part))
             except ValueError:
-                raise UserError(f"bad seed list {item!r}: use integers and ranges like 0-9 or 0,3,5") from None
+                raise UserError(f"bad seed list {item!r}: use integers and ranges like 0-9, 0 3 5 or 0,3,5") from None
     if len(set(seeds)) != len(seeds):
         raise UserError(f"seed list {' '.join(map(str, items))!r} repeats a seed")
     return seeds

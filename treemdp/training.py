@@ -69,7 +69,7 @@ class TrainConfig(Settings):
     """Every setting of one run; ``config.json`` holds these fields and reruns it exactly."""
 
     loss: str = setting("dpo", check=check_loss)
-    """Direct alignment objective: a name (dpo, ipo, slic, ...; see 'treemdp losses'), NAME(k=v, ...) with its parameters, or module:function."""
+    """Direct alignment objective: a name (dpo, ipo, slic, ...; see 'treemdp losses'), NAME(k=v, ...) with its parameters, module:function or path/to/file.py:function."""
     beta: float = setting(0.1, check=check_positive)
     """Inverse temperature beta of g(beta * h); finite and > 0 (paper: 0.01, 0.1, 0.5)."""
     seed: int = 0

@@ -48,6 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def extra_providing(module: str | None) -> str | None:
+    """The optional extra of treemdp (``llm``, ``lessons``) that installs ``module``, from the
+    package's own metadata (pyproject.toml's ``optional-dependencies``); None if none does."""
+    import re
+    from importlib import metadata
+    if not module:
+        return None
+    top = module.partition(".")[0].replace("_", "-").lower()
+    try:
+        requirements = metadata.requires("treemdp") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for line in requirements:
+        match = re.match(r"([A-Za-z0-9._-]+).*;\s*extra\s*==\s*[\"'](\w+)[\"']", line)
+        if match and match.group(1).replace("_", "-").lower() == top and match.group(2) != "test":
+            return match.group(2)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -61,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        extra = extra_providing(e.name)
+        if extra is None:
+            raise
+        print(f"error: this command needs the {extra!r} extra ({e.name} is not installed): "
+              f"pip install 'treemdp[{extra}]' (from a clone: pip install -c constraints.txt -e '.[{extra}]')",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; finished results were kept", file=sys.stderr)

@@ -30,7 +30,7 @@ def _grid_parser(subparsers, name: str, help_text: str, description: str, *, bon
     parser = subparsers.add_parser(name, help=help_text, description=description, epilog=EPILOG)
     parser.add_argument("--out", required=True, metavar="DIR", help="grid folder (one folder per run, results.csv)")
     parser.add_argument("--seeds", nargs="+", default=["0"], metavar="SEEDS",
-                        help="seeds: integers and ranges, e.g. 0-9 or 0 3 5 (default 0)")
+                        help="seeds: integers and ranges, e.g. 0-9, 0 3 5 or 0,3,5 (default 0)")
     skip = ("seed", "n") + (("method", "loss", "beta", "steps", "lr", "batch_size") if bon else ())
     add_dataclass_flags(parser, LabConfig, nargs="+", skip=skip,
                         title="lab settings (every LabConfig field; one or more values each)")

@@ -27,7 +27,7 @@ def add_parsers(subparsers) -> None:
                "trains dpo, cdpo(epsilon=0.1) and cdpo(epsilon=0.3).")
     sweep.add_argument("--out", required=True, help="grid directory")
     sweep.add_argument("--seeds", nargs="+", default=["0"], metavar="SEEDS",
-                       help="seeds: integers and ranges, e.g. 0-9 or 0 3 5 (default 0)")
+                       help="seeds: integers and ranges, e.g. 0-9, 0 3 5 or 0,3,5 (default 0)")
     add_config_flags(sweep, nargs="+", skip=("seed",))  # every TrainConfig field, one or more values
     sweep.add_argument("--light", action="store_true",
                        help="write only config.json and summary.json per run (no history, weights, plot)")

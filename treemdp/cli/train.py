@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 from pathlib import Path
 
 from ..errors import UserError
@@ -115,7 +116,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def default_out(config: TrainConfig) -> Path:
-    name = config.loss.replace("(", "-").replace(")", "").replace(", ", ",").replace(" ", "").replace(":", "-")
+    loss = re.sub(r"^[^(]*/", "", config.loss).replace(".py:", ":")  # a file's objective: its file name
+    name = loss.replace("(", "-").replace(")", "").replace(", ", ",").replace(" ", "").replace(":", "-")
     return Path("runs") / f"{name}-beta{config.beta:g}-seed{config.seed}"
 
 
