@@ -75,6 +75,8 @@ class LabConfig:
     """Learning rate of the reward model's Bradley-Terry fit."""
     rm_steps: int = 300
     """Full-batch Bradley-Terry steps of the reward model."""
+    rm_normalize: bool = True
+    """Rescale the reward model to mean 0, variance 1 under the reference before RLHF (Ziegler et al. 2019), so beta is on one scale whatever the fit's; false: the raw Bradley-Terry fit. Best-of-n does not depend on it."""
     n: tuple = DEFAULT_N
     """Best-of-n sizes (method bon)."""
     log_every: int = 1
@@ -111,6 +113,8 @@ class LabConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise UserError(f"{name} must be a finite number > 0, got {value!r}")
+        if not isinstance(self.rm_normalize, bool):
+            raise UserError(f"rm_normalize must be true or false, got {self.rm_normalize!r}")
         if (isinstance(self.label_temperature, bool) or not isinstance(self.label_temperature, (int, float))
                 or not math.isfinite(self.label_temperature) or self.label_temperature < 0):
             raise UserError(f"label_temperature must be a finite number >= 0, got {self.label_temperature!r}")
@@ -159,8 +163,8 @@ class LabConfig:
 
 
 #: The settings each method ignores (kept at their defaults).
-IGNORED = {"daa": ("rm", "rm_hidden_size", "rm_lr", "rm_steps", "n"), "rlhf": ("loss", "batch_size", "n"),
-           "bon": ("loss", "beta", "lr", "steps", "batch_size")}
+IGNORED = {"daa": ("rm", "rm_hidden_size", "rm_lr", "rm_steps", "rm_normalize", "n"), "rlhf": ("loss", "batch_size", "n"),
+           "bon": ("loss", "beta", "lr", "steps", "batch_size", "rm_normalize")}
 
 
 @functools.lru_cache(maxsize=64)
@@ -190,7 +194,7 @@ def parse_tree(text: str) -> tuple[int, int]:
 
 #: Fields that may differ between the runs of one stacked batch; the rest make its shape.
 PER_RUN_FIELDS = ("loss", "beta", "seed", "pairs", "gold", "gold_seed", "demos", "demo_temperature", "pair_source",
-                  "label_temperature", "sft_lr", "lr", "rm_lr")
+                  "label_temperature", "sft_lr", "lr", "rm_lr", "rm_normalize")
 
 
 def shape_key(config: LabConfig) -> tuple:

@@ -3,7 +3,7 @@
 Six grid folders under ``runs/.../lab/``, each resumable (:func:`treemdp.lab.store.lab_sweep`):
 
     main      DAA: dpo, ipo, slic x 4 betas x N in {16, 64, 256} x 10 seeds, full batch, hidden 16
-    rlhf      RLHF on the same data: 4 betas x 3 N x 10 seeds (rnn reward model)
+    rlhf      RLHF on the same data: 4 betas x 3 N x 10 seeds (rnn reward model, normalised: beta 0.1 ... 3)
     bon       best-of-n under the same reward models: 3 N x 10 seeds, n = 1 ... 4096
     capacity  DAA at beta 0.1, N = 64, hidden 4, 8, 32, 64 (16 is in main) x 10 seeds
     spurious  DAA on the spurious gold, 3 betas, N = 64, 10 seeds
@@ -27,7 +27,7 @@ from .store import grid, lab_sweep
 BASE = dict(tree="4x4", gold="random", gold_seed=0, demos=64, demo_temperature=1.0, pair_source="reference",
             label_temperature=1.0, policy="rnn", cell="gru", hidden_size=16, optimizer="adam", sft_lr=1e-2,
             sft_steps=200, lr=1e-2, steps=1000, batch_size=0, rm="rnn", rm_hidden_size=16, rm_lr=1e-2,
-            rm_steps=300, n=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096), log_every=1, threads=1,
+            rm_steps=300, rm_normalize=True, n=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096), log_every=1, threads=1,
             device="cpu")
 LOSSES = ("dpo", "ipo", "slic")
 
@@ -42,6 +42,7 @@ class LabPlan:
     sft_steps: int
     rm_steps: int
     betas: tuple
+    rlhf_betas: tuple
     pairs: tuple
     hidden: tuple
     spurious_betas: tuple
@@ -51,10 +52,10 @@ class LabPlan:
 
 
 FULL = LabPlan(tree="4x4", seeds=tuple(range(10)), steps=1000, sft_steps=200, rm_steps=300,
-               betas=(0.01, 0.05, 0.1, 0.5), pairs=(16, 64, 256), hidden=(4, 8, 32, 64),
+               betas=(0.01, 0.05, 0.1, 0.5), rlhf_betas=(0.1, 0.3, 1.0, 3.0), pairs=(16, 64, 256), hidden=(4, 8, 32, 64),
                spurious_betas=(0.01, 0.1, 0.5), epoch_pairs=(256, 2048), epoch_batch=8, epoch_steps=1024)
-QUICK = LabPlan(tree="3x3", seeds=(0, 1), steps=40, sft_steps=40, rm_steps=40, betas=(0.1, 0.5), pairs=(8, 32),
-                hidden=(4,), spurious_betas=(0.1,), epoch_pairs=(64,), epoch_batch=8, epoch_steps=24)
+QUICK = LabPlan(tree="3x3", seeds=(0, 1), steps=40, sft_steps=40, rm_steps=40, betas=(0.1, 0.5), rlhf_betas=(0.3, 1.0),
+                pairs=(8, 32), hidden=(4,), spurious_betas=(0.1,), epoch_pairs=(64,), epoch_batch=8, epoch_steps=24)
 
 
 def experiments(plan: LabPlan) -> dict[str, list[LabConfig]]:
@@ -64,7 +65,7 @@ def experiments(plan: LabPlan) -> dict[str, list[LabConfig]]:
     middle_pairs = plan.pairs[len(plan.pairs) // 2]
     return {
         "main": grid(base, loss=LOSSES, beta=plan.betas, pairs=plan.pairs, seed=plan.seeds),
-        "rlhf": grid(base, method=["rlhf"], beta=plan.betas, pairs=plan.pairs, seed=plan.seeds),
+        "rlhf": grid(base, method=["rlhf"], beta=plan.rlhf_betas, pairs=plan.pairs, seed=plan.seeds),
         "bon": grid(base, method=["bon"], pairs=plan.pairs, seed=plan.seeds),
         "capacity": grid(base, loss=LOSSES, beta=[0.1], pairs=[middle_pairs], hidden_size=plan.hidden, seed=plan.seeds),
         "spurious": grid(base, gold=["spurious"], loss=LOSSES, beta=plan.spurious_betas, pairs=[middle_pairs],
