@@ -5,12 +5,14 @@ is read as a polyline; its value at a grid point d is the largest gain where the
 d (linear between consecutive points; NaN where the run never reaches d). For one reference (a
 seed and N pairs), a method's **envelope** is the largest of its runs' values at each d:
 
-    E_m(d) = max over runs of m (every beta, every step after the optimiser's transient) of gain at d
+    E_m(d) = max over runs of m (every beta, every step) of gain at d
 
 so E_m(d) answers "the best gain method m reached anywhere at sqrt KL = d". Methods: each DAA loss,
 ``rlhf`` and ``bon`` (best-of-n under the reward model); ``frontier`` is the exact frontier of the
-same reference. Steps before :func:`~treemdp.lab.runner.peak_skip` are left out (Adam's first
-steps overshoot in KL; the summaries report them as ``transient_*``).
+same reference. Every step counts, the optimiser's first steps too: each is a policy that existed,
+at its own KL (a run's own peak in ``summary.json`` leaves them out, see ``transient_*``; here a
+transient can only add a point at the KL it really had, and DAA runs pass most of the small KL
+range within those first steps).
 
 Over seeds: the mean envelope with a 95% bootstrap interval, and the d at which each seed's
 envelope peaks (mean and interval), also as a fraction of the frontier's saturation sqrt KL,
@@ -27,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from .claims import _bootstrap_mean, _row, daa_runs
-from .runner import peak_skip
 from .store import LabTables
 
 #: sqrt KL values of the gain table (``equal_kl_table.csv``).
@@ -91,7 +92,7 @@ def method_of(frame: pd.DataFrame) -> pd.Series:
 
 def _plain(tables: LabTables) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The runs compared: full-batch, not on the spurious gold, at the main hidden size; their curves
-    (best-of-n under the reward model; steps after the optimiser's transient)."""
+    (best-of-n under the reward model)."""
     results = tables.results
     plain = results[~results["gold"].astype(str).str.startswith("spurious")
                     & (results["batch_size"].fillna(0) == 0)]
@@ -101,9 +102,6 @@ def _plain(tables: LabTables) -> tuple[pd.DataFrame, pd.DataFrame]:
     curves = tables.curves[tables.curves["dir"].isin(plain["dir"])]
     if "proxy" in curves:
         curves = curves[(curves["method"] != "bon") | (curves["proxy"] == "rm")]
-    steps = plain.set_index("dir")["steps"]
-    skip = curves["dir"].map(lambda d: peak_skip(int(steps[d])) if d in steps.index else 0)
-    curves = curves[(curves["method"] == "bon") | (curves["step"] >= skip)]
     return plain, curves
 
 
@@ -259,16 +257,16 @@ def format_equal_kl(comparison: EqualKL, quality: str = "gold") -> str:
     points = sorted(table["sqrt_kl"].unique())
     label = "gold gain" if quality == "gold" else "win-rate gain"
     lines = [f"{label} at equal sqrt KL: mean [95% bootstrap over seeds] of each method's envelope over beta and steps",
-             f"{'N':>5}  {'method':<9}" + "".join(f"{'sqrt KL ' + format(d, 'g'):>22}" for d in points)
-             + f"{'peak at sqrt KL':>26}{'/ saturation':>14}"]
+             f"{'N':>5}  {'method':<9}" + "".join(f"{'sqrt KL ' + format(d, 'g'):>26}" for d in points)
+             + f"{'peak at sqrt KL':>22}{'/ saturation':>14}"]
     rank = {m: i for i, m in enumerate(["frontier"] + ordered(table["method"].unique()))}
     keyed = table.assign(rank=table["method"].map(rank)).sort_values(["pairs", "rank", "sqrt_kl"])
     for (pairs, _, method), part in keyed.groupby(["pairs", "rank", "method"], sort=True):
-        cells = "".join(f"{_interval(r['mean'], r['low'], r['high']):>22}" for _, r in part.sort_values("sqrt_kl").iterrows())
+        cells = "".join(f"{_interval(r['mean'], r['low'], r['high']):>26}" for _, r in part.sort_values("sqrt_kl").iterrows())
         p = peaks[(peaks["pairs"] == pairs) & (peaks["method"] == method)].iloc[0]
         peak = _interval(p["peak_sqrt_kl"], p["peak_sqrt_kl_low"], p["peak_sqrt_kl_high"], digits=2)
         sat = f"{p['peak_saturation']:.2f}" if np.isfinite(p["peak_saturation"]) else "-"
-        lines.append(f"{pairs:>5}  {method:<9}{cells}{peak:>26}{sat:>14}")
+        lines.append(f"{pairs:>5}  {method:<9}{cells}{peak:>22}{sat:>14}")
     return "\n".join(lines)
 
 
