@@ -403,7 +403,7 @@ def format_table(table: pd.DataFrame) -> str:
     width = max(len("setting"), *map(len, labels))
     titles = {"peak_ood_mass": "peak OOD mass", "peak_ood_gain": "peak OOD gain over SFT",
               "final_ood_mass": "final OOD mass"}
-    lines = [f"{'setting':<{width}}  runs" + "".join(f"  {titles[c] + ' (mean [min, max])':<42}" for c in columns)]
+    lines = [(f"{'setting':<{width}}  runs" + "".join(f"  {titles[c] + ' (mean [min, max])':<42}" for c in columns)).rstrip()]
     for label, (index, row) in zip(labels, stats.iterrows()):
         cells = "".join(f"  {_cell(row[c]):<42}" for c in columns)
         lines.append(f"{label:<{width}}  {counts[index]:>4}{cells}".rstrip())
