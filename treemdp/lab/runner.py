@@ -362,7 +362,7 @@ def reward_scale(reward: torch.Tensor, ref_probs: torch.Tensor) -> torch.Tensor:
 
 def normalize_reward(reward: torch.Tensor, ref_probs: torch.Tensor) -> torch.Tensor:
     """(r - E_ref[r]) / std_ref(r): mean 0, variance 1 under the reference (Ziegler et al. 2019 normalise
-    the reward model so on the initial policy's samples). A constant r is only centred. [..., T]."""
+    the reward model this way on the initial policy's samples). A constant r is only centred. [..., T]."""
     scale = reward_scale(reward, ref_probs)[..., None]
     centred = reward - expected(ref_probs, reward)[..., None]
     return centred / torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -451,7 +451,8 @@ def summarize_lab(config: LabConfig, curve: pd.DataFrame, front: pd.DataFrame, r
         summary[f"peak_{quality}_gain"] = float(gain[peak])
         summary[f"peak_{quality}_{x}"] = int(rows[x].iloc[peak])
         summary[f"peak_{quality}_kl"] = float(rows["kl_to_reference"].iloc[peak])
-        summary[f"peak_{quality}_saturation"] = math.sqrt(max(summary[f"peak_{quality}_kl"], 0.0)) / saturation
+        summary[f"peak_{quality}_saturation"] = (math.sqrt(max(summary[f"peak_{quality}_kl"], 0.0)) / saturation
+                                                 if saturation > 0 else math.nan)
         summary[f"final_{quality}_gain"] = float(gain[-1])
         summary[f"{quality}_drop"] = float(gain[peak] - gain[-1])
         if config.method != "bon":
