@@ -44,7 +44,21 @@ def test_the_account_balances():
     probs = torch.softmax(torch.randn(5, 27, generator=torch.Generator().manual_seed(0), dtype=torch.float64), -1)
     table = account(group_masses(probs, groups), range(5), groups)
     assert table["residual"].abs().max() < 1e-12
-    assert table["lost"].iloc[0] == 0 and np.allclose(table["chosen"], probs[:, 12].numpy())
+    assert table["change"].iloc[0] == 0 and np.allclose(table["chosen"], probs[:, 12].numpy())
+
+
+def test_the_change_column_has_the_sign_of_the_chosen_mass_move():
+    """Δπ(chosen) = π_t(C) − π_0(C): positive when the chosen gains (the 'lost' column was negative then)."""
+    mdp = TreeMDP()
+    groups = trajectory_groups(mdp, paper_dataset())
+    probs = torch.full((2, 27), 0.5 / 26, dtype=torch.float64)
+    probs[0, 12], probs[1, 12] = 0.5, 0.8  # the chosen (row 12) gains 0.3
+    probs[1, torch.arange(27) != 12] = 0.2 / 26
+    table = account(group_masses(probs, groups), range(2), groups)
+    assert table["change"].tolist() == pytest.approx([0.0, 0.3], abs=1e-12)
+    assert "lost" not in table
+    gains = table[[c for c in table if c.startswith("gain: ")]].iloc[1].sum()
+    assert gains == pytest.approx(-0.3, abs=1e-12) and table["residual"].abs().max() < 1e-12
 
 
 def test_explain_prints_a_table_and_writes_a_plot(run_dir, capsys):

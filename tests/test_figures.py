@@ -80,7 +80,8 @@ def test_reproduce_resumes_and_cli_errors(quick, tmp_path, capsys):
     assert err.startswith("error:") and err.count("\n") == 1
 
 
-LAB = ["humps_win_rate", "frontier", "fit_coefficients", "rmse_forms", "spurious_share", "first_epoch", "kl_spent"]
+LAB = ["humps_win_rate", "frontier", "fit_coefficients", "rmse_forms", "spurious_share", "first_epoch", "kl_spent",
+       "equal_kl"]
 
 
 def test_the_lab_figures_and_their_numbers_are_written(quick):
@@ -94,3 +95,7 @@ def test_the_lab_figures_and_their_numbers_are_written(quick):
     fits, claims = pd.read_csv(lab / "fits.csv"), pd.read_csv(lab / "claims.csv")
     assert set(fits["form"]) == {"rl", "bon", "quad_kl"} and set(fits["method"]) == {"daa", "rlhf", "bon"} and fits["rmse"].ge(0).all()
     assert len(claims) > 0 and claims["claim"].notna().all()
+    assert {"who_overoptimizes_first", "rl_spends_more_kl"} <= set(claims["claim"])
+    table = pd.read_csv(lab / "equal_kl_table.csv")
+    assert {"dpo", "ipo", "slic", "rlhf", "bon", "frontier"} <= set(table["method"])
+    assert set(pd.read_csv(lab / "equal_kl_peaks.csv")["quality"]) == {"gold", "win"}

@@ -92,3 +92,47 @@ def test_bad_input_is_one_error_line(args, message, tmp_path, capsys):
     assert main(["lab", *args, *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and message in err, err
+
+
+def test_report_compares_methods_at_equal_kl(grids, tmp_path, capsys):
+    out = tmp_path / "eq"
+    assert main(["lab", "report", str(grids / "daa"), str(grids / "rlhf"), str(grids / "bon"), "--out", str(out),
+                 "--sqrt-kl", "0.1", "0.2"]) == 0
+    printed = capsys.readouterr().out
+    assert "gold gain at equal sqrt KL" in printed and "win-rate gain at equal sqrt KL" in printed
+    assert (out / "equal_kl.png").stat().st_size > 10_000 and (out / "equal_kl.pdf").is_file()
+    curves = pd.read_csv(out / "equal_kl.csv")
+    assert set(curves["method"]) == {"dpo", "ipo", "rlhf", "bon", "frontier"}  # minibatch DAA runs left out
+    assert set(curves["pairs"]) == {4, 8} and curves["seeds"].max() == 2
+    reached = curves[curves["seeds"] > 0]
+    assert curves["mean"].isna().equals(curves["seeds"] == 0)  # past every seed's reach: no number
+    assert (reached["low"] <= reached["mean"] + 1e-12).all() and (reached["mean"] <= reached["high"] + 1e-12).all()
+    step = curves["sqrt_kl"].drop_duplicates().sort_values().diff().dropna()
+    assert step.to_numpy() == pytest.approx(0.05)
+    # every seed's envelope stays below the exact frontier of its reference, at every sqrt KL
+    from treemdp.lab.compare import equal_kl
+    from treemdp.lab.store import load_lab
+    envelopes = equal_kl(load_lab([grids / "daa", grids / "rlhf", grids / "bon"]), resamples=10).envelopes
+    wide = envelopes.pivot_table(index=["pairs", "seed", "quality", "sqrt_kl"], columns="method", values="gain")
+    for method in ("dpo", "ipo", "rlhf", "bon"):
+        below = (wide[method] <= wide["frontier"] + 2e-3)[wide[method].notna()]
+        assert below.all(), method
+    table = pd.read_csv(out / "equal_kl_table.csv")
+    assert sorted(table["sqrt_kl"].unique()) == [0.1, 0.2]
+    peaks = pd.read_csv(out / "equal_kl_peaks.csv")
+    assert {"peak_sqrt_kl", "peak_sqrt_kl_low", "peak_sqrt_kl_high", "peak_saturation", "peak_at_edge"} <= set(peaks)
+    assert (peaks.loc[peaks["method"] != "frontier", "peak_saturation"] > 0).all()
+    claims = pd.read_csv(out / "claims.csv")
+    assert claims["setting"].str.startswith("envelopes over beta").any()
+    first = claims[claims["claim"] == "who_overoptimizes_first"]
+    assert first["setting"].str.contains("dpo - rlhf").any() and first["setting"].str.contains("rlhf - bon").any()
+
+
+def test_lab_run_table_shows_sqrt_kl(grids, capsys):
+    assert main(["lab", "run", *TINY, "--method", "rlhf", "--beta", "0.1", "0.5", "--steps", "25",
+                 "--out", str(grids / "rlhf")]) == 0
+    out = capsys.readouterr().out
+    assert "(at sqrt KL)" in out and "(at KL)" not in out
+    results = pd.read_csv(grids / "rlhf" / "results.csv")
+    assert {"rm_scale", "rm_normalized", "optimum_argmax_mass", "saturation_sqrt_kl", "transient_gold_gain",
+            "min_chosen_log_ratio", "chosen_dipped_below_sft"} <= set(results)

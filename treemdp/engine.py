@@ -230,6 +230,15 @@ def _rejected_prob(logp, ctx):
     return masked_mean(gather_runs(logp, ctx.rejected).exp(), ctx.pair_mask)
 
 
+@register_measurement("chosen_log_ratio", "log pi(y_w) - log ref(y_w), the mean over the preferences of the chosen "
+                                          "answer's log-ratio to the reference (< 0: pi(y_w) below its SFT value; "
+                                          "NaN during SFT)")
+def _chosen_log_ratio(logp, ctx):
+    if ctx.ref_logp is None:
+        return logp.new_full(logp.shape[:-1], math.nan)
+    return masked_mean(gather_runs(block_log_ratio(logp, ctx), ctx.chosen), ctx.pair_mask)
+
+
 @register_measurement("in_distribution_mass", "1 - ood_mass")
 def _in_distribution_mass(logp, ctx):
     return 1.0 - _ood_mass(logp, ctx)

@@ -73,7 +73,8 @@ PHEN_QUICK = PhenPlan(token_seeds=tuple(range(8)), ches_seeds=(0, 1), ches_demos
 LAB_BASE = dict(tree="4x4", gold="random", gold_seed=0, demos=64, demo_temperature=1.0, pair_source="reference",
                 label_temperature=1.0, policy="rnn", cell="gru", hidden_size=16, optimizer="adam", sft_lr=1e-2,
                 sft_steps=200, lr=1e-2, steps=1000, batch_size=0, rm="rnn", rm_hidden_size=16, rm_lr=1e-2,
-                rm_steps=300, n=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096), log_every=1, threads=1,
+                rm_steps=300, rm_normalize=True, n=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096), log_every=1,
+                threads=1,
                 device="cpu")
 
 
@@ -87,6 +88,7 @@ class LabPlan:
     sft_steps: int
     rm_steps: int
     betas: tuple
+    rlhf_betas: tuple
     pairs: tuple
     hidden: tuple
     spurious_betas: tuple
@@ -96,9 +98,11 @@ class LabPlan:
 
 
 LAB_FULL = LabPlan(tree="4x4", seeds=tuple(range(10)), steps=1000, sft_steps=200, rm_steps=300,
-                   betas=(0.01, 0.05, 0.1, 0.5), pairs=(16, 64, 256), hidden=(4, 8, 32, 64),
+                   betas=(0.01, 0.05, 0.1, 0.5), rlhf_betas=(0.1, 0.3, 1.0, 3.0), pairs=(16, 64, 256),
+                   hidden=(4, 8, 32, 64),
                    spurious_betas=(0.01, 0.1, 0.5), epoch_pairs=(256, 2048), epoch_batch=8, epoch_steps=1024)
-LAB_QUICK = LabPlan(tree="3x3", seeds=(0, 1), steps=40, sft_steps=40, rm_steps=40, betas=(0.1, 0.5), pairs=(8, 32),
+LAB_QUICK = LabPlan(tree="3x3", seeds=(0, 1), steps=40, sft_steps=40, rm_steps=40, betas=(0.1, 0.5), rlhf_betas=(0.3, 1.0),
+                    pairs=(8, 32),
                     hidden=(4,), spurious_betas=(0.1,), epoch_pairs=(64,), epoch_batch=8, epoch_steps=24)
 
 

@@ -278,18 +278,23 @@ def chipo(batch: PreferenceBatch, beta: Beta, r_max: float) -> torch.Tensor:
 
 @register_objective(
     name="rpo", family="variant", needs_lengths=True,
-    formula="-log sigmoid(beta*h) - alpha * log pi(y_w) / |y_w|",
+    formula="-log sigmoid(beta*h) - alpha * log pi(y_w) / |y_w|  (normalize=false: without / |y_w|)",
     paper="Pang et al. 2024, 'Iterative Reasoning Preference Optimization' (eq. 1, DPO + NLL)",
-    params={"alpha": Param(1.0, "weight of the chosen answer's per-token NLL", check_real(0.0))})
-def rpo(batch: PreferenceBatch, beta: Beta, alpha: float) -> torch.Tensor:
-    """RPO: DPO plus alpha times the chosen answer's NLL, normalised per example by its length.
+    params={"alpha": Param(1.0, "weight of the chosen answer's NLL", check_real(0.0)),
+            "normalize": Param(True, "divide the NLL by |y_w| (the paper's eq. 1); false: the summed NLL")})
+def rpo(batch: PreferenceBatch, beta: Beta, alpha: float, normalize: bool = True) -> torch.Tensor:
+    """RPO: DPO plus alpha times the chosen answer's NLL, by default normalised by its length.
 
-    Pang et al. divide the chosen answer's NLL by its own length (per example); TRL writes RPO as
-    ``trl_loss(["sigmoid", "sft"], loss_weights=[1, alpha])``, whose ``sft`` term is the token
-    mean over the whole batch, ``-sum_b log pi(y_w,b) / sum_b |y_w,b|``. The two agree when every
-    chosen answer has the same length (as in the toy tree, where the length is the depth).
+    The default (``normalize=True``) is the paper's form: Pang et al.'s eq. 1 divides the chosen
+    answer's NLL by its own length (per example). ``normalize=False`` adds the summed NLL
+    ``-alpha * log pi(y_w)``: on a tree of depth D, ``rpo(alpha=a, normalize=false)`` equals
+    ``rpo(alpha=a*D)``. TRL writes RPO as ``trl_loss(["sigmoid", "sft"], loss_weights=[1, alpha])``,
+    whose ``sft`` term is the token mean over the whole batch, ``-sum_b log pi(y_w,b) / sum_b |y_w,b|``;
+    it agrees with the default when every chosen answer has the same length (as in the toy tree).
     """
-    nll = -batch.per_token(batch.policy_chosen, batch.chosen_lengths)  # per-token NLL of y_w, [..., B]
+    nll = -batch.policy_chosen  # NLL of y_w, [..., B]
+    if normalize:
+        nll = batch.per_token(nll, batch.chosen_lengths)  # per token (the paper's eq. 1)
     return dpo_g(beta * batch.h) + alpha * nll
 
 

@@ -270,22 +270,29 @@ def varying_settings(table: pd.DataFrame) -> list[str]:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """A text summary of a results table: peak and final OOD mass (mean [min, max] over seeds) per
-    combination of every setting that varies in the grid (never pooling settings)."""
+    """A text summary of a results table: peak and final OOD mass, and the DAA phase's own rise over
+    the SFT policy's OOD mass (``peak_ood_gain``), mean [min, max] over seeds, per combination of
+    every setting that varies in the grid (never pooling settings; values spelled as in run names)."""
     if table.empty or "peak_ood_mass" not in table:
         return "(no finished runs)"
     keys = ["loss", "beta"] + [k for k in varying_settings(table) if k not in ("loss", "beta")]
-    grouped = table.groupby([table[k].astype(str) for k in keys], sort=False)[["peak_ood_mass", "final_ood_mass"]]
+    columns = [c for c in ("peak_ood_mass", "peak_ood_gain", "final_ood_mass") if c in table]
+    grouped = table.groupby([table[k].map(_format) for k in keys], sort=False)[columns]
     stats, counts = grouped.agg(["mean", "min", "max"]), grouped.size()
     labels = [", ".join(f"{k}={v}" for k, v in zip(keys, index if isinstance(index, tuple) else (index,)))
               for index in stats.index]
     width = max(len("setting"), *map(len, labels))
-    lines = [f"{'setting':<{width}}  runs  peak OOD mass (mean [min, max])   final OOD mass (mean [min, max])"]
+    titles = {"peak_ood_mass": "peak OOD mass", "peak_ood_gain": "peak OOD gain over SFT",
+              "final_ood_mass": "final OOD mass"}
+    lines = [(f"{'setting':<{width}}  runs" + "".join(f"  {titles[c] + ' (mean [min, max])':<42}" for c in columns)).rstrip()]
     for label, (index, row) in zip(labels, stats.iterrows()):
-        p, f = row["peak_ood_mass"], row["final_ood_mass"]
-        lines.append(f"{label:<{width}}  {counts[index]:>4}  {p['mean']:.3f} [{p['min']:.3f}, {p['max']:.3f}]"
-                     f"{'':14}{f['mean']:.3f} [{f['min']:.3f}, {f['max']:.3f}]")
+        cells = "".join(f"  {_cell(row[c]):<42}" for c in columns)
+        lines.append(f"{label:<{width}}  {counts[index]:>4}{cells}".rstrip())
     return "\n".join(lines)
+
+
+def _cell(stats) -> str:
+    return f"{stats['mean']:.3f} [{stats['min']:.3f}, {stats['max']:.3f}]"
 
 
 __all__ = ["grid", "parse_seeds", "run_names", "sweep", "sweep_many", "Job", "ToyStudy", "read_results", "result_row",

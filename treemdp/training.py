@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -267,6 +268,7 @@ def summarize(config: TrainConfig, mdp: TreeMDP, steps: pd.DataFrame, final_logp
         "peak_ood_step": int(phase.loc[peak, "step"]),
         "peak_ood_phase": str(phase.loc[peak, "phase"]),
         "sft_ood_mass": float(sft.iloc[-1]["ood_mass"]),
+        "peak_ood_gain": float(daa["ood_mass"].max() - sft.iloc[-1]["ood_mass"]) if len(daa) and len(sft) else math.nan,
         "final_chosen_prob": float(final["chosen_prob"]),
         "final_rejected_prob": float(final["rejected_prob"]),
         # float64 from the run's float32 log-probs: the same numbers as history.csv's log_prob gives
@@ -279,11 +281,29 @@ def summarize(config: TrainConfig, mdp: TreeMDP, steps: pd.DataFrame, final_logp
     for column in [c for c in steps.columns if c.startswith("mass_")]:  # treemdp.accounting's buckets
         summary[f"peak_{column}"] = float(phase[column].max())
         summary[f"final_{column}"] = float(final[column])
+    if len(daa) and "chosen_log_ratio" in daa:
+        summary.update(chosen_dip(daa["step"].to_numpy(), daa["chosen_log_ratio"].to_numpy()))
     if peak_logp is not None:
         summary["top_ood_at_peak"] = [{"trajectory": names(i), "prob": p}
                                       for i, p in top_ood(peak_logp.cpu(), in_dist, k=3)]
     summary["train_seconds"] = round(elapsed, 4)
     return summary
+
+
+#: A log-ratio below -DIP_TOL nats counts as a dip (float32 references carry ~1e-7 of rounding).
+DIP_TOL = 1e-6
+
+
+def chosen_dip(steps: np.ndarray, log_ratio: np.ndarray) -> dict:
+    """The lowest chosen log-ratio log pi(y_w) - log ref(y_w) after step 0 (ref = the SFT policy), its
+    step, and whether pi(y_w) fell below its SFT value: ``min_chosen_log_ratio``,
+    ``min_chosen_log_ratio_step``, ``chosen_dipped_below_sft``. NaN and -1 without such a step."""
+    after = (steps > 0) & np.isfinite(log_ratio)
+    if not after.any():
+        return {"min_chosen_log_ratio": math.nan, "min_chosen_log_ratio_step": -1, "chosen_dipped_below_sft": False}
+    i = int(np.argmin(np.where(after, log_ratio, np.inf)))
+    return {"min_chosen_log_ratio": float(log_ratio[i]), "min_chosen_log_ratio_step": int(steps[i]),
+            "chosen_dipped_below_sft": bool(log_ratio[i] < -DIP_TOL)}
 
 
 # ----- data --------------------------------------------------------------------------------------
@@ -500,4 +520,5 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,
 
 
 __all__ = ["TrainConfig", "RunResult", "TrainingDiverged", "train", "train_batch", "resolve_dataset",
-           "summarize", "shape_key", "PER_RUN_FIELDS", "OPTIMIZERS", "run_context", "context_from_rows", "loss_spec"]
+           "summarize", "shape_key", "PER_RUN_FIELDS", "OPTIMIZERS", "run_context", "context_from_rows", "loss_spec",
+           "chosen_dip", "DIP_TOL"]

@@ -108,7 +108,7 @@ def update_account(state):
     tops = masses.cumsum(1)
     for area, low, high in zip(areas, (tops - masses).T, tops.T):
         area.set_verts([np.column_stack([np.r_[steps, steps[::-1]], np.r_[high, low[::-1]]])])
-    moves = np.column_stack([-table["lost"]] + [table[f"gain: {label}"] for label in groups.labels[1:]])
+    moves = np.column_stack([table["change"]] + [table[f"gain: {label}"] for label in groups.labels[1:]])
     for line, y in zip(changes, moves.T):
         line.set_data(steps, y)
     pad = 0.05 * (moves.max() - moves.min()) + 1e-3

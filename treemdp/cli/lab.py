@@ -4,7 +4,7 @@ Each command only parses, validates, calls :mod:`treemdp.lab` and writes files::
 
     treemdp lab run --tree 4x4 --gold random --pairs 16 64 256 --loss dpo ipo slic \\
                     --beta 0.01 0.05 0.1 0.5 --seeds 0-9 --out runs/lab
-    treemdp lab run ... --method rlhf --out runs/rlhf     # classical RLHF on the same data
+    treemdp lab run ... --method rlhf --beta 0.1 0.3 1 3 --out runs/rlhf   # classical RLHF on the same data
     treemdp lab bon --tree 4x4 --gold random --n 1 2 4 8 16 64 256 --out runs/bon
     treemdp lab fit runs/lab runs/bon                      # Gao et al. fits, RMSE table -> fits.csv
     treemdp lab report runs/lab runs/rlhf runs/bon --out figures/lab
@@ -79,10 +79,17 @@ def add_parsers(subparsers) -> None:
     report = commands.add_parser("report", help="the lab's figures from grid folders",
                                  description="Draw every lab figure the given folders have data for (hump plots "
                                              "with fits, frontiers with DAA / RLHF / best-of-n, fit coefficients "
-                                             "vs hidden size and N, the spurious feature's share, the first epoch) "
-                                             "as PNG and PDF, plus fits.csv and claims.csv with the numbers.")
+                                             "vs hidden size and N, the spurious feature's share, the first epoch, "
+                                             "every method's envelope at equal KL) as PNG and PDF, plus fits.csv, "
+                                             "claims.csv and the equal-KL comparison: each method's (each DAA loss, "
+                                             "RLHF, best-of-n) best gold and win-rate gain over its betas and steps at "
+                                             "each sqrt KL, mean and 95%% bootstrap over seeds (equal_kl.csv), where "
+                                             "each envelope peaks (equal_kl_peaks.csv) and the gain at fixed sqrt KL "
+                                             "(equal_kl_table.csv, printed).")
     report.add_argument("folders", nargs="+", metavar="DIR", help="lab grid folders")
     report.add_argument("--out", default="figures/lab", metavar="DIR", help="figure folder (default figures/lab)")
+    report.add_argument("--sqrt-kl", nargs="+", type=float, default=None, metavar="D",
+                        help="sqrt KL values of the equal-KL gain table (default: 0.5 1 1.5 2)")
     report.add_argument("--quiet", action="store_true", help="no list of files")
     add_progress_flag(report)
     report.set_defaults(func=_report_command)
@@ -106,8 +113,12 @@ def _grid_command(args) -> int:
         raise UserError("--workers must be >= 1")
     configs = grid(LabConfig(), **axes)
     table = lab_sweep(configs, args.out, workers=args.workers, fmt=args.format,
-                      progress=show_progress(args.progress, args.quiet),
-                  **executor_arguments(args))
+                      progress=show_progress(args.progress, args.quiet), **executor_arguments(args))
+    from ..lab.rlhf import degenerate_warning
+    warning = degenerate_warning(table)
+    if warning:
+        import sys
+        print(f"warning: {warning}", file=sys.stderr)
     if not args.quiet:
         print(format_results(table))
         print(f"{len(table)} runs in {args.out}/ ; table: {Path(args.out) / 'results.csv'}")
@@ -115,17 +126,22 @@ def _grid_command(args) -> int:
 
 
 def format_results(table) -> str:
-    """Peak and final win-rate gain, KL at the peak and at the end, per method / loss / beta / N (mean over seeds)."""
+    """Peak and final win-rate gain, sqrt KL at the peak and at the end, per method / loss / beta / N
+    (mean over seeds; values spelled as in the run folders' names)."""
     if table.empty:
         return "(no finished runs)"
+    from ..lab.store import _format
     keys = [k for k in ("method", "loss", "beta", "pairs") if k in table and table[k].notna().any()]
-    columns = ["peak_win_gain", "peak_win_kl", "final_win_gain", "final_kl"]
+    table = table.assign(peak_sqrt_kl=table["peak_win_kl"].clip(lower=0) ** 0.5,
+                         final_sqrt_kl=table["final_kl"].clip(lower=0) ** 0.5)
+    columns = ["peak_win_gain", "peak_sqrt_kl", "final_win_gain", "final_sqrt_kl"]
     stats = table.groupby(keys, dropna=False)[columns].mean()
-    lines = ["  ".join(f"{k:>6}" for k in keys) + "   win gain: peak (at KL) -> final (at KL), mean over seeds"]
+    lines = ["  ".join(f"{k:>6}" for k in keys) + "   win gain: peak (at sqrt KL) -> final (at sqrt KL), mean over seeds"]
     for key, row in stats.iterrows():
         key = key if isinstance(key, tuple) else (key,)
-        lines.append("  ".join(f"{str(v):>6}" for v in key) + f"   {row['peak_win_gain']:+.3f} ({row['peak_win_kl']:.2f})"
-                     f" -> {row['final_win_gain']:+.3f} ({row['final_kl']:.2f})")
+        cells = ["" if isinstance(v, float) and v != v else _format(v) for v in key]
+        lines.append("  ".join(f"{c:>6}" for c in cells) + f"   {row['peak_win_gain']:+.3f} ({row['peak_sqrt_kl']:.2f})"
+                     f" -> {row['final_win_gain']:+.3f} ({row['final_sqrt_kl']:.2f})")
     return "\n".join(lines)
 
 
@@ -166,9 +182,21 @@ def format_fits(fits, by) -> str:
 
 
 def _report_command(args) -> int:
+    import math
+    from ..lab.compare import POINTS, EqualKL, format_equal_kl
     from ..lab.figures import lab_report
-    made = lab_report(args.folders, args.out, progress=show_progress(args.progress, args.quiet))
+    points = args.sqrt_kl or POINTS
+    if any(not math.isfinite(d) or d < 0 for d in points):
+        raise UserError(f"--sqrt-kl values must be finite and >= 0, got {' '.join(map(str, points))}")
+    made = lab_report(args.folders, args.out, progress=show_progress(args.progress, args.quiet), points=points)
     if not args.quiet:
+        import pandas as pd
+        out = Path(args.out)
+        comparison = EqualKL(pd.DataFrame(), pd.DataFrame(), pd.read_csv(out / "equal_kl_peaks.csv"),
+                             pd.read_csv(out / "equal_kl_table.csv"))
+        if len(comparison.table):
+            print(format_equal_kl(comparison, "gold"))
+            print(format_equal_kl(comparison, "win"))
         print("\n".join(str(p) for p in made))
     return 0
 

@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..losses import get_objective
 from ..objectives import check_loss, loss_spec
 from ..policies import CELLS, POLICIES
-from ..settings import Settings, check_integer, check_non_negative, check_positive, setting
+from ..settings import Settings, check_bool, check_integer, check_non_negative, check_positive, setting
 from ..tree import TreeMDP
 
 METHODS = ("daa", "rlhf", "bon")
@@ -106,6 +106,8 @@ class LabConfig(Settings):
     """Learning rate of the reward model's Bradley-Terry fit."""
     rm_steps: int = setting(300, check=check_integer(0))
     """Full-batch Bradley-Terry steps of the reward model."""
+    rm_normalize: bool = setting(True, check=check_bool)
+    """Rescale the reward model to mean 0, variance 1 under the reference before RLHF (Ziegler et al. 2019), so beta is on one scale whatever the fit's; false: the raw Bradley-Terry fit. Best-of-n does not depend on it."""
     n: tuple = setting(DEFAULT_N, check=check_best_of_n)
     """Best-of-n sizes (method bon)."""
     log_every: int = setting(1, check=check_integer(1))
@@ -158,8 +160,8 @@ class LabConfig(Settings):
 
 
 #: The settings each method ignores (kept at their defaults).
-IGNORED = {"daa": ("rm", "rm_hidden_size", "rm_lr", "rm_steps", "n"), "rlhf": ("loss", "batch_size", "n"),
-           "bon": ("loss", "beta", "lr", "steps", "batch_size")}
+IGNORED = {"daa": ("rm", "rm_hidden_size", "rm_lr", "rm_steps", "rm_normalize", "n"), "rlhf": ("loss", "batch_size", "n"),
+           "bon": ("loss", "beta", "lr", "steps", "batch_size", "rm_normalize")}
 
 
 @functools.lru_cache(maxsize=64)
@@ -184,7 +186,7 @@ def parse_tree(text: str) -> tuple[int, int]:
 
 #: Fields that may differ between the runs of one stacked batch; the rest make its shape.
 PER_RUN_FIELDS = ("loss", "beta", "seed", "pairs", "gold", "gold_seed", "demos", "demo_temperature", "pair_source",
-                  "label_temperature", "sft_lr", "lr", "rm_lr")
+                  "label_temperature", "sft_lr", "lr", "rm_lr", "rm_normalize")
 
 
 def shape_key(config: LabConfig) -> tuple:

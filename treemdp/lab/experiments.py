@@ -3,7 +3,7 @@
 Six grid folders under ``runs/.../lab/``, each resumable (:func:`treemdp.lab.store.lab_sweep`):
 
     main      DAA: dpo, ipo, slic x 4 betas x N in {16, 64, 256} x 10 seeds, full batch, hidden 16
-    rlhf      RLHF on the same data: 4 betas x 3 N x 10 seeds (rnn reward model)
+    rlhf      RLHF on the same data: 4 betas x 3 N x 10 seeds (rnn reward model, normalised: beta 0.1 ... 3)
     bon       best-of-n under the same reward models: 3 N x 10 seeds, n = 1 ... 4096
     capacity  DAA at beta 0.1, N = 64, hidden 4, 8, 32, 64 (16 is in main) x 10 seeds
     spurious  DAA on the spurious gold, 3 betas, N = 64, 10 seeds
@@ -31,7 +31,7 @@ def experiments(plan: LabPlan) -> dict[str, list[LabConfig]]:
     middle_pairs = plan.pairs[len(plan.pairs) // 2]
     return {
         "main": grid(base, loss=LOSSES, beta=plan.betas, pairs=plan.pairs, seed=plan.seeds),
-        "rlhf": grid(base, method=["rlhf"], beta=plan.betas, pairs=plan.pairs, seed=plan.seeds),
+        "rlhf": grid(base, method=["rlhf"], beta=plan.rlhf_betas, pairs=plan.pairs, seed=plan.seeds),
         "bon": grid(base, method=["bon"], pairs=plan.pairs, seed=plan.seeds),
         "capacity": grid(base, loss=LOSSES, beta=[0.1], pairs=[middle_pairs], hidden_size=plan.hidden, seed=plan.seeds),
         "spurious": grid(base, gold=["spurious"], loss=LOSSES, beta=plan.spurious_betas, pairs=[middle_pairs],

@@ -3,7 +3,7 @@
 Each function takes the tidy tables of :func:`treemdp.lab.store.load_lab` (and the fits), draws
 one figure at a fixed size, states its settings at its foot and saves PNG + PDF. A figure whose
 runs are not among the folders given is skipped. :func:`lab_report` draws them all and writes
-``fits.csv`` and ``claims.csv`` beside them.
+``fits.csv``, ``claims.csv`` and the equal-KL tables (:mod:`treemdp.lab.compare`) beside them.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import pandas as pd
 
 from ..style import BETA_COLORS, LOSS_COLORS, N_COLORS, figure, footer, save
 from .claims import claims_table, daa_runs
+from .compare import POINTS, EqualKL, equal_kl, equal_kl_claims
 from .fits import FORMS, curve_points, fit_groups
 from .store import LabTables, load_lab
 
 SIZES = {"humps": (15, 10), "frontier": (14, 6), "fit_coefficients": (14, 6), "rmse": (13, 5.5),
-         "spurious_share": (14, 5.5), "first_epoch": (14, 5), "kl_spent": (13, 5.5)}
+         "spurious_share": (14, 5.5), "first_epoch": (14, 5), "kl_spent": (13, 5.5), "equal_kl": (15, 8.5)}
 #: Settings that group runs for the fits (those present in the curves).
 FIT_BY = ("method", "loss", "beta", "pairs", "hidden_size", "gold", "batch_size")
 
@@ -383,6 +384,57 @@ def figure_kl_spent(tables: LabTables, out: Path) -> Optional[Path]:
     return save(fig, out / "kl_spent")
 
 
+METHOD_COLORS = {**LOSS_COLORS, "rlhf": "#9467bd", "bon": "#ff7f0e", "frontier": "k"}
+
+
+def figure_equal_kl(comparison: EqualKL, results: pd.DataFrame, out: Path) -> Optional[Path]:
+    """Every method's envelope (best gain over beta and steps at each sqrt KL; mean over seeds where at
+    least half of them reach it, band: 95% bootstrap) beside the exact frontier: gold gain (top) and win-rate gain (bottom), one column per
+    N; a marker at each method's mean peak sqrt KL, a dotted line at the mean saturation sqrt KL."""
+    curves, peaks = comparison.curves, comparison.peaks
+    methods = [m for m in curves["method"].unique() if m != "frontier"]
+    if curves.empty or len(methods) < 2:
+        return None
+    ns = sorted(curves["pairs"].unique())
+    fig = _figure("equal_kl")
+    axes = fig.subplots(2, len(ns), squeeze=False, sharex=True)
+    order = [m for m in METHOD_COLORS if m in methods] + sorted(set(methods) - set(METHOD_COLORS))
+    results = results[~results["gold"].astype(str).str.startswith("spurious") & (results["batch_size"].fillna(0) == 0)]
+    for i, quality in enumerate(("gold", "win")):
+        for j, n in enumerate(ns):
+            ax = axes[i, j]
+            for method in ["frontier"] + order:
+                part = curves[(curves["method"] == method) & (curves["pairs"] == n) & (curves["quality"] == quality)]
+                part = part[2 * part["seeds"] >= part["seeds"].max()]  # where most seeds reach: the mean is a mean
+                color = METHOD_COLORS.get(method, "0.4")
+                label = "frontier (exact)" if method == "frontier" else method.upper() if method in LOSS_COLORS else \
+                    {"rlhf": "RLHF", "bon": "best-of-n (RM)"}.get(method, method)
+                ax.plot(part["sqrt_kl"], part["mean"], color=color, lw=2.0 if method == "frontier" else 1.5, label=label)
+                if method != "frontier":
+                    ax.fill_between(part["sqrt_kl"], part["low"], part["high"], color=color, alpha=0.15, lw=0)
+                    peak = peaks[(peaks["method"] == method) & (peaks["pairs"] == n) & (peaks["quality"] == quality)]
+                    if len(peak) and np.isfinite(peak["peak_sqrt_kl"].iloc[0]):
+                        ax.plot(peak["peak_sqrt_kl"], peak["peak_gain"], marker="v", ms=7, color=color, ls="none")
+            saturation = peaks[(peaks["pairs"] == n) & (peaks["quality"] == quality)]["saturation_sqrt_kl"].mean()
+            if np.isfinite(saturation):
+                ax.axvline(saturation, color="0.5", lw=0.8, ls=":")
+            ax.axhline(0, color="0.6", lw=0.6)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(f"N = {n} pairs")
+            if i == 1:
+                ax.set_xlabel("sqrt KL(pi || ref)")
+            if j == 0:
+                ax.set_ylabel("E_pi[r*] - E_ref[r*]" if quality == "gold" else "win rate vs ref - 1/2")
+    axes[0, -1].legend(fontsize=7, loc="lower right")
+    seeds = int(comparison.peaks["seeds"].max()) if len(comparison.peaks) else 0
+    fig.suptitle("Equal KL: each method's best gain at each sqrt KL over its betas and steps, beside the exact "
+                 f"frontier\n(mean of {seeds} seeds where at least half reach it, band 95% bootstrap; v: mean of the "
+                 "seeds' peaks; dotted: saturation sqrt KL)", fontsize=11)
+    footer(fig, _settings(results))
+    return save(fig, out / "equal_kl")
+
+
 # ----- everything -------------------------------------------------------------------------------------
 def lab_fits(tables: LabTables, *, bootstrap: int = 1000, metric: str = "win",
              by: Optional[Sequence[str]] = None) -> pd.DataFrame:
@@ -400,8 +452,11 @@ def lab_fits(tables: LabTables, *, bootstrap: int = 1000, metric: str = "win",
     return fits
 
 
-def lab_report(folders: Sequence, out, *, bootstrap: int = 1000, progress: bool = False) -> list[Path]:
-    """Every lab figure the folders have runs for, plus ``fits.csv`` and ``claims.csv``; returns the PNGs."""
+def lab_report(folders: Sequence, out, *, bootstrap: int = 1000, progress: bool = False,
+               points: Sequence[float] = POINTS) -> list[Path]:
+    """Every lab figure the folders have runs for, plus ``fits.csv``, ``claims.csv`` and the equal-KL
+    comparison (:func:`treemdp.lab.compare.equal_kl`: ``equal_kl.csv``, ``equal_kl_peaks.csv``, and
+    ``equal_kl_table.csv``, the gain at the sqrt KL ``points``); returns the PNGs."""
     from ..runs import check_writable
     out = check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -412,16 +467,21 @@ def lab_report(folders: Sequence, out, *, bootstrap: int = 1000, progress: bool 
     main = main[main["batch_size"].fillna(0) == 0] if "batch_size" in main else main
     pooled = lab_fits(LabTables(tables.results, main, tables.frontiers), bootstrap=bootstrap,
                       by=("method", "loss", "hidden_size", "gold"))
+    comparison = equal_kl(tables, points=points)
+    comparison.curves.to_csv(out / "equal_kl.csv", index=False, float_format="%.6g")
+    comparison.peaks.to_csv(out / "equal_kl_peaks.csv", index=False, float_format="%.6g")
+    comparison.table.to_csv(out / "equal_kl_table.csv", index=False, float_format="%.6g")
     claims = claims_table(tables.results, tables.curves, fits, pooled)
+    claims = pd.concat([claims, pd.DataFrame(equal_kl_claims(comparison), columns=claims.columns)], ignore_index=True)
     claims.to_csv(out / "claims.csv", index=False, float_format="%.6g")
     drawings = [lambda: figure_humps(tables, fits, out), lambda: figure_frontier(tables, out),
                 lambda: figure_fit_coefficients(fits, tables.results, out), lambda: figure_rmse(fits, tables.results, out),
                 lambda: figure_spurious(tables, out), lambda: figure_first_epoch(tables, out),
-                lambda: figure_kl_spent(tables, out)]
+                lambda: figure_kl_spent(tables, out), lambda: figure_equal_kl(comparison, tables.results, out)]
     from tqdm.auto import tqdm
     made = [draw() for draw in tqdm(drawings, desc="lab figures", unit="figure", disable=not progress, leave=False)]
     return [p for p in made if p is not None]
 
 
 __all__ = ["lab_report", "lab_fits", "figure_humps", "figure_frontier", "figure_fit_coefficients", "figure_rmse",
-           "figure_spurious", "figure_first_epoch", "figure_kl_spent", "SIZES"]
+           "figure_spurious", "figure_first_epoch", "figure_kl_spent", "figure_equal_kl", "SIZES"]

@@ -22,9 +22,9 @@ import torch
 from ..engine import block_log_ratio, block_probs, register_measurement
 from ..exact import plog
 
-#: The lab's columns, in order (the engine's ``kl_to_reference`` and ``ood_mass`` among them).
+#: The lab's columns, in order (the engine's ``kl_to_reference``, ``ood_mass`` and ``chosen_log_ratio`` among them).
 LAB_MEASUREMENTS = ("gold_reward", "gold_gain", "win_rate", "win_gain", "proxy_gain", "kl_to_reference",
-                    "sqrt_kl", "ood_mass", "feature_mean", "spurious_r2", "spurious_r2_ref")
+                    "sqrt_kl", "ood_mass", "feature_mean", "spurious_r2", "spurious_r2_ref", "chosen_log_ratio")
 
 _cache: list = [None, None]  # (logp block, its stats)
 

@@ -65,4 +65,33 @@ def ranking_accuracy(reward: torch.Tensor, gold: torch.Tensor, ref_probs: torch.
     return (weight * agree).sum((1, 2)) / weight.sum((1, 2))
 
 
-__all__ = ["RNNScorer", "TabularScorer", "SCORERS", "make_scorer", "ranking_accuracy"]
+#: A KL-regularised optimum with at least this share of its mass on the reward's argmax is "the argmax policy".
+ARGMAX_SHARE = 0.99
+
+
+def degenerate_betas(results) -> list[float]:
+    """The betas at which every RLHF run's exact optimum pi*_beta = ref exp(r/beta) / Z is the reward
+    model's argmax policy (summary ``optimum_argmax_mass`` >= :data:`ARGMAX_SHARE`): such betas give
+    the same policy, so a sweep over them sweeps nothing. ``results``: results.csv as a DataFrame."""
+    if "optimum_argmax_mass" not in results or "method" not in results:
+        return []
+    rlhf = results[(results["method"] == "rlhf") & results["optimum_argmax_mass"].notna()]
+    share = (rlhf["optimum_argmax_mass"] >= ARGMAX_SHARE).groupby(rlhf["beta"]).all()
+    return sorted(float(b) for b in share[share].index)
+
+
+def degenerate_warning(results) -> str | None:
+    """A one-line warning when two or more RLHF betas are degenerate (:func:`degenerate_betas`), else None."""
+    betas = degenerate_betas(results)
+    if len(betas) < 2:
+        return None
+    rlhf = results[results["method"] == "rlhf"]
+    scale = f"; the reward model's std under the reference is {rlhf['rm_scale'].mean():.3g}" if "rm_scale" in rlhf else ""
+    normalized = bool(rlhf["rm_normalized"].all()) if "rm_normalized" in rlhf else False
+    return (f"RLHF beta sweep is degenerate: at beta {', '.join(f'{b:g}' for b in betas)} the KL-regularised optimum "
+            f"puts >= {ARGMAX_SHARE:.0%} of its mass on the reward model's argmax (the same policy for each){scale}; "
+            "use larger betas" + ("" if normalized else " or --rm-normalize true"))
+
+
+__all__ = ["RNNScorer", "TabularScorer", "SCORERS", "make_scorer", "ranking_accuracy", "ARGMAX_SHARE",
+           "degenerate_betas", "degenerate_warning"]

@@ -31,14 +31,14 @@ from ..grid import plan
 from ..losses import get_objective
 from ..policies import make_policy
 from ..rng import stream_seed
-from ..training import context_from_rows
+from ..training import chosen_dip, context_from_rows
 from ..tree import Dataset, TreeMDP
 from .bestofn import BestOfN, best_of_n_table
 from .config import LabConfig, shape_key
 from .data import lab_dataset, sample_demonstrations, sample_pairs
 from .gold import GoldReward, make_gold
 from .measures import LAB_MEASUREMENTS
-from .quality import expected, frontier, frontier_at, win_scores
+from .quality import expected, frontier, frontier_at, kl, tilted_log_probs, win_scores
 from .rlhf import make_scorer, ranking_accuracy
 
 #: Columns of a DAA / RLHF curve (one row per logged step).
@@ -177,7 +177,10 @@ def _run_sorted(configs, mdp: TreeMDP, device, on_work) -> list[LabResult]:
     ctx.extra.update(lab_extras(gold_of, ref_probs, [c.beta for c in configs]))
     rewards = None
     if configs[0].method in ("rlhf", "bon"):
-        rewards = _fit_reward_models(configs, mdp, device, ctx, chosen, rejected, on_work)  # [R, T] float64
+        raw = _fit_reward_models(configs, mdp, device, ctx, chosen, rejected, on_work)  # [R, T] float64
+        scales = reward_scale(raw, ref_probs)  # [R]
+        rewards = torch.stack([normalize_reward(raw[r], ref_probs[r]) if c.rm_normalize else raw[r]
+                               for r, c in enumerate(configs)])
         ctx.extra.update(proxy=rewards, proxy_ref=expected(ref_probs, rewards))
     params = {n: p[sft.of_run.to(device)] for n, p in sft.params.items()}  # every run starts from its reference
     record, schedule, final_logp = None, None, None
@@ -196,6 +199,10 @@ def _run_sorted(configs, mdp: TreeMDP, device, on_work) -> list[LabResult]:
         else:
             curve, final = step_curve(table, r, c, schedule), final_logp[r].exp()
         summary = summarize_lab(c, curve, front, ref_probs[r], gold, reward, elapsed / len(configs))
+        if reward is not None:
+            summary.update(rm_scale=float(scales[r]), rm_normalized=bool(c.rm_normalize))
+            if c.method == "rlhf":
+                summary.update(optimum_summary(ref_probs[r], reward, c.beta))
         if record is not None and r in record.first_bad:
             summary["diverged"] = record.first_bad[r]
         results.append(LabResult(c, summary, curve, front, lab_dataset(mdp, demos[r], chosen[r], rejected[r]), gold,
@@ -342,6 +349,33 @@ def fit_reward_models(mdp: TreeMDP, kind: str, chosen: Sequence[torch.Tensor], r
         return template.stacked_log_probs(params).double().cpu()  # [V, T]
 
 
+# ----- the reward model's scale ----------------------------------------------------------------------
+def reward_scale(reward: torch.Tensor, ref_probs: torch.Tensor) -> torch.Tensor:
+    """std_ref(r) = sqrt(E_ref[r^2] - E_ref[r]^2): the reward model's scale under the reference. [..., T] -> [...]."""
+    mean = expected(ref_probs, reward)
+    return (expected(ref_probs, reward ** 2) - mean ** 2).clamp_min(0.0).sqrt()
+
+
+def normalize_reward(reward: torch.Tensor, ref_probs: torch.Tensor) -> torch.Tensor:
+    """(r - E_ref[r]) / std_ref(r): mean 0, variance 1 under the reference (Ziegler et al. 2019 normalise
+    the reward model this way on the initial policy's samples). A constant r is only centred. [..., T]."""
+    scale = reward_scale(reward, ref_probs)[..., None]
+    centred = reward - expected(ref_probs, reward)[..., None]
+    return centred / torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def optimum_summary(ref_probs: torch.Tensor, reward: torch.Tensor, beta: float) -> dict:
+    """Where RLHF's exact optimum pi*_beta = ref exp(r / beta) / Z sits (tabular policy; PAPER_NOTES).
+
+    ``optimum_sqrt_kl``: sqrt KL(pi*_beta || ref); ``optimum_argmax_mass``: pi*_beta's mass on the
+    argmax of r; at >= :data:`~treemdp.lab.rlhf.ARGMAX_SHARE` it is the argmax policy, the same for every smaller beta.
+    """
+    logp = tilted_log_probs(torch.log(ref_probs), reward, beta)
+    top = reward >= reward.max()
+    return {"optimum_sqrt_kl": float(kl(logp, torch.log(ref_probs)).clamp_min(0).sqrt()),
+            "optimum_argmax_mass": float(logp.exp()[top].sum())}
+
+
 # ----- tidy tables -------------------------------------------------------------------------------
 def step_curve(table: dict, r: int, config: LabConfig, schedule: Optional[PairSchedule]) -> pd.DataFrame:
     """Run r's logged steps: :data:`STEP_COLUMNS`."""
@@ -371,6 +405,28 @@ def bon_curve(ref_probs: torch.Tensor, gold: GoldReward, win_score: torch.Tensor
     return pd.concat(parts, ignore_index=True)
 
 
+#: Peaks ignore the first min(PEAK_SKIP, steps // 10) steps: Adam's first steps move every weight by
+#: about +-lr whatever the gradient's size, a transient whose KL can exceed the run's final KL.
+PEAK_SKIP = 10
+
+
+def peak_skip(steps: int) -> int:
+    """Steps a peak ignores (the optimiser's transient, reported as ``transient_*``)."""
+    return min(PEAK_SKIP, steps // 10)
+
+
+def _argmax(values: np.ndarray, where: np.ndarray) -> int:
+    """Index of the largest finite value among ``where`` (the first index if there is none)."""
+    masked = np.where(where & np.isfinite(values), values, -np.inf)
+    return int(np.argmax(masked)) if np.isfinite(masked).any() else 0
+
+
+def saturation_sqrt_kl(ref_probs: torch.Tensor, gold: torch.Tensor) -> float:
+    """sqrt(-log ref(argmax r*)): the sqrt KL at which both frontiers reach their top (pi = ref on
+    the best answers); no policy gains more beyond it."""
+    return math.sqrt(max(-math.log(float(ref_probs[gold >= gold.max()].sum())), 0.0))
+
+
 # ----- the summary ---------------------------------------------------------------------------------
 def summarize_lab(config: LabConfig, curve: pd.DataFrame, front: pd.DataFrame, ref_probs: torch.Tensor,
                   gold: GoldReward, reward: Optional[torch.Tensor], seconds: float) -> dict:
@@ -381,19 +437,30 @@ def summarize_lab(config: LabConfig, curve: pd.DataFrame, front: pd.DataFrame, r
                "beta": config.beta if config.method != "bon" else math.nan, "pairs": config.pairs, "seed": config.seed,
                "ref_gold": float(expected(ref_probs, gold.values)),
                "ref_entropy": float(-plog(ref_probs, torch.log(ref_probs)).sum())}
+    saturation = saturation_sqrt_kl(ref_probs, gold.values)
+    summary["saturation_sqrt_kl"] = saturation
+    skip = peak_skip(config.steps) if config.method != "bon" else 0
+    settled = rows[x].to_numpy() >= skip
     for quality in ("win", "gold"):
         gain = rows[f"{quality}_gain"].to_numpy()
-        peak = int(np.nanargmax(gain)) if np.isfinite(gain).any() else 0
+        peak = _argmax(gain, settled)
         summary[f"peak_{quality}_gain"] = float(gain[peak])
         summary[f"peak_{quality}_{x}"] = int(rows[x].iloc[peak])
         summary[f"peak_{quality}_kl"] = float(rows["kl_to_reference"].iloc[peak])
+        summary[f"peak_{quality}_saturation"] = (math.sqrt(max(summary[f"peak_{quality}_kl"], 0.0)) / saturation
+                                                 if saturation > 0 else math.nan)
         summary[f"final_{quality}_gain"] = float(gain[-1])
         summary[f"{quality}_drop"] = float(gain[peak] - gain[-1])
         if config.method != "bon":
             summary[f"peak_{quality}_epoch"] = float(rows["epoch"].iloc[peak])
+            early = _argmax(gain, ~settled)  # the optimiser's transient, reported apart from the peak
+            summary[f"transient_{quality}_gain"] = float(gain[early]) if skip else math.nan
+            summary[f"transient_{quality}_kl"] = float(rows["kl_to_reference"].iloc[early]) if skip else math.nan
         kind = front[front["kind"] == quality]
         summary[f"frontier_{quality}_gain_at_final_kl"] = float(frontier_at(kind, [rows["kl_to_reference"].iloc[-1]],
                                                                             f"{quality}_gain")[0])
+    if "chosen_log_ratio" in rows and config.method != "bon":
+        summary.update(chosen_dip(rows["step"].to_numpy(), rows["chosen_log_ratio"].to_numpy()))
     summary["final_kl"] = float(rows["kl_to_reference"].iloc[-1])
     summary["final_proxy_gain"] = float(rows["proxy_gain"].iloc[-1])
     if "ood_mass" in rows:
@@ -408,5 +475,6 @@ def summarize_lab(config: LabConfig, curve: pd.DataFrame, front: pd.DataFrame, r
     return summary
 
 
-__all__ = ["LabResult", "run_lab", "run_batch", "plan_batches", "MAX_BATCH", "step_curve", "bon_curve", "summarize_lab", "lab_extras",
+__all__ = ["LabResult", "run_lab", "run_batch", "reward_scale", "normalize_reward", "optimum_summary",
+           "saturation_sqrt_kl", "peak_skip", "PEAK_SKIP", "plan_batches", "MAX_BATCH", "step_curve", "bon_curve", "summarize_lab", "lab_extras",
            "fit_reward_models", "policy_phase", "STEP_COLUMNS", "BON_COLUMNS"]

@@ -9,3 +9,18 @@
 
 The paper's theory (query matrix, null space, soft-Q view) is in :mod:`treemdp.theory`.
 """
+
+import importlib as _importlib
+
+#: The submodules, imported on first use (``treemdp.phenomena.displacement`` or ``from ... import``).
+__all__ = ["displacement", "squeezing", "ipo", "unseen", "explain", "figures", "stacked"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return _importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -79,16 +79,17 @@ def group_masses(probs: torch.Tensor, groups: Groups) -> torch.Tensor:
 def account(masses: torch.Tensor, steps, groups: Groups) -> pd.DataFrame:
     """The account from group masses [S, G] at DAA steps ``steps`` (the first row is the start).
 
-    Columns: ``step``, ``chosen`` π_t(C), ``lost`` π_0(C) − π_t(C), one ``gain: <group>`` column per
-    other group (π_t(G) − π_0(G)), and ``residual`` = lost − Σ gains (zero up to float error).
+    Columns: ``step``, ``chosen`` π_t(C), ``change`` π_t(C) − π_0(C) (negative: the chosen lost mass,
+    positive: it gained), one ``gain: <group>`` column per other group (π_t(G) − π_0(G)), and
+    ``residual`` = change + Σ gains (zero up to float error: the masses sum to 1).
     """
     masses = masses.double()
     frame = pd.DataFrame({"step": np.asarray(steps, dtype=int), "chosen": masses[:, 0].numpy()})
-    frame["lost"] = (masses[0, 0] - masses[:, 0]).numpy()
+    frame["change"] = (masses[:, 0] - masses[0, 0]).numpy()
     gains = masses[:, 1:] - masses[0, 1:]
     for j, label in enumerate(groups.labels[1:]):
         frame[f"gain: {label}"] = gains[:, j].numpy()
-    frame["residual"] = frame["lost"] - gains.sum(-1).numpy()
+    frame["residual"] = frame["change"] + gains.sum(-1).numpy()
     return frame
 
 
@@ -221,8 +222,8 @@ def key_steps(table: pd.DataFrame, rows: int = 8) -> pd.DataFrame:
 def format_table(explanation: Explanation, rows: int = 8) -> str:
     """The printed account: one line per key step, probabilities as percentages."""
     table = key_steps(explanation.table, rows)
-    columns = ["step", "chosen", "lost"] + [c for c in table if c.startswith("gain: ")]
-    short = {"step": "step", "chosen": "π(chosen)", "lost": "lost"}
+    columns = ["step", "chosen", "change"] + [c for c in table if c.startswith("gain: ")]
+    short = {"step": "step", "chosen": "π(chosen)", "change": "Δπ(chosen)"}
     short.update({c: c[len("gain: "):].replace("OOD sharing ", "OOD/").replace(" tokens", "").replace(" token", "")
                   for c in columns if c.startswith("gain: ")})
     widths = {c: max(len(short[c]), 8) for c in columns}
@@ -233,7 +234,8 @@ def format_table(explanation: Explanation, rows: int = 8) -> str:
         lines.append("  ".join(cells))
     residual = float(explanation.table["residual"].abs().max())
     lines.append(f"(gains: change since DAA step 0; OOD/k = OOD trajectories sharing their first k tokens with "
-                 f"the chosen; lost = sum of gains, largest residual {residual:.1e})")
+                 f"the chosen; Δπ(chosen) = -(sum of gains): negative when the chosen lost mass, positive when it "
+                 f"gained; largest residual {residual:.1e})")
     return "\n".join(lines)
 
 
@@ -248,12 +250,12 @@ def draw_explanation(explanation: Explanation, left, right) -> None:
     left.set_ylim(0, 1)
     left.set_ylabel("probability mass")
     left.set_title("where the mass is (stacked)", fontsize=10)
-    right.plot(steps, -table["lost"], color=colors[0], lw=2.2, label="chosen (change)")
+    right.plot(steps, table["change"], color=colors[0], lw=2.2, label="chosen (change)")
     for j, label in enumerate(labels[1:], start=1):
         right.plot(steps, table[f"gain: {label}"], color=colors[j], lw=1.6, label=label)
     right.axhline(0, color="0.5", lw=0.8)
     right.set_ylabel("change since DAA step 0")
-    right.set_title("what the chosen lost, and who gained it", fontsize=10)
+    right.set_title("how the chosen's mass changed, and who took or gave it", fontsize=10)
     for ax in (left, right):
         ax.set_xlabel("DAA step" + (" (log)" if steps[-1] > 50 else ""))
         if steps[-1] > 50:
