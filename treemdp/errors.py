@@ -9,6 +9,10 @@ class UserError(ValueError):
     """Input a user can fix (bad file, bad value, bad name). The message is one line."""
 
 
+class TrainingDiverged(UserError):
+    """The loss or the probabilities became NaN/inf (toy and LLM training alike)."""
+
+
 def read_json_file(path, what: str):
     """The JSON value in ``path``, or a one-line UserError naming ``what`` (e.g. "data file") and the path."""
     path = Path(path)

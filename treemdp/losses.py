@@ -53,6 +53,7 @@ track (``treemdp.llm``) summed token log-probs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import math
@@ -1149,3 +1150,24 @@ def trl_ipo_equivalent_beta(beta: float) -> float:
     (ignoring TRL's per-token length normalisation, which callers must undo or match).
     """
     return check_beta(beta) / 2.0
+
+
+def loss_spec(loss) -> str:
+    """How ``config.json`` writes a loss: its spec string, or ``module:function`` for a callable.
+
+    A callable defined in a notebook or script cannot be imported back; it is written as
+    ``<name>`` and ``treemdp train --config`` then asks for a registered name instead.
+    """
+    if isinstance(loss, str):
+        return loss
+    spec = getattr(loss, "spec", None)
+    if isinstance(spec, str):
+        return spec
+    module, name = getattr(loss, "__module__", None), getattr(loss, "__qualname__", None)
+    if module and name and "<" not in name and module != "__main__":
+        try:
+            if functools.reduce(getattr, name.split("."), importlib.import_module(module)) is loss:
+                return f"{module}:{name}"
+        except (ImportError, AttributeError):
+            pass
+    return f"<{name or type(loss).__name__}>"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import math
 import time
 from dataclasses import dataclass
@@ -24,9 +23,9 @@ import torch
 from . import accounting  # noqa: F401  (registers the mass buckets)
 from .engine import (OPTIMIZERS, DaaHook, Phase, PhaseRecord, RunContext, daa_loss, load_row, run_phase,
                      sft_loss, stack_parameters, torch_threads)
-from .errors import UserError
+from .errors import TrainingDiverged, UserError
 from .exact import entropy, in_distribution_mask, kl_divergence, top_ood
-from .losses import check_beta, get_objective
+from .losses import check_beta, get_objective, loss_spec
 from .policies import CELLS, POLICIES, TreePolicy, make_policy
 from .tree import Dataset, TreeMDP, load_dataset, make_dataset, paper_dataset
 
@@ -154,37 +153,12 @@ def check_device(name: str) -> torch.device:
     return device
 
 
-def loss_spec(loss) -> str:
-    """How ``config.json`` writes a loss: its spec string, or ``module:function`` for a callable.
-
-    A callable defined in a notebook or script cannot be imported back; it is written as
-    ``<name>`` and ``treemdp train --config`` then asks for a registered name instead.
-    """
-    if isinstance(loss, str):
-        return loss
-    spec = getattr(loss, "spec", None)
-    if isinstance(spec, str):
-        return spec
-    module, name = getattr(loss, "__module__", None), getattr(loss, "__qualname__", None)
-    if module and name and "<" not in name and module != "__main__":
-        try:
-            if functools.reduce(getattr, name.split("."), importlib.import_module(module)) is loss:
-                return f"{module}:{name}"
-        except (ImportError, AttributeError):
-            pass
-    return f"<{name or type(loss).__name__}>"
-
-
 def check_beta_user(beta) -> float:
     """:func:`treemdp.losses.check_beta` with the error as a UserError."""
     try:
         return check_beta(beta)
     except ValueError as e:
         raise UserError(str(e)) from None
-
-
-class TrainingDiverged(UserError):
-    """The loss or the probabilities became NaN/inf."""
 
 
 #: Fields that may differ between the runs of one batch; every other field is part of the shape.
