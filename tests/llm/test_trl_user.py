@@ -4,6 +4,7 @@ updates. Every test drives the public CLI or library on the tiny models (16 pair
 
 import csv
 import errno
+import json
 import math
 import os
 import shutil
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 
-from .conftest import DATA, ENV, head
+from .conftest import DATA, ENV, head, treemdp_cli
 from .test_cli_errors import assert_user_error, run
 
 
@@ -284,3 +285,135 @@ def test_report_to_wandb_without_wandb_says_how(capsys, tiny, pairs16, tmp_path,
     code, err = daa(capsys, tiny, pairs16, tmp_path / "o", "--report-to", "wandb")
     assert_user_error(code, err, "pip install wandb")  # before any work
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- 5. rerun from config.json
+
+def test_rerun_from_config_is_bit_for_bit(capsys, tiny, tmp_path):
+    data = head(DATA / "tldr_sft.jsonl", tmp_path / "sft16.jsonl", 16)
+    first = tmp_path / "first"
+    assert run(capsys, "llm", "sft", "--model", tiny, "--data", data, "--out", first,
+               "--no-progress", "--batch-size", "4", "--max-steps", "3", "--lr", "1e-3",
+               "--lr-scheduler", "cosine", "--weight-decay", "0.01")[0] == 0
+    again = tmp_path / "again"
+    assert run(capsys, "llm", "sft", "--config", first / "config.json", "--out", again,
+               "--no-progress")[0] == 0
+    assert [r["loss"] for r in metrics(again)] == [r["loss"] for r in metrics(first)]
+    a, b = weights(first / "final"), weights(again / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    saved = json.loads((again / "config.json").read_text())
+    assert saved["lr_scheduler"] == "cosine" and saved["weight_decay"] == 0.01
+    code, err = run(capsys, "llm", "daa", "--config", first / "config.json", "--out",
+                    tmp_path / "x")
+    assert_user_error(code, err, "is a sft run", "treemdp llm sft")
+
+
+def test_user_objective_records_its_file_and_a_rerun_says_how_to_find_it(capsys, tiny, pairs16,
+                                                                       tmp_path):
+    import hashlib
+    import importlib
+    folder = tmp_path / "objectives"
+    folder.mkdir()
+    source = folder / "myloss.py"
+    source.write_text("import torch.nn.functional as F\n\n\ndef g(x):\n"
+                      "    return -F.logsigmoid(x)\n")
+    sys.path.insert(0, str(folder))
+    importlib.invalidate_caches()
+    try:
+        assert daa(capsys, tiny, pairs16, tmp_path / "run", "--loss", "myloss:g")[0] == 0
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("myloss", None)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["loss"] == "myloss:g"
+    assert saved["loss_source"] == {"path": str(source),
+                                    "sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
+    proc = treemdp_cli("llm", "daa", "--config", tmp_path / "run" / "config.json", "--out",
+                       tmp_path / "again", check=False)  # a new process: myloss not importable
+    assert_user_error(proc.returncode, proc.stderr, "cannot load loss 'myloss:g'", f"it came from {source}",
+                      f"PYTHONPATH={folder}", f"--loss {source}:g")
+
+
+# ---------------------------------------------------------------- 6. schedules and precision
+
+def test_lr_factor_closed_forms():
+    from treemdp.llm.train import lr_factor
+    # warm-up 1 of 4 steps: (s + 1) / 2, then p = (s - 1) / 3
+    assert [lr_factor(s, 1, 4, "constant") for s in range(4)] == [0.5, 1, 1, 1]
+    assert [lr_factor(s, 1, 4, "linear") for s in range(4)] == pytest.approx([0.5, 1, 2 / 3, 1 / 3])
+    assert [lr_factor(s, 1, 4, "cosine") for s in range(4)] == pytest.approx([0.5, 1, 0.75, 0.25])
+    assert [lr_factor(s, 0, 2, "constant") for s in range(2)] == [1, 1]
+
+
+def test_cosine_schedule_is_what_the_steps_train_at(capsys, tiny, pairs16, tmp_path):
+    out = tmp_path / "run"
+    assert daa(capsys, tiny, pairs16, out, "--max-steps", "4", "--warmup-steps", "1",
+               "--lr-scheduler", "cosine", "--lr", "1e-3")[0] == 0
+    assert [float(r["lr"]) for r in metrics(out)] == pytest.approx([5e-4, 1e-3, 7.5e-4, 2.5e-4])
+
+
+def test_weight_decay_is_the_l2_step_of_sgd(capsys, tiny, pairs16, tmp_path):
+    """One SGD step: w1(wd) = w1(0) - lr * wd * w0 (torch's SGD adds wd * w to the gradient)."""
+    lr, wd = 1e-2, 0.5
+    common = ("--optimizer", "sgd", "--warmup-steps", "0", "--lr", str(lr), "--batch-size", "16")
+    assert daa(capsys, tiny, pairs16, tmp_path / "plain", *common)[0] == 0
+    assert daa(capsys, tiny, pairs16, tmp_path / "wd", *common, "--weight-decay", str(wd))[0] == 0
+    w0, plain, decayed = weights(tiny), weights(tmp_path / "plain" / "final"), \
+        weights(tmp_path / "wd" / "final")
+    for k in w0:
+        assert torch.allclose(decayed[k], plain[k] - lr * wd * w0[k], atol=1e-7), k
+
+
+def test_fp16_on_cpu_says_what_to_use(capsys, tiny, pairs16, tmp_path):
+    code, err = daa(capsys, tiny, pairs16, tmp_path / "o", "--precision", "fp16",
+                    "--device", "cpu")
+    assert_user_error(code, err, "--precision fp16 needs a CUDA GPU", "bf16 or fp32")
+
+
+def test_save_total_limit_keeps_the_newest_checkpoints(capsys, tiny, pairs16, tmp_path):
+    out = tmp_path / "run"
+    assert daa(capsys, tiny, pairs16, out, "--max-steps", "4", "--save-every", "1",
+               "--save-total-limit", "2")[0] == 0
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == \
+        ["checkpoint-2", "checkpoint-3"]
+    assert (out / "final" / "trainer_state.pt").is_file()
+
+
+# ---------------------------------------------------------------- 8. reference updates (TR-DPO)
+
+def test_hard_reference_update_makes_the_next_loss_log2(capsys, tiny, pairs16, tmp_path):
+    """ref <- pi after step 1: at step 2 the policy is its reference again (margin 0, log 2)."""
+    out = tmp_path / "sync"
+    assert daa(capsys, tiny, pairs16, out, "--max-steps", "2", "--ref-sync-steps", "1")[0] == 0
+    rows = metrics(out)
+    assert float(rows[1]["loss"]) == pytest.approx(math.log(2), abs=2e-6)
+    assert float(rows[1]["reward_margin"]) == pytest.approx(0, abs=2e-6)
+    assert daa(capsys, tiny, pairs16, tmp_path / "frozen", "--max-steps", "2")[0] == 0
+    assert abs(float(metrics(tmp_path / "frozen")[1]["loss"]) - math.log(2)) > 1e-4
+
+
+def test_soft_reference_update_mixes_the_weights_and_resumes_bit_for_bit(capsys, tiny, pairs16,
+                                                                         tmp_path):
+    from treemdp.llm.data import PAIR_FIELDS, read_jsonl, tokenize_rows
+    from treemdp.llm.logprobs import log_prob_table
+    from treemdp.llm.models import load_model, load_tokenizer
+    args = ("--max-steps", "3", "--save-every", "1", "--ref-sync-steps", "1",
+            "--ref-mixup-alpha", "0.25")
+    out = tmp_path / "soft"
+    assert daa(capsys, tiny, pairs16, out, *args)[0] == 0
+    # the reference after step 1: 0.25 * pi_1 + 0.75 * pi_0, scored on every pair
+    state = torch.load(out / "checkpoint-1" / "trainer_state.pt", weights_only=False)
+    mixed = load_model(str(tiny))
+    pi1 = load_model(str(out / "checkpoint-1")).state_dict()
+    mixed.load_state_dict({k: 0.25 * pi1[k] + 0.75 * v for k, v in mixed.state_dict().items()})
+    examples, _ = tokenize_rows(read_jsonl(pairs16, PAIR_FIELDS), load_tokenizer(str(tiny)),
+                                kind="pairs", max_length=128, max_prompt_length=96)
+    sums, _ = log_prob_table(mixed, examples, 0, "cpu", 4, pairs=True, shared=True)
+    assert torch.allclose(state["ref_table"], sums, atol=1e-4)
+    resumed = tmp_path / "resumed"
+    assert daa(capsys, tiny, pairs16, resumed, *args, "--stop-after", "1")[0] == 0
+    for _ in range(2):  # --stop-after 1 is kept from the run's config: one step each
+        assert daa(capsys, tiny, pairs16, resumed, *args, "--resume")[0] == 0
+    assert [r["loss"] for r in metrics(resumed)] == [r["loss"] for r in metrics(out)]
+    a, b = weights(out / "final"), weights(resumed / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
