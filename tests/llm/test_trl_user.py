@@ -417,3 +417,75 @@ def test_soft_reference_update_mixes_the_weights_and_resumes_bit_for_bit(capsys,
     assert [r["loss"] for r in metrics(resumed)] == [r["loss"] for r in metrics(out)]
     a, b = weights(out / "final"), weights(resumed / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- 7. LoRA
+
+def test_lora_step_equals_the_step_computed_by_hand(capsys, tiny, pairs16, tmp_path):
+    """One SGD step on all 16 pairs: only the adapters move, by -lr * the gradient of
+    mean(-log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l)))) with ref = the base."""
+    peft = pytest.importorskip("peft")
+    import torch.nn.functional as F
+    from treemdp.llm.data import PAIR_FIELDS, collate_pairs, read_jsonl, tokenize_rows
+    from treemdp.llm.logprobs import sequence_log_probs
+    from treemdp.llm.models import load_model, load_tokenizer
+    lr, beta = 0.5, 0.1
+    out = tmp_path / "lora"
+    assert daa(capsys, tiny, pairs16, out, "--optimizer", "sgd", "--warmup-steps", "0",
+               "--lr", str(lr), "--batch-size", "16", "--lora-r", "2", "--lora-alpha", "4",
+               "--lora-target-modules", "query_key_value,dense_4h_to_h")[0] == 0
+    saved = weights(out / "final")
+    assert saved and all("lora_" in k for k in saved)  # adapters only, no base weights
+    assert not (out / "final" / "model.safetensors").exists()
+
+    torch.manual_seed(0)  # the run seeds the adapters' A matrices with --seed 0
+    model = peft.get_peft_model(load_model(str(tiny)), peft.LoraConfig(
+        r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["query_key_value", "dense_4h_to_h"],
+        task_type="CAUSAL_LM"))
+    examples, _ = tokenize_rows(read_jsonl(pairs16, PAIR_FIELDS), load_tokenizer(str(tiny)),
+                                kind="pairs", max_length=128, max_prompt_length=96)
+    batch = collate_pairs(examples, 0)  # [chosen rows; rejected rows]
+    with torch.no_grad(), model.disable_adapter():
+        ref = sequence_log_probs(model, batch)[0].view(2, -1)
+    pi = sequence_log_probs(model, batch)[0].view(2, -1)
+    loss = -F.logsigmoid(beta * ((pi[0] - ref[0]) - (pi[1] - ref[1]))).mean()
+    loss.backward()
+    assert float(loss) == pytest.approx(math.log(2), abs=1e-6)
+    moved = 0
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            assert not p.requires_grad and p.grad is None
+            continue
+        key = name.replace(".default", "")
+        expected = p.detach() - lr * p.grad
+        assert torch.allclose(saved[key], expected, atol=1e-6), name
+        moved += int(not torch.equal(saved[key], p.detach()))
+    assert moved > 0  # B moves (A's gradient is 0 while B = 0)
+
+
+def test_lora_resumes_bit_for_bit_and_eval_loads_the_adapters(capsys, tiny, pairs16, tmp_path):
+    pytest.importorskip("peft")
+    from treemdp.llm.models import load_model
+    args = ("--max-steps", "3", "--save-every", "1", "--lora-r", "4", "--lr", "1e-2")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert daa(capsys, tiny, pairs16, straight, *args)[0] == 0
+    assert daa(capsys, tiny, pairs16, resumed, *args, "--stop-after", "1")[0] == 0
+    for _ in range(2):
+        assert daa(capsys, tiny, pairs16, resumed, *args, "--resume")[0] == 0
+    assert [r["loss"] for r in metrics(resumed)] == [r["loss"] for r in metrics(straight)]
+    a, b = weights(straight / "final"), weights(resumed / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    merged = load_model(str(straight / "final"))  # base + adapters, merged
+    base = load_model(str(tiny))
+    ids = torch.arange(1, 9)[None]
+    assert not torch.allclose(merged(ids).logits, base(ids).logits)
+    code, err = run(capsys, "llm", "eval", "--model", straight / "final", "--ref", tiny,
+                    "--data", pairs16, "--judge", "none", "--n-prompts", "2", "--samples", "2",
+                    "--max-new-tokens", "4")
+    assert code == 0, err
+
+
+def test_lora_without_peft_says_how_to_install(capsys, tiny, pairs16, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)
+    code, err = daa(capsys, tiny, pairs16, tmp_path / "o", "--lora-r", "4")
+    assert_user_error(code, err, "pip install 'treemdp[lora]'")
