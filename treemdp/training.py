@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from . import accounting  # noqa: F401  (registers the mass buckets)
-from .engine import (OPTIMIZERS, DaaHook, Phase, PhaseRecord, RunContext, daa_loss, load_row, run_phase,
+from .engine import (OPTIMIZERS, DaaHook, Phase, PhaseRecord, ReferenceUpdates, RunContext, daa_loss, load_row, run_phase,
                      sft_loss, stack_parameters, torch_threads)
 from .errors import TrainingDiverged, UserError
 from .exact import entropy, in_distribution_mask, kl_divergence, top_ood
@@ -74,6 +74,10 @@ class TrainConfig:
     """What counts as in distribution: data (demonstrations and both sides of every preference), demonstrations, or a JSON file of trajectories."""
     history_format: str = "auto"
     """history file of a run folder: csv, parquet, or auto (Parquet above a million rows)."""
+    ref_sync_steps: int = 0
+    """TR-DPO: update the DAA reference every N steps (0: the frozen SFT policy, the paper's)."""
+    ref_mixup_alpha: float = 1.0
+    """TR-DPO: ref <- alpha * policy + (1 - alpha) * ref at each update, alpha in (0, 1] (1: a copy)."""
 
     def validate(self) -> "TrainConfig":
         """Raise UserError naming the first bad field; return the config with its loss spelled canonically."""
@@ -100,6 +104,11 @@ class TrainConfig:
             if getattr(self, name) not in table:
                 raise UserError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(table)}")
         check_device(self.device)
+        if isinstance(self.ref_sync_steps, bool) or not isinstance(self.ref_sync_steps, int) \
+                or self.ref_sync_steps < 0:
+            raise UserError(f"ref_sync_steps must be an integer >= 0, got {self.ref_sync_steps!r}")
+        if not isinstance(self.ref_mixup_alpha, (int, float)) or not 0 < self.ref_mixup_alpha <= 1:
+            raise UserError(f"ref_mixup_alpha must be in (0, 1], got {self.ref_mixup_alpha!r}")
         if self.history_format not in HISTORY_FORMATS:
             raise UserError(f"unknown history_format {self.history_format!r}; choose one of: {', '.join(HISTORY_FORMATS)}")
         if not isinstance(self.in_distribution, str) or not self.in_distribution:
@@ -454,8 +463,14 @@ def _train_batch(configs, mdp, datasets, on_step, keep_history, daa_hook, on_log
         objectives = [get_objective(c.loss) for c in configs]
         daa_record = PhaseRecord("daa", first.daa_steps, ctx, log_every=first.log_every,
                                  history_limit=first.history_limit, keep_history=keep_history, on_log=log("daa"))
+        hook, before_step = daa_hook, None
+        if first.ref_sync_steps:  # TR-DPO: the loss's reference moves; measurements keep the SFT one
+            moving = ReferenceUpdates(template, params, ref_logp, first.ref_sync_steps, first.ref_mixup_alpha)
+            before_step = moving.before_step
+            hook = moving.hook if daa_hook is None else (
+                lambda *a: daa_hook(a[0], a[1], *moving.hook(*a)))
         params = run_phase(template, params, Phase("daa", first.daa_steps, [c.daa_lr for c in configs],
-                                                   daa_loss(ctx, objectives, beta, hook=daa_hook)),
+                                                   daa_loss(ctx, objectives, beta, hook=hook), before_step),
                            first.optimizer, daa_record, on_step=on_step)
         records.append(daa_record)
     elapsed = time.perf_counter() - started
