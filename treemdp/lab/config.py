@@ -77,6 +77,10 @@ class LabConfig:
     """Full-batch Bradley-Terry steps of the reward model."""
     n: tuple = DEFAULT_N
     """Best-of-n sizes (method bon)."""
+    ref_sync_steps: int = 0
+    """DAA with TR-DPO: update the loss's reference every N steps (0: frozen, the paper's); measurements keep the SFT reference."""
+    ref_mixup_alpha: float = 1.0
+    """TR-DPO: ref <- alpha * policy + (1 - alpha) * ref at each update, alpha in (0, 1] (1: a copy)."""
     log_every: int = 1
     """Write every this many steps to curve.csv (and the last); measurements are taken at every step."""
     threads: int = 1
@@ -105,12 +109,15 @@ class LabConfig:
         _check_gold(self.tree, self.gold, self.gold_seed)  # validates the tree too
         for name in ("pairs", "demos", "hidden_size", "rm_hidden_size", "log_every", "threads"):
             _positive_int(name, getattr(self, name))
-        for name in ("seed", "gold_seed", "sft_steps", "steps", "rm_steps", "batch_size"):
+        for name in ("seed", "gold_seed", "sft_steps", "steps", "rm_steps", "batch_size", "ref_sync_steps"):
             _positive_int(name, getattr(self, name), low=0)
         for name in ("sft_lr", "lr", "rm_lr", "demo_temperature"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise UserError(f"{name} must be a finite number > 0, got {value!r}")
+        if isinstance(self.ref_mixup_alpha, bool) or not isinstance(self.ref_mixup_alpha, (int, float)) \
+                or not 0 < self.ref_mixup_alpha <= 1:
+            raise UserError(f"ref_mixup_alpha must be in (0, 1], got {self.ref_mixup_alpha!r}")
         if (isinstance(self.label_temperature, bool) or not isinstance(self.label_temperature, (int, float))
                 or not math.isfinite(self.label_temperature) or self.label_temperature < 0):
             raise UserError(f"label_temperature must be a finite number >= 0, got {self.label_temperature!r}")
