@@ -64,8 +64,9 @@ def new_cache(model):
     """An empty key/value cache for ``model`` (transformers' ``DynamicCache``), filled in place
     by the forward passes it is given to."""
     from transformers import DynamicCache
+    config = getattr(_inner(model), "config", None)
     try:
-        return DynamicCache(config=_inner(model).config)
+        return DynamicCache(config=config) if config is not None else DynamicCache()
     except TypeError:  # transformers before the config argument
         return DynamicCache()
 
