@@ -8,7 +8,7 @@ LOCK := requirements-lock.txt
 PIP := $(VENV)/bin/pip install --constraint $(LOCK)
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test test-fast test-floor lessons benchmark benchmark-llm clean lock check-figures
+.PHONY: reproduce test test-fast test-floor test-floor-llm lessons benchmark benchmark-llm clean lock check-figures
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,16 @@ test-floor:
 		tests/test_engine.py tests/test_accounting.py tests/test_sweep.py tests/test_tree.py tests/test_runs.py \
 		tests/losses/test_losses.py tests/losses/test_losses_zoo.py tests/losses/test_losses_registry.py
 
+# The LLM track on the oldest transformers pyproject.toml admits (run by hand before changing the
+# floor, not by CI): a separate venv with torch through constraints.txt and transformers pinned.
+FLOOR_TRANSFORMERS ?= 4.56.0
+test-floor-llm:
+	$(PYTHON) -m venv .venv-floor-llm
+	.venv-floor-llm/bin/pip install --constraint constraints.txt -e '.[llm,lora]' pytest hypothesis
+	.venv-floor-llm/bin/pip install --constraint constraints.txt "transformers==$(FLOOR_TRANSFORMERS)"
+	.venv-floor-llm/bin/python -m pytest -q -p no:randomly tests/llm/test_logprobs.py \
+		tests/llm/test_tokenization.py tests/llm/test_train_eval.py tests/llm/test_trl_user.py
+
 lessons: $(VENV)/.installed-lessons
 	$(VENV)/bin/jupyter lab lessons/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 
@@ -93,4 +103,4 @@ benchmark-llm: $(VENV)/.installed-test
 	$(VENV)/bin/python benchmarks/bench_llm.py --steps 60 --repeats 3
 
 clean:
-	rm -rf $(VENV) .venv-floor .venv-lock .check-figures .pytest_cache
+	rm -rf $(VENV) .venv-floor .venv-floor-llm .venv-lock .check-figures .pytest_cache

@@ -1,7 +1,7 @@
 """Benchmark: our DAA (DPO) step against TRL's DPOTrainer on the same tiny GPT-NeoX, on CPU.
 
     .venv/bin/python benchmarks/bench_llm.py [--shape tldr|short] [--steps 40] [--repeats 2]
-        [--variants ours ours-unshared trl-precompute trl-ref]
+        [--variants ours ours-unshared ours-lora trl-precompute trl-ref]
 
 Same random-init GPT-NeoX (hidden 64, 2 layers, 4 heads, vocab 512), same pairs, 8 pairs per
 step, AdamW lr 1e-4 constant, fp32, 2 torch threads, no gradient checkpointing, no checkpoints
@@ -9,7 +9,8 @@ written during the timed steps. Shapes: ``tldr`` (default; the paper's TL;DR set
 200-380 tokens, completions of 20-60) and ``short`` (synthetic prompts of ~60 tokens,
 completions of 32-64). Variants: ``ours`` (``treemdp.llm.train``: reference log-probs
 precomputed once, each pair's prompt computed once), ``ours-unshared`` (the same with the prompt
-computed per completion, ``shared_prompt=False``), ``trl-precompute`` (DPOTrainer, loss_type
+computed per completion, ``shared_prompt=False``), ``ours-lora`` (``ours`` with LoRA adapters
+of rank 8 on every attention and MLP projection, the base frozen), ``trl-precompute`` (DPOTrainer, loss_type
 sigmoid, precompute_ref_log_probs=True) and ``trl-ref`` (the reference model run every step).
 Each run is a fresh subprocess (so peak RSS is its own), and the variants alternate A B C A B C
 in one invocation. Steps/s is 1 / the median step time over the steps after the first
@@ -34,8 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("ours", "ours-unshared", "trl-precompute", "trl-ref")
-DEFAULT_VARIANTS = ("ours", "ours-unshared", "trl-precompute")
+VARIANTS = ("ours", "ours-unshared", "ours-lora", "trl-precompute", "trl-ref")
+DEFAULT_VARIANTS = ("ours", "ours-unshared", "ours-lora", "trl-precompute")
 #: (prompt tokens, completion tokens) ranges per shape; None: the synthetic prompt as it comes.
 SHAPES = {"tldr": ((200, 380), (20, 60)), "short": (None, (32, 63))}
 WORDS = ("my car broke and i am sad so i called my friend who said it was fine but the landlord "
@@ -96,15 +97,18 @@ def data_shape(data: Path, model_dir: Path) -> dict:
 
 
 def worker_ours(data: Path, model_dir: Path, out: Path, steps: int, warmup: int,
-                shared: bool = True) -> dict:
+                shared: bool = True, lora: bool = False) -> dict:
     import csv
-    from treemdp.llm.train import TrainConfig, train
-    train(TrainConfig(phase="daa", model=str(model_dir), data=str(data), out=str(out),
-                      loss="dpo", beta=0.1, optimizer="adamw", lr=1e-4, warmup_steps=0,
-                      batch_size=8, grad_accum=1, max_steps=steps, save_every=10 ** 9,
-                      max_length=512, max_prompt_length=384, device="cpu", precision="fp32",
-                      progress=False, threads=int(os.environ["OMP_NUM_THREADS"]),
-                      shared_prompt=shared))
+    from treemdp.llm.train import LLMConfig, train
+    adapters = dict(lora_r=8, lora_alpha=16.0,
+                    lora_target_modules="query_key_value,dense,dense_h_to_4h,dense_4h_to_h") \
+        if lora else {}
+    train(LLMConfig(phase="daa", model=str(model_dir), data=str(data), out=str(out),
+                    loss="dpo", beta=0.1, optimizer="adamw", lr=1e-4, warmup_steps=0,
+                    batch_size=8, grad_accum=1, max_steps=steps, save_every=10 ** 9,
+                    max_length=512, max_prompt_length=384, device="cpu", precision="fp32",
+                    progress=False, threads=int(os.environ["OMP_NUM_THREADS"]),
+                    shared_prompt=shared, **adapters))
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return {"step_times": [float(r["time_s"]) for r in rows],
@@ -153,7 +157,8 @@ def run_worker(args) -> None:
     data, model_dir, out = Path(args.data), Path(args.model), Path(args.out)
     if args.worker.startswith("ours"):
         result = worker_ours(data, model_dir, out, args.steps, args.warmup,
-                             shared=args.worker == "ours")
+                             shared=args.worker != "ours-unshared",
+                             lora=args.worker == "ours-lora")
     else:
         result = worker_trl(data, model_dir, out, args.steps, args.warmup,
                             precompute=args.worker == "trl-precompute")

@@ -402,12 +402,15 @@ class Phase:
         steps: optimisation steps; steps 0 .. ``steps`` are recorded (step 0 before any update).
         lrs: one learning rate per run (runs with equal rates share a parameter group).
         loss: ``loss(logp [R, T], step) -> [R]``, run r's loss from row r only.
+        before_step: ``before_step(step, params)`` called with the current stacked parameters
+            before step ``step`` is evaluated (reference updates, :func:`reference_updates`).
     """
 
     name: str
     steps: int
     lrs: Sequence[float]
     loss: Callable[[torch.Tensor, int], torch.Tensor]
+    before_step: Optional[Callable[[int, dict], None]] = None
 
 
 def _flat_group(params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -457,6 +460,8 @@ def run_phase(policy: TreePolicy, params: dict[str, torch.Tensor], phase: Phase,
 
     pending = 0
     for step in range(phase.steps + 1):
+        if phase.before_step is not None:
+            phase.before_step(step, current())
         logp = policy.stacked_log_probs(current())  # [R, T]
         loss = phase.loss(logp, step)  # [R]
         record.record(step, logp, loss)
@@ -630,6 +635,36 @@ def daa_loss(ctx: RunContext, objectives: Sequence[Any], beta: torch.Tensor, *,
             per_pair = torch.cat(parts)[inverse]
         return masked_mean(per_pair, mask)  # [R]
     return loss
+
+
+class ReferenceUpdates:
+    """TR-DPO's moving reference (Gorbatovski et al. 2024) for R stacked runs, exact.
+
+    Every ``every`` steps (before step k * every is evaluated) ref <- alpha * theta + (1 - alpha)
+    * ref, parameter by parameter (alpha = 1: a copy of the policy), and the reference's log-probs
+    [R, T] are recomputed by enumeration. ``before_step`` goes into the phase, ``hook`` into
+    :func:`daa_loss` (it hands the loss the current reference; measurements keep ``ctx.ref_logp``,
+    the SFT policy, so KL to reference and the OOD accounting mean what they always do).
+    """
+
+    def __init__(self, policy: TreePolicy, params: dict[str, torch.Tensor], ref_logp: torch.Tensor,
+                 every: int, alpha: float):
+        self.policy, self.every, self.alpha = policy, every, alpha
+        self.params = {n: p.detach().clone() for n, p in params.items()}
+        self.ref_logp = ref_logp.detach().clone()
+        self.updates = 0
+
+    def before_step(self, step: int, params: dict[str, torch.Tensor]) -> None:
+        if step == 0 or step % self.every:
+            return
+        with torch.no_grad():
+            for n, p in params.items():
+                self.params[n].mul_(1 - self.alpha).add_(p.detach(), alpha=self.alpha)
+            self.ref_logp = self.policy.stacked_log_probs(self.params)  # [R, T]
+        self.updates += 1
+
+    def hook(self, step, logp, ref, chosen, rejected):
+        return self.ref_logp.to(logp.device, logp.dtype), chosen, rejected
 
 
 def bradley_terry_loss(ctx: RunContext, schedule: Optional[PairSchedule] = None

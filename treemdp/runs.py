@@ -56,18 +56,50 @@ def check_writable(out_dir: str | Path) -> Path:
     return out
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_modes(folder: str | Path) -> None:
+    """Give every file under ``folder`` the mode a plain ``open()`` would (0666 less the umask):
+    libraries that write through ``mkstemp`` (safetensors, some tokenizers) leave 0600 files."""
+    mode = 0o666 & ~current_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink() and (path.stat().st_mode & 0o777) != mode:
+            os.chmod(path, mode)
+
+
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Remove the hidden ``.NAME.tmp-*`` files and folders that an interrupted
+    :func:`atomic_directory` or :func:`atomic_file` left in ``folder``; returns them."""
+    removed = []
+    for path in sorted(Path(folder).glob(".*.tmp-*")):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
     """Write a folder all at once: yields a hidden sibling folder; on success it replaces ``out_dir``.
 
     An interrupted write leaves at most a hidden ``.NAME.tmp-*`` folder (removed here on errors,
-    and by sweeps on resume), never a half-written ``out_dir``. Both tracks' run folders and
+    and on resume by sweeps and :func:`remove_partial_writes`), never a half-written ``out_dir``.
+    The folder and its files get the modes of ordinary ones (the umask's), not mkdtemp's 0700. Both tracks' run folders and
     checkpoints are written through this.
     """
     out = check_writable(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a run is shared like any folder
         yield tmp
+        share_modes(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)

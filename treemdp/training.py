@@ -21,14 +21,14 @@ import pandas as pd
 import torch
 
 from . import accounting  # noqa: F401  (registers the mass buckets)
-from .engine import (OPTIMIZERS, DaaHook, Phase, PhaseRecord, RunContext, daa_loss, load_row, run_phase,
+from .engine import (OPTIMIZERS, DaaHook, Phase, PhaseRecord, ReferenceUpdates, RunContext, daa_loss, load_row, run_phase,
                      sft_loss, stack_parameters, torch_threads)
 from .errors import TrainingDiverged, UserError
 from .exact import entropy, in_distribution_mask, kl_divergence, top_ood
 from .losses import get_objective
 from .objectives import check_loss, loss_spec
 from .policies import CELLS, POLICIES, TreePolicy, make_policy
-from .settings import Settings, check_integer, check_positive, setting
+from .settings import Settings, check_integer, check_positive, check_real, setting
 from .tree import Dataset, TreeMDP, load_dataset, make_dataset, paper_dataset
 
 
@@ -109,6 +109,10 @@ class TrainConfig(Settings):
     """What counts as in distribution: data (demonstrations and both sides of every preference), demonstrations, or a JSON file of trajectories."""
     history_format: str = setting("auto", choices=HISTORY_FORMATS)
     """history file of a run folder: csv, parquet, or auto (Parquet above a million rows)."""
+    ref_sync_steps: int = setting(0, check=check_integer(0))
+    """TR-DPO: update the DAA reference every N steps (0: the frozen SFT policy, the paper's)."""
+    ref_mixup_alpha: float = setting(1.0, check=check_real(0.0, 1.0, low_open=True))
+    """TR-DPO: ref <- alpha * policy + (1 - alpha) * ref at each update, alpha in (0, 1] (1: a copy)."""
 
     def validate(self) -> "TrainConfig":
         """Raise UserError naming the first bad field; return the config with its loss spelled canonically."""
@@ -455,8 +459,14 @@ def _train_batch(configs, mdp, datasets, on_step, keep_history, daa_hook, on_log
         objectives = [get_objective(c.loss) for c in configs]
         daa_record = PhaseRecord("daa", first.daa_steps, ctx, log_every=first.log_every,
                                  history_limit=first.history_limit, keep_history=keep_history, on_log=log("daa"))
+        hook, before_step = daa_hook, None
+        if first.ref_sync_steps:  # TR-DPO: the loss's reference moves; measurements keep the SFT one
+            moving = ReferenceUpdates(template, params, ref_logp, first.ref_sync_steps, first.ref_mixup_alpha)
+            before_step = moving.before_step
+            hook = moving.hook if daa_hook is None else (
+                lambda *a: daa_hook(a[0], a[1], *moving.hook(*a)))
         params = run_phase(template, params, Phase("daa", first.daa_steps, [c.daa_lr for c in configs],
-                                                   daa_loss(ctx, objectives, beta, hook=daa_hook)),
+                                                   daa_loss(ctx, objectives, beta, hook=hook), before_step),
                            first.optimizer, daa_record, on_step=on_step)
         records.append(daa_record)
     elapsed = time.perf_counter() - started

@@ -149,7 +149,7 @@ def test_conversational_dataset_trains_sft_and_daa(tiny, tmp_path, capsys):
 
     datasets = pytest.importorskip("datasets")
     from treemdp.cli import main
-    from treemdp.llm.train import TrainConfig, train
+    from treemdp.llm.train import LLMConfig, train
 
     model = shutil.copytree(tiny, tmp_path / "chat-model")
     config = json.loads((model / "tokenizer_config.json").read_text())
@@ -173,7 +173,7 @@ def test_conversational_dataset_trains_sft_and_daa(tiny, tmp_path, capsys):
     assert main(["llm", "daa", "--model", str(tmp_path / "sft" / "final"), "--data",
                  str(tmp_path / "prefs"), "--out", str(tmp_path / "daa"), *common]) == 0
     assert "8/8 rows kept" in capsys.readouterr().err
-    result = train(TrainConfig(phase="daa", model=str(model), data=prefs, out=str(tmp_path / "py"),
+    result = train(LLMConfig(phase="daa", model=str(model), data=prefs, out=str(tmp_path / "py"),
                                batch_size=4, max_steps=1, progress=False))
     assert result.finished
     saved = json.loads((tmp_path / "py" / "config.json").read_text())

@@ -9,13 +9,13 @@ import torch
 
 from treemdp.llm.evaluate import EvalConfig, evaluate_model, get_judge, gold_judge, r_squared
 from treemdp.llm.synthetic import gold_score
-from treemdp.llm.train import TrainConfig, train
+from treemdp.llm.train import LLMConfig, train
 
 from .conftest import DATA
 
 
 def run(tmp_path, tiny, prefs_small, name, **kw):
-    cfg = TrainConfig(phase="daa", model=str(tiny), data=str(prefs_small), out=str(tmp_path / name),
+    cfg = LLMConfig(phase="daa", model=str(tiny), data=str(prefs_small), out=str(tmp_path / name),
                       max_steps=2, batch_size=4, progress=False, threads=2, lr=3e-4, **kw)
     train(cfg)
     with open(tmp_path / name / "metrics.csv", newline="") as f:

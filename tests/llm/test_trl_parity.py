@@ -118,7 +118,7 @@ def test_one_training_step_equals_trls(tiny, prefs_small, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig
 
-    from treemdp.llm.train import TrainConfig, train
+    from treemdp.llm.train import LLMConfig, train
 
     rows = [json.loads(line) for line in prefs_small.read_text().splitlines()[:8]]
     # two rows where the conventions differ: a space merging across the boundary, an EOS in text
@@ -128,7 +128,7 @@ def test_one_training_step_equals_trls(tiny, prefs_small, tmp_path):
     data = tmp_path / "pairs8.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lr, beta = 0.5, 0.1
-    train(TrainConfig(phase="daa", model=str(tiny), data=str(data), out=str(tmp_path / "ours"),
+    train(LLMConfig(phase="daa", model=str(tiny), data=str(data), out=str(tmp_path / "ours"),
                       loss="dpo", beta=beta, optimizer="sgd", lr=lr, warmup_steps=0, batch_size=8,
                       grad_accum=1, max_steps=1, max_length=128, max_prompt_length=96,
                       truncation="keep_start", tokenization="trl", device="cpu",

@@ -1,6 +1,6 @@
 """``treemdp llm ...``: tiny-model, sft, daa, eval, plot.
 
-The ``sft``/``daa`` flags are the fields of :class:`treemdp.llm.train.TrainConfig` and the
+The ``sft``/``daa`` flags are the fields of :class:`treemdp.llm.train.LLMConfig` and the
 ``eval`` flags those of :class:`treemdp.llm.evaluate.EvalConfig` (one field, one flag, its
 docstring the help); ``daa`` also takes the chosen objective's parameters as flags
 (``--loss cdpo --epsilon 0.2``), as ``treemdp train`` does. Handlers parse and validate; the
@@ -20,16 +20,21 @@ from .flags import add_dataclass_flags, values_from_args
 
 def _choices() -> dict:
     from ..llm.data import TOKENIZATIONS, TRUNCATION_MODES
-    from ..llm.train import DEVICES, OPTIMIZERS, PRECISIONS, PRESETS
+    from ..llm.train import DEVICES, LR_SCHEDULERS, OPTIMIZERS, PRECISIONS, PRESETS, REPORT_TO
     return {"preset": list(PRESETS), "optimizer": list(OPTIMIZERS), "device": list(DEVICES),
             "precision": list(PRECISIONS), "truncation": list(TRUNCATION_MODES),
-            "tokenization": list(TOKENIZATIONS)}
+            "tokenization": list(TOKENIZATIONS), "lr_scheduler": list(LR_SCHEDULERS),
+            "report_to": list(REPORT_TO)}
+
+
+CONFIG_HELP = ("rerun a run from its config.json (every setting, the objective included); flags "
+               "given override it; give a new --out (bit for bit the same numbers on CPU)")
 
 
 def add_parsers(subparsers) -> None:
     """Register ``treemdp llm`` and its subcommands."""
     from ..llm.evaluate import EvalConfig
-    from ..llm.train import DAA_FIELDS, TrainConfig
+    from ..llm.train import DAA_FIELDS, LLMConfig
     llm = subparsers.add_parser("llm", help="the same objectives on causal LMs (Pythia / GPT-NeoX)",
                                 description="SFT, DPO/IPO/SLiC (any objective of 'treemdp losses') "
                                             "and evaluation on causal LMs; see docs/llm.md.")
@@ -51,17 +56,21 @@ def add_parsers(subparsers) -> None:
     p = sub.add_parser("sft", help="supervised fine-tuning on prompt/completion rows",
                        epilog="Data: JSONL with prompt/completion (strings or chat messages), a "
                               "datasets folder or a hub dataset (--split, --columns).")
-    add_dataclass_flags(p, TrainConfig, skip=("phase",) + DAA_FIELDS, choices=_choices(),
-                        title="run settings (every TrainConfig field)")
+    p.add_argument("--config", metavar="RUN/config.json", help=CONFIG_HELP)
+    add_dataclass_flags(p, LLMConfig, skip=("phase",) + DAA_FIELDS, choices=_choices(),
+                        title="run settings (every LLMConfig field)")
     p.set_defaults(func=run_sft)
 
     p = sub.add_parser("daa", help="DPO / IPO / SLiC or any objective on prompt/chosen/rejected rows",
                        epilog="Objective parameters are flags too: --loss cdpo --epsilon 0.2 (or "
                               "--loss 'cdpo(epsilon=0.2)'); 'treemdp losses' lists them. TRL's "
                               "losses: --loss 'trl(loss_type=ipo)'. Your own: --loss "
-                              "package.module:function.")
-    add_dataclass_flags(p, TrainConfig, skip=("phase",), choices=_choices(),
-                        title="run settings (every TrainConfig field)")
+                              "package.module:function. TR-DPO: --ref-sync-steps N "
+                              "[--ref-mixup-alpha A]. LoRA: --lora-r R (pip install "
+                              "'treemdp[lora]').")
+    p.add_argument("--config", metavar="RUN/config.json", help=CONFIG_HELP)
+    add_dataclass_flags(p, LLMConfig, skip=("phase",), choices=_choices(),
+                        title="run settings (every LLMConfig field)")
     p.set_defaults(func=run_daa, loss_flags=True)
 
     p = sub.add_parser("eval", help="evaluate a model (or every checkpoint of a run) against a reference")
@@ -80,17 +89,37 @@ def add_parsers(subparsers) -> None:
 
 
 def config_from_args(args: argparse.Namespace, phase: str):
-    """TrainConfig from the flags given; with ``--resume``, settings left out come from the run's
-    ``config.json`` (so a bare ``--out DIR --resume`` continues a run as it was started)."""
-    from ..llm.train import TrainConfig, config_for_resume
-    base = config_for_resume(args.out) if args.resume and args.out else {}
-    values = values_from_args(args, TrainConfig, base)
+    """LLMConfig from the flags given; with ``--config RUN/config.json`` the settings left out
+    come from that run, with ``--resume`` from the run in ``--out`` (so a bare ``--out DIR
+    --resume`` continues a run as it was started)."""
+    from ..llm.train import LLMConfig, config_for_rerun, config_for_resume
+    base, source = {}, None
+    if getattr(args, "config", None):
+        base = config_for_rerun(args.config)
+        source = base.pop("_loss_source", None)
+        if base["phase"] != phase:
+            raise UserError(f"{args.config} is a {base['phase']} run; rerun it with 'treemdp llm "
+                            f"{base['phase']} --config ...'")
+    if args.resume and args.out:
+        base = base | config_for_resume(args.out)
+    values = values_from_args(args, LLMConfig, base)
     if phase == "daa" and getattr(args, "extra", None):
         from .train import apply_objective_flags
-        (values["loss"],) = apply_objective_flags([values.get("loss", TrainConfig.loss)],
+        (values["loss"],) = apply_objective_flags([values.get("loss", LLMConfig.loss)],
                                                   args.extra)
     values["phase"] = phase
-    return TrainConfig(**values)
+    if source and values.get("loss") == base.get("loss"):
+        _check_objective(values["loss"], source)
+    return LLMConfig(**values)
+
+
+def _check_objective(loss: str, source: dict) -> None:
+    """A rerun's user objective must import; if not, say where it came from and how to reach it."""
+    from ..llm.train import objective_hint, objective_spec
+    try:
+        objective_spec(loss)
+    except ValueError as e:
+        raise UserError(objective_hint(str(e), loss, source)) from None
 
 
 def _train(args, phase: str) -> int:

@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..losses import get_objective
 from ..objectives import check_loss, loss_spec
 from ..policies import CELLS, POLICIES
-from ..settings import Settings, check_bool, check_integer, check_non_negative, check_positive, setting
+from ..settings import Settings, check_bool, check_integer, check_non_negative, check_positive, check_real, setting
 from ..tree import TreeMDP
 
 METHODS = ("daa", "rlhf", "bon")
@@ -110,6 +110,10 @@ class LabConfig(Settings):
     """Rescale the reward model to mean 0, variance 1 under the reference before RLHF (Ziegler et al. 2019), so beta is on one scale whatever the fit's; false: the raw Bradley-Terry fit. Best-of-n does not depend on it."""
     n: tuple = setting(DEFAULT_N, check=check_best_of_n)
     """Best-of-n sizes (method bon)."""
+    ref_sync_steps: int = setting(0, check=check_integer(0))
+    """DAA with TR-DPO: update the loss's reference every N steps (0: frozen, the paper's); measurements keep the SFT reference."""
+    ref_mixup_alpha: float = setting(1.0, check=check_real(0.0, 1.0, low_open=True))
+    """TR-DPO: ref <- alpha * policy + (1 - alpha) * ref at each update, alpha in (0, 1] (1: a copy)."""
     log_every: int = setting(1, check=check_integer(1))
     """Write every this many steps to curve.csv (and the last); measurements are taken at every step."""
     threads: int = setting(1, check=check_integer(1))

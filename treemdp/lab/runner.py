@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..engine import (Phase, PairSchedule, PhaseRecord, RunContext, bradley_terry_loss, daa_loss,
+from ..engine import (Phase, PairSchedule, PhaseRecord, ReferenceUpdates, RunContext, bradley_terry_loss, daa_loss,
                       kl_regularised_loss, run_phase, sft_loss, stack_parameters, torch_threads)
 from ..exact import plog
 from ..grid import plan
@@ -271,18 +271,24 @@ def _optimise(configs, template, params, ctx: RunContext, rewards, on_work):
         schedule = PairSchedule([c.pairs for c in configs], first.batch_size,
                                 [stream_seed(c.seed, "minibatches") for c in configs],
                                 device=device)
-        loss = daa_loss(ctx, [get_objective(c.loss) for c in configs], beta, schedule=schedule)
+        hook, before_step = None, None
+        if first.ref_sync_steps:  # TR-DPO: the loss's reference moves; measurements keep the SFT one
+            moving = ReferenceUpdates(template, params, ctx.ref_logp, first.ref_sync_steps, first.ref_mixup_alpha)
+            hook, before_step = moving.hook, moving.before_step
+        loss = daa_loss(ctx, [get_objective(c.loss) for c in configs], beta, schedule=schedule, hook=hook)
     else:
         loss = kl_regularised_loss(ctx, rewards.float().to(device), beta)
+        before_step = None
     record, final_logp = policy_phase(template, params, ctx, loss, name=first.method, steps=first.steps,
                                       lrs=[c.lr for c in configs], optimizer=first.optimizer,
-                                      measurements=LAB_MEASUREMENTS, on_work=on_work)
+                                      measurements=LAB_MEASUREMENTS, on_work=on_work, before_step=before_step)
     return record, schedule, final_logp
 
 
 def policy_phase(template, params: dict, ctx: RunContext, loss, *, name: str, steps: int, lrs: Sequence[float],
                  optimizer: str = "adam", measurements: Sequence[str] = (),
-                 on_work: Optional[Callable[[int], None]] = None) -> tuple[PhaseRecord, torch.Tensor]:
+                 on_work: Optional[Callable[[int], None]] = None,
+                 before_step: Optional[Callable[[int, dict], None]] = None) -> tuple[PhaseRecord, torch.Tensor]:
     """R stacked policies (``params``, from their references) trained by ``loss`` on the engine.
 
     Returns the phase's record (``measurements`` at every step, no probabilities kept) and the
@@ -291,7 +297,7 @@ def policy_phase(template, params: dict, ctx: RunContext, loss, *, name: str, st
     """
     R = int(ctx.in_distribution.shape[0])
     record = _quiet_record(name, steps, ctx, measurements)
-    params = run_phase(template, params, Phase(name, steps, list(lrs), loss), optimizer, record,
+    params = run_phase(template, params, Phase(name, steps, list(lrs), loss, before_step), optimizer, record,
                        on_step=None if on_work is None else (lambda n: on_work(n * R)))
     with torch.no_grad():
         final_logp = template.stacked_log_probs(params).double().cpu()

@@ -9,3 +9,12 @@ padding), ``logprobs`` (sequence log-probs, each pair's prompt computed once), `
 rate), ``plots``, ``synthetic`` (the shipped TL;DR-like data and its gold scorer). The command
 line is ``treemdp.cli.llm``.
 """
+
+
+def __getattr__(name: str):
+    """``LLMConfig`` and ``LLMRun`` from :mod:`treemdp.llm.train`, loaded on first use;
+    the old names ``TrainConfig`` and ``RunResult`` still work for one release (deprecated)."""
+    if name in ("LLMConfig", "LLMRun", "TrainConfig", "RunResult"):
+        from . import train as _train
+        return getattr(_train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -424,6 +424,34 @@ def tokenize_rows(rows: list[dict], tokenizer, *, kind: str, max_length: int,
     return examples, stats
 
 
+def check_tokenized(rows: list[dict], examples: list[Example], tokenizer, *, kind: str,
+                    path: str | Path = "data", model: str = "the model") -> None:
+    """UserError for data a tokenizer silently damages: a non-empty text that becomes no tokens,
+    or (pairs) a chosen and a rejected answer that differ as text but not as tokens. Either
+    means the pair carries no signal, usually a wrong or broken tokenizer. Checked on the kept
+    examples before truncation would make answers equal legitimately."""
+    names = ("completion",) if kind == "sft" else ("chosen", "rejected")
+    eos = getattr(tokenizer, "eos_token_id", None)
+    for example in examples:
+        row = rows[example.row]
+        if not all(isinstance(row[n], str) for n in names):
+            continue  # conversational rows: the chat template adds its own tokens
+        texts = [row[n] for n in names] + ([row["prompt"]] if isinstance(row.get("prompt"), str)
+                                           else [])
+        for n, text in zip(names + ("prompt",), texts):
+            if text.strip() and not [t for t in _ids(tokenizer, text) if t != eos]:
+                raise UserError(f"{path}: row {example.row + 1}: the {n} text tokenises to no "
+                                f"tokens with the tokenizer of {model}; is it the right "
+                                "tokenizer (its files present)?")
+        if kind != "sft" and row["chosen"] != row["rejected"]:
+            ids = [_ids(tokenizer, row[n]) for n in names]
+            if ids[0] == ids[1]:
+                raise UserError(f"{path}: row {example.row + 1}: chosen and rejected differ as "
+                                f"text but are the same tokens with the tokenizer of {model}; "
+                                "the pair would teach nothing (wrong tokenizer, or texts that "
+                                "differ only in characters it drops)")
+
+
 # ---------------------------------------------------------------- padding
 
 def collate(prompts: list[list[int]], completions: list[list[int]], pad_id: int

@@ -34,7 +34,7 @@ import torch
 from ..errors import UserError
 from ..losses import check_beta
 from .data import PAIR_FIELDS, Example, load_rows, tokenize_rows
-from .logprobs import log_prob_table, shared_prompt_works
+from .logprobs import cache_arguments, log_prob_table, new_cache, shared_prompt_works
 
 Judge = Callable[[list[str], list[str], list[str]], list[float]]
 
@@ -178,8 +178,9 @@ def sample(model, prompt_ids: list[list[int]], *, max_new_tokens: int, eos_id: i
             mask[i, width - len(p):] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    **keep)
+        cache = new_cache(model)  # filled in place by every pass below
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                    **cache_arguments(model, cache), **keep)
         next_position = positions[:, -1:] + 1  # [n, 1]
         done = torch.zeros(n, dtype=torch.bool, device=device)
         drawn = []
@@ -193,7 +194,7 @@ def sample(model, prompt_ids: list[list[int]], *, max_new_tokens: int, eos_id: i
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
-                        past_key_values=out.past_key_values, use_cache=True)
+                        **cache_arguments(model, cache))
             next_position = next_position + 1
         for row in torch.stack(drawn, dim=1).tolist():
             answers.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
@@ -288,10 +289,27 @@ def evaluate_model(model_path: str, cfg: EvalConfig, *, ref_model=None, ref_path
         texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
         prompt_text = [_text(rows[ex.row]["prompt"]) for ex in picks for _ in range(cfg.samples)]
         refs = [_text(rows[ex.row]["chosen"]) for ex in picks for _ in range(cfg.samples)]
-        verdicts = [float(v) for v in judge(prompt_text, texts, refs)]
+        verdicts = run_judge(judge, cfg.judge, prompt_text, texts, refs)
         result["win_rate"] = sum(verdicts) / n
         result["win_rate_se"] = float(torch.tensor(verdicts).std() / math.sqrt(n)) if n > 1 else 0.0
     return result
+
+
+def run_judge(judge, spec, prompts: list[str], completions: list[str], references: list[str]
+              ) -> list[float]:
+    """The judge's verdicts as floats, one per completion; a judge that raises or answers with
+    anything else is one UserError naming it."""
+    name = spec if isinstance(spec, str) else getattr(spec, "__name__", type(spec).__name__)
+    try:
+        verdicts = [float(v) for v in judge(prompts, completions, references)]
+    except Exception as e:  # noqa: BLE001 - a user's judge fails in any way; one line naming it
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UserError(f"judge {name} failed: {type(e).__name__}: {first} (a judge is "
+                        "judge(prompts, completions, references) -> list of numbers)") from None
+    if len(verdicts) != len(completions):
+        raise UserError(f"judge {name} returned {len(verdicts)} verdicts for {len(completions)} "
+                        "completions; it must return one number per completion")
+    return verdicts
 
 
 def _text(value) -> str:

@@ -55,7 +55,27 @@ def target_log_probs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Te
 
 
 def _inner(model):
-    return getattr(model, "module", model)  # look through a DDP wrapper
+    model = getattr(model, "module", model)  # look through a DDP wrapper
+    base = getattr(model, "get_base_model", None)  # and a peft (LoRA) one
+    return base() if callable(base) else model
+
+
+def new_cache(model):
+    """An empty key/value cache for ``model`` (transformers' ``DynamicCache``), filled in place
+    by the forward passes it is given to."""
+    from transformers import DynamicCache
+    config = getattr(_inner(model), "config", None)
+    try:
+        return DynamicCache(config=config) if config is not None else DynamicCache()
+    except TypeError:  # transformers before the config argument
+        return DynamicCache()
+
+
+def cache_arguments(model, cache) -> dict:
+    """Keyword arguments passing ``cache`` to ``model``'s forward: ``cache=`` where the model takes
+    it (transformers 5.2x renamed it; ``past_key_values=`` is deprecated there), else
+    ``past_key_values=`` (the pyproject floor, 4.56)."""
+    return {"cache" if _accepts(model, "cache") else "past_key_values": cache, "use_cache": True}
 
 
 def _accepts(model, name: str) -> bool:
@@ -131,13 +151,15 @@ def shared_pair_log_probs(model, batch: dict[str, torch.Tensor]
     cache, past = None, prompt_mask.repeat(2, 1)  # [2B, P_max - 1], maybe 0 wide
     if prompt_ids.shape[1] > 0:
         kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+        cache = new_cache(model)
         with _prompt_pass_context(model):
-            cache = model(input_ids=prompt_ids, use_cache=True, **kwargs).past_key_values
+            model(input_ids=prompt_ids, **cache_arguments(model, cache), **kwargs)
         cache.batch_select_indices(torch.arange(b, device=prompt_ids.device).repeat(2))
     completion_mask = batch["completion_mask"]
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                    attention_mask=torch.cat([past, completion_mask], dim=1),
-                   past_key_values=cache, use_cache=cache is not None).logits  # [2B, C, V]
+                   **(cache_arguments(model, cache) if cache is not None
+                      else {"use_cache": False})).logits  # [2B, C, V]
     logps = target_log_probs(logits, batch["targets"], completion_mask).sum(dim=1)
     return logps.view(2, b).T, completion_mask.sum(dim=1).view(2, b).T
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..runs import share_modes
 
 DEFAULT_MODEL = "EleutherAI/pythia-160m"
 EOS = "<|endoftext|>"
@@ -43,20 +44,50 @@ def check_model_path(name: str) -> str:
         path = Path(name).expanduser()
         if not path.exists():
             raise UserError(f"model path does not exist: {name}")
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise UserError(f"{name} holds no config.json; not a saved model folder")
         return str(path)
     return name
 
 
+#: Files of which a saved tokenizer has at least one (fast, BPE, SentencePiece layouts).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model",
+                   "spiece.model", "vocab.txt")
+#: A probe text every real tokenizer turns into tokens.
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+def check_tokenizer(tokenizer, name: str) -> None:
+    """UserError for a degenerate tokenizer: one that turns plain text into no tokens (what
+    transformers builds from a model folder saved without its tokenizer files)."""
+    try:
+        ids = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    except Exception as e:  # noqa: BLE001 - a broken tokenizer fails in many ways; one line
+        raise UserError(f"the tokenizer of {name} cannot encode text ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if len(ids) == 0:
+        raise UserError(f"the tokenizer of {name} turns text into no tokens ({len(tokenizer)} "
+                        "tokens in its vocabulary): the folder's tokenizer files are missing or "
+                        "broken; save the model's tokenizer there (tokenizer.save_pretrained)")
+
+
 def load_tokenizer(name: str, *, quiet: bool = False):
-    """Load a tokenizer; one without a pad token gets its EOS token as padding (said on stderr)."""
+    """Load a tokenizer; one without a pad token gets its EOS token as padding (said on stderr).
+    A local folder without tokenizer files, or a tokenizer that encodes text to nothing, is a
+    UserError naming the folder (transformers would quietly build an empty one)."""
     from transformers import AutoTokenizer
     name = check_model_path(name)
+    path = Path(name).expanduser()
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"{name} holds a model but no tokenizer (none of "
+                        f"{', '.join(TOKENIZER_FILES[:3])}, ...); save it beside the model with "
+                        f"tokenizer.save_pretrained({name!r}), e.g. the tokenizer of the model "
+                        "it was trained from")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load tokenizer from {name}: {str(e).splitlines()[0]}") from None
+    check_tokenizer(tokenizer, name)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise UserError(f"tokenizer of {name} has neither a pad nor an EOS token")
@@ -67,9 +98,38 @@ def load_tokenizer(name: str, *, quiet: bool = False):
     return tokenizer
 
 
+def adapter_base(name: str) -> str | None:
+    """The base model of a LoRA adapter folder (``adapter_config.json``, written by peft), else None."""
+    path = Path(name).expanduser() / "adapter_config.json"
+    if not path.is_file():
+        return None
+    import json
+    try:
+        base = json.loads(path.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        base = None
+    if not base:
+        raise UserError(f"{path} names no base model (base_model_name_or_path)")
+    return base
+
+
+def require_peft():
+    """The ``peft`` module, or a UserError saying how to install it (LoRA is an optional extra)."""
+    try:
+        import peft
+    except ImportError:
+        raise UserError("LoRA needs the peft package: pip install 'treemdp[lora]' "
+                        "(or pip install peft)") from None
+    return peft
+
+
 def check_causal(name: str):
-    """Load only the config of ``name``; fail with one line if it is missing or not a causal LM."""
+    """Load only the config of ``name``; fail with one line if it is missing or not a causal LM
+    (a LoRA adapter folder is checked through its base model)."""
     from transformers import AutoConfig
+    base = adapter_base(name) if Path(name).expanduser().is_dir() else None
+    if base is not None:
+        return check_causal(base)
     name = check_model_path(name)
     try:
         config = AutoConfig.from_pretrained(name)
@@ -102,10 +162,15 @@ def check_finite_weights(model, name: str) -> None:
 
 
 def load_model(name: str, *, dtype: torch.dtype = torch.float32):
-    """Load a causal LM; fails with one line if the folder is missing or the model not causal."""
+    """Load a causal LM; fails with one line if the folder is missing or the model not causal.
+    A LoRA adapter folder (a LoRA run's checkpoint) loads as its base with the adapters merged."""
     from transformers import AutoModelForCausalLM
     check_causal(name)
     name = check_model_path(name)
+    base = adapter_base(name) if Path(name).expanduser().is_dir() else None
+    if base is not None:
+        peft = require_peft()
+        return peft.PeftModel.from_pretrained(load_model(base, dtype=dtype), name).merge_and_unload()
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
@@ -175,6 +240,7 @@ def build_tiny_model(out: str | Path, *, hidden_size: int = 64, num_layers: int 
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        share_modes(out)
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     return out
