@@ -85,11 +85,11 @@ def gold_judge(prompts: list[str], completions: list[str], references: list[str]
     return out
 
 
-def reward_model_judge(path: str, device: str = "cpu") -> Judge:
-    """A judge comparing the scalar scores of a sequence-classification reward model.
+def reward_model_scorer(path: str, device: str = "cpu") -> Callable[[list[str]], list[float]]:
+    """``score(texts) -> list[float]``: the scalar outputs of a sequence-classification reward model.
 
     Refuses a checkpoint without trained reward-head weights (a causal LM, say): transformers
-    would fill the head with random numbers and the verdicts would be noise.
+    would fill the head with random numbers and the scores would be noise.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from .models import check_model_path
@@ -111,9 +111,19 @@ def reward_model_judge(path: str, device: str = "cpu") -> Judge:
     rm.config.pad_token_id = tok.pad_token_id
 
     @torch.no_grad()
-    def score(texts: list[str]) -> list[float]:
-        enc = tok(texts, return_tensors="pt", padding=True, truncation=True).to(device)
-        return rm(**enc).logits[:, 0].float().tolist()
+    def score(texts: list[str], batch_size: int = 64) -> list[float]:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = tok(texts[start: start + batch_size], return_tensors="pt", padding=True,
+                      truncation=True).to(device)
+            out += rm(**enc).logits[:, 0].float().tolist()
+        return out
+    return score
+
+
+def reward_model_judge(path: str, device: str = "cpu") -> Judge:
+    """A judge comparing the scores of :func:`reward_model_scorer` (1 better, 0.5 tie, 0 worse)."""
+    score = reward_model_scorer(path, device)
 
     def judge(prompts, completions, references):
         a = score([p + c for p, c in zip(prompts, completions)])
@@ -143,6 +153,42 @@ def get_judge(spec, device: str = "cpu") -> Judge | None:
         raise UserError(f"judge {spec!r} is a {type(judge).__name__}, not a function "
                         "judge(prompts, completions, references) -> list[float]")
     return judge
+
+
+def checked_scores(values, n: int, name: str, *, low: float = -math.inf, high: float = math.inf
+                   ) -> list[float]:
+    """``values`` as n finite floats in [low, high], or a one-line UserError naming ``name``.
+
+    Ranges per kind: a judge's verdicts are win probabilities in [0, 1]; a gold reward is any
+    finite real number.
+    """
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{name} returned {type(values).__name__}, not {n} numbers ({e})") from None
+    if len(out) != n:
+        raise UserError(f"{name} returned {len(out)} values for {n} samples (one per sample needed)")
+    bad = next((i for i, v in enumerate(out) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise UserError(f"{name} returned a non-finite value ({out[bad]}) for sample {bad}")
+    bad = next((i for i, v in enumerate(out) if not low <= v <= high), None)
+    if bad is not None:
+        raise UserError(f"{name} returned {out[bad]} for sample {bad}, outside [{low:g}, {high:g}]")
+    return out
+
+
+def call_judge(judge: Judge, spec, prompts: list[str], completions: list[str],
+               references: list[str]) -> list[float]:
+    """The judge's verdicts, validated (:func:`checked_scores`, range [0, 1]); a judge that raises
+    becomes one line naming it."""
+    name = f"judge {spec if isinstance(spec, str) else getattr(spec, '__name__', 'callable')}"
+    try:
+        verdicts = judge(prompts, completions, references)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's judge failed: one line naming it
+        raise UserError(f"{name} failed: {type(e).__name__}: {e}".splitlines()[0]) from None
+    return checked_scores(verdicts, len(completions), name, low=0.0, high=1.0)
 
 
 def r_squared(x: list[float], y: list[float]) -> float:
@@ -288,7 +334,7 @@ def evaluate_model(model_path: str, cfg: EvalConfig, *, ref_model=None, ref_path
         texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
         prompt_text = [_text(rows[ex.row]["prompt"]) for ex in picks for _ in range(cfg.samples)]
         refs = [_text(rows[ex.row]["chosen"]) for ex in picks for _ in range(cfg.samples)]
-        verdicts = [float(v) for v in judge(prompt_text, texts, refs)]
+        verdicts = call_judge(judge, cfg.judge, prompt_text, texts, refs)
         result["win_rate"] = sum(verdicts) / n
         result["win_rate_se"] = float(torch.tensor(verdicts).std() / math.sqrt(n)) if n > 1 else 0.0
     return result
