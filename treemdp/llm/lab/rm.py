@@ -64,7 +64,7 @@ def train_reward_model(model: str, data, out, *, epochs: float = 4.0, lr: float 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             correct.append(float((r[0] > r[1]).float().mean()))
     finally:
         torch.set_num_threads(old_threads)
