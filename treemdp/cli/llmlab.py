@@ -52,6 +52,12 @@ def add_parsers(sub) -> None:
                         choices={"language": list(LANGUAGES), "pair_source": list(PAIR_SOURCES),
                                  "device": ["cpu", "cuda", "auto"]},
                         title="study settings (every StudyConfig field)")
+    try:  # the grid's executors (local processes, Dask, SLURM) where treemdp.grid is installed
+        from .executor import add_executor_flags
+        p.add_argument("--workers", type=int, default=1, help="runs at once (default: 1)")
+        add_executor_flags(p)
+    except ImportError:
+        pass
     p.set_defaults(func=run_lab)
 
     p = labsub.add_parser("report", help="tables (results, summary, fits, best-of-n) and humps.png of a study")
@@ -91,7 +97,11 @@ def run_lab(args) -> int:
             values[name] = parse_seeds(value) if name == "seeds" else tuple(value)
     cfg = StudyConfig(**values).checked()
     _quiet_transformers()
-    results = run_study(cfg, args.out)
+    options = {}
+    if getattr(args, "workers", None) is not None:
+        from .executor import executor_arguments
+        options = dict(executor_arguments(args), workers=args.workers)
+    results = run_study(cfg, args.out, **options)
     print(f"lab: {results['run'].nunique() if 'run' in results else len(results)} rows of "
           f"{len(set(zip(results['loss'], results['beta'], results['seed'], results['pairs'])))} runs in "
           f"{args.out}/results.csv")
