@@ -102,23 +102,14 @@ def run_grid(configs, dataset=None, *, desc: str = "precomputing the runs behind
     Configurations that share a shape (``shape_key``: tree, policy, hidden size,
     step counts, ...) run as one batched computation, so a grid over loss x beta x seed x
     learning rate costs about as much as a few single runs. Widgets then index the results.
+    This is the sweep's grid in memory (:func:`treemdp.grid.compute`): the same stacks, no folders.
 
     Returns:
         One :class:`~treemdp.training.RunResult` (or the ``TrainingDiverged`` error) per config.
     """
-    from tqdm.auto import tqdm
-    from .training import shape_key, train_batch
-
-    groups: dict[tuple, list[int]] = {}
-    for i, config in enumerate(configs):
-        groups.setdefault(shape_key(config), []).append(i)
-    total = sum(configs[members[0]].sft_steps + configs[members[0]].daa_steps for members in groups.values())
-    results: list = [None] * len(configs)
-    with tqdm(total=total, desc=f"{desc} ({len(configs)} runs)", unit="step", leave=False) as bar:
-        for members in groups.values():
-            for i, result in zip(members, train_batch([configs[i] for i in members], dataset, on_step=bar.update)):
-                results[i] = result
-    return results
+    from .grid import compute
+    from .sweep import ToyStudy
+    return compute(ToyStudy(dataset=dataset), configs, desc=f"{desc} ({len(configs)} runs)")
 
 
 def trajectory_roles(history: pd.DataFrame, dataset=None) -> dict[str, str]:

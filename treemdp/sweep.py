@@ -17,20 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
-import math
-import os
-import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 
 from .errors import UserError
+from .grid import RESULTS, Job as GridJob, Study, finished_runs, json_text, run_grids
+from .grid import read_results as grid_results
+from .grid import run_names as grid_names
 from .training import TrainConfig, TrainingDiverged, shape_key, train_batch
 
-RESULTS = "results.csv"
 #: Fields always in a run directory's name, whether or not the grid varies them.
 NAME_FIELDS = ("loss", "beta", "seed")
 
@@ -80,20 +77,55 @@ def grid(base: TrainConfig | None = None, **axes: Sequence) -> list[TrainConfig]
 
 
 def _format(value) -> str:
+    """A setting's value in a run directory's name (floats as Python writes them, 0.1 not 0.10000)."""
     if isinstance(value, float):
         return repr(value) if not value.is_integer() else f"{value:g}"
     return str(value)
 
 
+class ToyStudy(Study):
+    """The toy track on the grid (:mod:`treemdp.grid`): TrainConfig runs, stacked by
+    :func:`~treemdp.training.shape_key` in :func:`~treemdp.training.train_batch`, each written in
+    the ``train`` layout (or ``light``: config.json and summary.json only)."""
+
+    label = "sweep"
+    name_fields = NAME_FIELDS
+    layout = "fill"
+    spread = True
+
+    def __init__(self, *, light: bool = False, plot: bool = True, batch_size: int = None, dataset=None):
+        self.light, self.plot, self.dataset = light, plot, dataset
+        self.max_batch = BATCH_SIZE if batch_size is None else batch_size
+
+    def shape(self, config: TrainConfig):
+        return shape_key(config)
+
+    def batch_limit(self, config: TrainConfig) -> int:
+        return min(self.max_batch, batch_limit(config, keep_history=not self.light))
+
+    def cost(self, config: TrainConfig) -> float:
+        return (config.sft_steps + config.daa_steps) * config.hidden_size ** 2
+
+    def check(self, configs: Sequence[TrainConfig]) -> None:
+        _check_data(configs)
+
+    def run_batch(self, configs, on_work):
+        unit = len(configs) * configs[0].hidden_size ** 2
+        return train_batch(configs, self.dataset, on_step=lambda n: on_work(n * unit), keep_history=not self.light)
+
+    def write_run(self, folder: Path, config: TrainConfig, result) -> dict:
+        return _write_result(folder, config, result, light=self.light, plot=self.plot)
+
+    def format_value(self, value) -> str:
+        return _format(value)
+
+    def result_row(self, name: str, config: dict, summary: dict) -> dict:
+        return result_row(name, config, summary)
+
+
 def run_names(configs: Sequence[TrainConfig]) -> list[str]:
     """A directory name per config: ``loss=dpo,beta=0.1,seed=3`` plus every other field that varies."""
-    dicts = [c.to_dict() for c in configs]
-    fields = list(NAME_FIELDS) + [k for k in dicts[0] if k not in NAME_FIELDS
-                                  and len({json.dumps(d[k]) for d in dicts}) > 1] if dicts else []
-    names = [",".join(f"{k}={_format(d[k])}" for k in fields).replace(os.sep, "_") for d in dicts]
-    if len(set(names)) != len(names):
-        raise UserError("the grid repeats a configuration")
-    return names
+    return grid_names(ToyStudy(), configs)
 
 
 # ----- results table ----------------------------------------------------------------------------
@@ -111,31 +143,18 @@ def result_row(name: str, config: dict, summary: dict) -> dict:
     return row
 
 
-def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    from .runs import atomic_file
-    with atomic_file(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
 def read_results(out: str | Path) -> pd.DataFrame:
     """The grid's results.csv (one row per finished run)."""
-    path = Path(out) / RESULTS
-    if not path.is_file():
-        raise UserError(f"{str(out)!r} holds no sweep results ({RESULTS} missing)")
-    return pd.read_csv(path)
+    return grid_results(out, what="sweep")
 
 
 # ----- writing runs -----------------------------------------------------------------------------
-def _json(obj) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=True) + "\n"
-
-
 def _write_small(out: Path, config: TrainConfig, summary: dict) -> None:
     """A light run directory (config.json, summary.json only), written whole."""
     from .runs import atomic_directory
     with atomic_directory(out) as tmp:
-        (tmp / "config.json").write_text(_json(config.to_dict()))
-        (tmp / "summary.json").write_text(_json(summary))
+        (tmp / "config.json").write_text(json_text(config.to_dict()))
+        (tmp / "summary.json").write_text(json_text(summary))
 
 
 def _diverged_summary(config: TrainConfig, error: Exception) -> dict:
@@ -154,43 +173,6 @@ def _write_result(out: Path, config: TrainConfig, result, *, light: bool, plot: 
         from .runs import write_run
         write_run(result, out, plot=plot)
     return result.summary
-
-
-def _clean_partial(out: Path) -> None:
-    """Remove hidden temp folders/files that an interrupted write left behind."""
-    for path in out.glob(".*"):
-        if ".tmp-" in path.name or ".old-" in path.name:
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-
-
-def _stored_config(run_dir: Path) -> Optional[dict]:
-    try:
-        return json.loads((run_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _train_and_write(batch: list[tuple[str, TrainConfig]], out: Path, light: bool, plot: bool,
-                     on_step=None, finished: frozenset = frozenset()) -> list[tuple[str, dict, dict]]:
-    """Train one batch and write every run of it not in ``finished``; returns their result rows.
-
-    A batch is always trained whole (finished runs included), so every run's numbers are those of
-    the uninterrupted sweep, bit for bit: a stacked run's last bits can depend on the stack.
-    """
-    results = train_batch([c for _, c in batch], on_step=on_step, keep_history=not light)
-    rows = []
-    for (name, config), result in zip(batch, results):
-        if name in finished:
-            continue
-        summary = _write_result(out / name, config, result, light=light, plot=plot)
-        rows.append((name, config.to_dict(), summary))
-    return rows
-
-
-def _worker(batch, out, light, plot, threads, finished):
-    import torch
-    torch.set_num_threads(threads)
-    return _train_and_write(batch, Path(out), light, plot, finished=finished)
 
 
 #: Most runs trained as one stacked computation by default (a larger group is cut into equal parts).
@@ -225,7 +207,7 @@ class Job:
 
 def sweep(configs: Sequence[TrainConfig], out: str | Path, *, names: Optional[Sequence[str]] = None,
           light: bool = False, plot: bool = True, batch_size: int = BATCH_SIZE, workers: int = 1,
-          progress: bool = True, replace_changed: bool = False) -> pd.DataFrame:
+          progress: bool = True, replace_changed: bool = False, executor=None, **executor_options) -> pd.DataFrame:
     """Train every config (skipping finished ones) and write run directories plus results.csv.
 
     Args:
@@ -235,10 +217,14 @@ def sweep(configs: Sequence[TrainConfig], out: str | Path, *, names: Optional[Se
         light: write only config.json and summary.json per run (no history, weights, plot).
         plot: draw each run's run.png (full runs only).
         batch_size: most runs trained as one computation.
-        workers: processes training batches in parallel (1: this process).
+        workers: processes training batches in parallel (1: this process); the batches are cut for
+            this many workers, whichever executor runs them.
         progress: a tqdm bar across the grid.
         replace_changed: retrain a finished run whose stored settings differ from its config
             (default: refuse, naming it).
+        executor: where the batches run (:func:`treemdp.grid.run_grid`): ``"local"`` (default),
+            ``"dask:local"``, ``"dask:tcp://HOST:PORT"``, ``"slurm"``, ``"slurm:local"`` or an Executor.
+        **executor_options: SLURM resources (:class:`treemdp.executors.SlurmOptions` fields).
 
     Returns:
         The results table (also in ``out/results.csv``), one row per config, in ``configs`` order.
@@ -246,98 +232,22 @@ def sweep(configs: Sequence[TrainConfig], out: str | Path, *, names: Optional[Se
     configs = list(configs)
     job = Job(configs, Path(out), list(names) if names is not None else run_names(configs), light, plot,
               replace_changed)
-    return sweep_many([job], batch_size=batch_size, workers=workers, progress=progress)[0]
+    return sweep_many([job], batch_size=batch_size, workers=workers, progress=progress, executor=executor,
+                      **executor_options)[0]
 
 
 def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: int = 1, progress: bool = True,
-               desc: str | None = None) -> list[pd.DataFrame]:
+               desc: str | None = None, executor=None, **executor_options) -> list[pd.DataFrame]:
     """:func:`sweep` for several grid directories at once, sharing one pool of workers."""
-    from .runs import check_writable
     if batch_size < 1 or workers < 1:
         raise UserError("batch size and workers must be >= 1")
-    rows: list[dict[str, tuple]] = []
-    batches: list[tuple[int, list[tuple[str, TrainConfig]], frozenset]] = []
-    for j, job in enumerate(jobs):
-        if len(job.names) != len(job.configs) or len(set(job.names)) != len(job.names):
-            raise UserError("sweep needs one distinct name per config")
-        _check_data(job.configs)
-        job.out = check_writable(job.out)
-        job.out.mkdir(parents=True, exist_ok=True)
-        _clean_partial(job.out)
-        done, todo = _split_finished(job)
-        rows.append(done)
-        # The stacks are fixed by the whole grid (with the batch size and workers), not by what is
-        # left to do: a resumed sweep recomputes each unfinished stack whole, so every run gets the
-        # numbers of the uninterrupted sweep, bit for bit.
-        finished = frozenset(done)
-        groups: dict[tuple, list[tuple[str, TrainConfig]]] = {}
-        for name, config in zip(job.names, job.configs):
-            groups.setdefault(shape_key(config), []).append((name, config))
-        for group in groups.values():
-            size = min(batch_size, batch_limit(group[0][1], keep_history=not job.light))
-            # Fewer shapes than workers: cut a shape into a multiple of the workers it can keep
-            # busy, so they all finish together (batched cost hardly grows with runs, writing
-            # run directories does); then equal parts, no small remainder.
-            share = max(1, workers // len(groups))
-            parts = math.ceil(math.ceil(len(group) / size) / share) * share if len(group) > 1 else 1
-            size = math.ceil(len(group) / parts)
-            for i in range(0, len(group), size):
-                batch = group[i:i + size]
-                if any(name not in finished for name, _ in batch):
-                    batches.append((j, batch, finished.intersection(name for name, _ in batch)))
-    # Largest computations first, so parallel workers finish together.
-    batches.sort(key=lambda jb: -len(jb[1]) * jb[1][0][1].hidden_size ** 2)
-
-    def save_table(j):
-        job = jobs[j]
-        ordered = [rows[j][n] for n in job.names if n in rows[j]]
-        _write_csv_atomic(pd.DataFrame([result_row(*r) for r in ordered]), job.out / RESULTS)
-
-    for j in range(len(jobs)):
-        if rows[j]:
-            save_table(j)
-    total = sum(len(b) for _, b, _ in batches)
-    from tqdm.auto import tqdm
-    bar = tqdm(total=total, disable=not progress or not total, unit="run",
-               desc=desc or f"sweep {jobs[0].out.name}" if jobs else "sweep",
-               bar_format="{l_bar}{bar}| {n:.0f}/{total} runs [{elapsed}<{remaining}]")
-    try:
-        if workers == 1 or len(batches) == 1:
-            for j, batch, skip in batches:
-                job = jobs[j]
-                steps = max(1, batch[0][1].sft_steps + batch[0][1].daa_steps)
-                done_before = bar.n
-                on_step = lambda n, k=len(batch), s=steps: bar.update(n * k / s)  # noqa: E731
-                for row in _train_and_write(batch, job.out, job.light, job.plot, on_step=on_step, finished=skip):
-                    rows[j][row[0]] = row
-                bar.n = done_before + len(batch)
-                bar.refresh()
-                save_table(j)
-        else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            import multiprocessing
-            context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(_worker, batch, str(jobs[j].out), jobs[j].light, jobs[j].plot, threads, skip):
-                           (j, batch) for j, batch, skip in batches}
-                for future in as_completed(futures):
-                    j, batch = futures[future]
-                    for row in future.result():
-                        rows[j][row[0]] = row
-                    bar.update(len(batch))
-                    save_table(j)
-    finally:
-        bar.close()
-        # Runs that workers finished while this process was interrupted are on disk: list them too.
-        for j, job in enumerate(jobs):
-            try:
-                finished, _ = _split_finished(dataclasses.replace(job, replace_changed=True))
-            except OSError:
-                continue
-            if finished.keys() - rows[j].keys():
-                rows[j].update(finished)
-                save_table(j)
-    return [pd.DataFrame([result_row(*rows[j][n]) for n in job.names]) for j, job in enumerate(jobs)]
+    grid_jobs = [GridJob(ToyStudy(light=job.light, plot=job.plot, batch_size=batch_size), list(job.configs),
+                         Path(job.out), list(job.names), job.replace_changed) for job in jobs]
+    tables = run_grids(grid_jobs, executor=executor, workers=workers, progress=progress,
+                       desc=desc or (f"sweep {Path(jobs[0].out).name}" if jobs else "sweep"), **executor_options)
+    for job, done in zip(jobs, grid_jobs):
+        job.out = done.out
+    return tables
 
 
 def _check_data(configs: Sequence[TrainConfig]) -> None:
@@ -347,39 +257,6 @@ def _check_data(configs: Sequence[TrainConfig]) -> None:
     for data, branching, depth in {(c.data, c.branching, c.depth) for c in configs}:
         config = next(c for c in configs if (c.data, c.branching, c.depth) == (data, branching, depth))
         resolve_dataset(config, TreeMDP(branching, depth), None)
-
-
-def finished_runs(out: Path, names: Sequence[str], configs: Sequence, *, replace_changed: bool = False
-                  ) -> tuple[dict, list[int]]:
-    """(rows ``(name, stored config, summary)`` of the runs already finished in ``out`` with the same
-    settings, indices of the others), for any settings dataclass with ``to_dict`` (sweeps, the lab).
-
-    A folder with a ``summary.json`` is finished; if it holds other settings (or an unreadable
-    ``config.json``) that is an error naming them, unless ``replace_changed`` (then it is redone).
-    """
-    done, todo = {}, []
-    for i, (name, config) in enumerate(zip(names, configs)):
-        run_dir = out / name
-        if (run_dir / "summary.json").is_file():
-            wanted, stored = config.to_dict(), _stored_config(run_dir)
-            if stored == wanted:
-                try:
-                    done[name] = (name, stored, json.loads((run_dir / "summary.json").read_text()))
-                    continue
-                except (OSError, json.JSONDecodeError):
-                    pass  # unreadable summary: run it again
-            elif not replace_changed:
-                changed = sorted(k for k, v in wanted.items() if (stored or {}).get(k) != v)
-                raise UserError(f"{str(run_dir)!r} holds a run with other settings "
-                                f"({', '.join(changed) or 'config.json'}); use another --out or remove it")
-        todo.append(i)
-    return done, todo
-
-
-def _split_finished(job: Job) -> tuple[dict, list]:
-    """(rows of runs already finished with the same settings, (name, config) pairs to do)."""
-    done, todo = finished_runs(job.out, job.names, job.configs, replace_changed=job.replace_changed)
-    return done, [(job.names[i], job.configs[i]) for i in todo]
 
 
 def varying_settings(table: pd.DataFrame) -> list[str]:
@@ -407,4 +284,5 @@ def format_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["grid", "parse_seeds", "run_names", "sweep", "sweep_many", "Job", "read_results", "result_row", "format_table"]
+__all__ = ["grid", "parse_seeds", "run_names", "sweep", "sweep_many", "Job", "ToyStudy", "read_results", "result_row",
+           "format_table", "finished_runs", "RESULTS"]

@@ -16,6 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from ..errors import UserError
+from .executor import add_executor_flags, executor_arguments
 from .flags import add_dataclass_flags
 
 EPILOG = ("Every setting takes one or more values and the grid is their product; runs sharing a shape are "
@@ -43,9 +44,10 @@ def _grid_parser(subparsers, name: str, help_text: str, description: str, *, bon
                         title="lab settings (every LabConfig field; one or more values each)")
     if bon:
         parser.add_argument("--n", nargs="+", type=int, metavar="N", help="best-of-n sizes (default: 1 2 4 ... 4096)")
-    parser.add_argument("--workers", type=int, default=1, help="processes (default 1; 2 uses both cores of a laptop)")
+    parser.add_argument("--workers", type=int, default=1, help="processes (default 1; 2 uses both cores of a laptop; dask:local starts this many workers)")
     parser.add_argument("--format", default="csv", choices=("csv", "parquet"), help="each run's curve table (default csv)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    add_executor_flags(parser)
     parser.set_defaults(func=_grid_command, bon=bon, loss_flags=not bon)
     return parser
 
@@ -109,7 +111,8 @@ def _grid_command(args) -> int:
     if args.workers < 1:
         raise UserError("--workers must be >= 1")
     configs = grid(LabConfig(), **axes)
-    table = lab_sweep(configs, args.out, workers=args.workers, fmt=args.format, progress=not args.quiet)
+    table = lab_sweep(configs, args.out, workers=args.workers, fmt=args.format, progress=not args.quiet,
+                      **executor_arguments(args))
     if not args.quiet:
         print(format_results(table))
         print(f"{len(table)} runs in {args.out}/ ; table: {Path(args.out) / 'results.csv'}")

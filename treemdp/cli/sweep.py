@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..sweep import BATCH_SIZE
 from ..training import TrainConfig
+from .executor import add_executor_flags, executor_arguments
 from .train import add_config_flags, apply_objective_flags, shape_from_data, wants_loss_help
 
 
@@ -33,8 +34,10 @@ def add_parsers(subparsers) -> None:
     sweep.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                        help=f"most runs computed together (default {BATCH_SIZE}: fastest per run on a CPU)")
     sweep.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                       help="processes training and writing batches in parallel (default: up to 2)")
+                       help="processes training and writing batches in parallel (default: up to 2); with "
+                            "another --executor, the batches are cut for this many workers")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    add_executor_flags(sweep)
     sweep.set_defaults(func=_sweep_command)
 
     reproduce = subparsers.add_parser(
@@ -69,7 +72,7 @@ def _sweep_command(args) -> int:
             if len(axes[k]) > 1:
                 raise UserError(f"--{k} takes one value together with --data (the data fix the shape)")
     table = sweep(configs, args.out, light=args.light, plot=args.plot, batch_size=args.batch_size,
-                  workers=args.workers, progress=not args.quiet)
+                  workers=args.workers, progress=not args.quiet, **executor_arguments(args))
     if not args.quiet:
         print(format_table(table))
         print(f"{len(table)} runs in {args.out}/ ; table: {Path(args.out) / 'results.csv'}")

@@ -26,6 +26,7 @@ import torch
 
 from ..engine import (Phase, PairSchedule, PhaseRecord, RunContext, bradley_terry_loss, daa_loss,
                       kl_regularised_loss, run_phase, sft_loss, stack_parameters, torch_threads)
+from ..grid import plan
 from ..losses import get_objective
 from ..policies import make_policy
 from ..training import context_from_rows
@@ -93,14 +94,7 @@ def plan_batches(configs: Sequence[LabConfig], max_batch: int = MAX_BATCH) -> li
     to float rounding, which Adam's first steps amplify, since lr * g / (|g| + eps) turns
     gradient components at rounding level into steps of +-lr.)
     """
-    groups: dict[tuple, list[int]] = {}
-    for i, c in enumerate(configs):
-        groups.setdefault(shape_key(c), []).append(i)
-    batches = []
-    for idx in groups.values():
-        parts = -(-len(idx) // max_batch)
-        batches += [part.tolist() for part in np.array_split(np.array(idx), parts)]
-    return batches
+    return plan([shape_key(c) for c in configs], [max_batch] * len(configs), layout="equal")
 
 
 def run_lab(configs: Sequence[LabConfig], *, progress: bool = False,

@@ -9,8 +9,9 @@ Layout of a grid folder (``treemdp lab run|bon --out DIR``)::
     DIR/<run>/frontier.csv      the gold and win-rate frontiers of the run's reference
     DIR/<run>/data.json         its demonstrations and pairs (the --data format)
 
-Each run folder is written into a hidden sibling and renamed into place; ``results.csv`` is
-rewritten after every batch. Rerunning the same command skips finished runs, so an interrupt
+The grid itself (names, stacks, resume, ``results.csv``, executors) is :mod:`treemdp.grid`; this
+module is the lab's study on it (:class:`LabStudy`). Each run folder is written into a hidden
+sibling and renamed into place; ``results.csv`` is rewritten after every batch. Rerunning the same command skips finished runs, so an interrupt
 loses at most the batches in flight. :func:`load_lab` reads one or more grid folders back as
 pandas frames (curves with the run's settings as columns).
 """
@@ -18,9 +19,6 @@ pandas frames (curves with the run's settings as columns).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,11 +26,12 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from ..errors import UserError
-from ..runs import atomic_directory, check_writable
-from .config import IGNORED, LabConfig
-from .runner import BON_COLUMNS, STEP_COLUMNS, LabResult, _work, plan_batches, run_batch, run_lab
+from ..grid import RESULTS, Study, json_text, run_grid
+from ..grid import run_names as grid_names
+from ..runs import atomic_directory
+from .config import IGNORED, LabConfig, shape_key
+from .runner import BON_COLUMNS, MAX_BATCH, STEP_COLUMNS, LabResult, _work, run_batch
 
-RESULTS = "results.csv"
 #: Below this many run-steps a grid runs in this process (starting workers costs seconds).
 PARALLEL_WORK = 50_000
 FORMATS = ("csv", "parquet")
@@ -41,41 +40,57 @@ CURVE_KEYS = ("method", "loss", "beta", "pairs", "seed", "hidden_size", "policy"
               "label_temperature", "pair_source", "rm", "tree")
 
 
-def _format(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "-".join(map(str, value))
-    return str(value)
+class LabStudy(Study):
+    """The lab on the grid (:mod:`treemdp.grid`): LabConfig runs, stacked by
+    :func:`~treemdp.lab.config.shape_key` (at most :data:`~treemdp.lab.runner.MAX_BATCH` per stack,
+    equal parts), each written by :func:`write_lab_run`."""
+
+    label = "lab"
+    name_fields = ("method", "loss", "beta", "pairs", "seed")
+    max_batch = MAX_BATCH
+    parallel_work = PARALLEL_WORK
+
+    def __init__(self, fmt: str = "csv"):
+        self.fmt = fmt
+
+    def shape(self, config: LabConfig):
+        return shape_key(config)
+
+    def cost(self, config: LabConfig) -> float:
+        return _work(config)
+
+    def run_batch(self, configs, on_work):
+        return run_batch(configs, on_work=on_work)
+
+    def write_run(self, folder: Path, config: LabConfig, result: LabResult) -> dict:
+        write_lab_run(result, folder, fmt=self.fmt)
+        return result.summary
+
+    def name_keys(self, config: dict, varying: list[str]) -> list[str]:
+        """Loss only for DAA runs, beta not for best-of-n (the settings a method ignores)."""
+        return [k for k in [*self.name_fields, *varying] if k not in IGNORED[config["method"]]]
+
+    def result_row(self, name: str, config: dict, summary: dict) -> dict:
+        """The run's name, every setting (lists as ``1-4-16``), every scalar of its summary."""
+        row = {"run": name, **{k: self.format_value(v) if isinstance(v, list) else v for k, v in config.items()}}
+        row.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})  # loss "" for RLHF, ...
+        return row
 
 
 def run_names(configs: Sequence[LabConfig]) -> list[str]:
     """A folder name per run: ``method=daa,loss=dpo,beta=0.1,pairs=64,seed=3`` plus every other
     setting that varies in the grid (loss only for DAA runs, beta not for best-of-n)."""
-    dicts = [c.to_dict() for c in configs]
-    always = ("method", "loss", "beta", "pairs", "seed")
-    varying = [k for k in dicts[0] if k not in always and len({json.dumps(d[k]) for d in dicts}) > 1] if dicts else []
-    names = []
-    for d in dicts:
-        keys = [k for k in list(always) + varying if k not in IGNORED[d["method"]]]
-        names.append(",".join(f"{k}={_format(d[k])}" for k in keys).replace(os.sep, "_"))
-    if len(set(names)) != len(names):
-        raise UserError("the grid repeats a run")
-    return names
-
-
-def _json(obj) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=True) + "\n"
+    return grid_names(LabStudy(), configs)
 
 
 def write_lab_run(result: LabResult, out_dir: str | Path, *, fmt: str = "csv") -> Path:
     """Write one :class:`~treemdp.lab.runner.LabResult` into ``out_dir`` (see the module doc)."""
     with atomic_directory(out_dir) as tmp:
-        (tmp / "config.json").write_text(_json(result.config.to_dict()))
-        (tmp / "data.json").write_text(_json(result.dataset.to_json()))
+        (tmp / "config.json").write_text(json_text(result.config.to_dict()))
+        (tmp / "data.json").write_text(json_text(result.dataset.to_json()))
         _write_table(result.curve, tmp / "curve", fmt)
         result.frontier.to_csv(tmp / "frontier.csv", index=False, float_format="%.10g")
-        (tmp / "summary.json").write_text(_json(result.summary))
+        (tmp / "summary.json").write_text(json_text(result.summary))
     return Path(out_dir)
 
 
@@ -92,21 +107,8 @@ def _read_table(run_dir: Path) -> pd.DataFrame:
     return pd.read_csv(run_dir / "curve.csv")
 
 
-def result_row(name: str, config: dict, summary: dict) -> dict:
-    """One row of results.csv: the run's name, every setting, every scalar of its summary."""
-    row = {"run": name, **{k: _format(v) if isinstance(v, list) else v for k, v in config.items()}}
-    row.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})  # loss "" for RLHF, ...
-    return row
-
-
-def _write_results(rows: dict, names: Sequence[str], out: Path) -> None:
-    from ..sweep import _write_csv_atomic
-    frame = pd.DataFrame([result_row(*rows[n]) for n in names if n in rows])
-    _write_csv_atomic(frame, out / RESULTS)
-
-
 def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1, fmt: str = "csv",
-              progress: bool = True) -> pd.DataFrame:
+              progress: bool = True, executor=None, **executor_options) -> pd.DataFrame:
     """Run every config not yet finished in ``out``, write its folder, keep ``results.csv`` current.
 
     The grid is computed in the stacks of :func:`treemdp.lab.runner.plan_batches` (fixed by the
@@ -117,9 +119,12 @@ def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1
         configs: the grid (e.g. from :func:`grid`).
         out: the grid folder.
         workers: processes, each taking whole stacks; grids under :data:`PARALLEL_WORK` run-steps
-            run in this process.
+            run in this process (with the local executor).
         fmt: ``csv`` or ``parquet`` (needs pyarrow) for each run's curve.
         progress: a progress bar.
+        executor: where the stacks run (:func:`treemdp.grid.run_grid`): ``"local"`` (default),
+            ``"dask:local"``, ``"dask:tcp://HOST:PORT"``, ``"slurm"``, ``"slurm:local"`` or an Executor.
+        **executor_options: SLURM resources (:class:`treemdp.executors.SlurmOptions` fields).
 
     Returns:
         results.csv as a DataFrame, one row per config, in order.
@@ -134,48 +139,8 @@ def lab_sweep(configs: Sequence[LabConfig], out: str | Path, *, workers: int = 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserError(f"workers must be an integer >= 1, got {workers!r}")
     configs = [c.validate() for c in configs]
-    names = run_names(configs)
-    out = check_writable(out)
-    out.mkdir(parents=True, exist_ok=True)
-    from ..sweep import _clean_partial, finished_runs
-    _clean_partial(out)
-    rows, todo = finished_runs(out, names, configs)
-    if rows:
-        _write_results(rows, names, out)
-    unfinished = set(todo)
-    batches = [b for b in plan_batches(configs) if unfinished & set(b)]
-
-    def save(indices: list[int], results: list[LabResult]) -> None:
-        for i, result in zip(indices, results):
-            if names[i] not in rows:
-                write_lab_run(result, out / names[i], fmt=fmt)
-                rows[names[i]] = (names[i], configs[i].to_dict(), result.summary)
-        _write_results(rows, names, out)
-
-    if workers == 1 or sum(_work(configs[i]) for b in batches for i in b) < PARALLEL_WORK:
-        run_lab(configs, progress=progress, batches=batches, on_batch=save)
-    elif batches:
-        _parallel(configs, batches, workers, progress, save)
-    return pd.DataFrame([result_row(*rows[n]) for n in names])
-
-
-def _parallel(configs, batches, workers, progress, save) -> None:
-    """Whole stacks over spawned worker processes (one torch thread each)."""
-    import multiprocessing
-    from tqdm.auto import tqdm
-    with tqdm(total=sum(len(b) for b in batches), disable=not progress, unit="run", desc="lab") as bar, \
-            ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_worker, [configs[i] for i in batch]): batch for batch in batches}
-        for future in as_completed(futures):
-            batch = futures[future]
-            save(batch, future.result())
-            bar.update(len(batch))
-
-
-def _worker(configs: list[LabConfig]) -> list[LabResult]:
-    import torch
-    torch.set_num_threads(1)
-    return run_batch(configs)
+    return run_grid(LabStudy(fmt), configs, out, workers=workers, progress=progress, executor=executor,
+                    **executor_options)
 
 
 # ----- reading back ------------------------------------------------------------------------------------
@@ -237,4 +202,4 @@ def grid(base: Optional[LabConfig] = None, **axes: Sequence) -> list[LabConfig]:
     return list(dict.fromkeys(product(base or LabConfig(), **axes)))
 
 
-__all__ = ["lab_sweep", "load_lab", "LabTables", "write_lab_run", "run_names", "grid", "RESULTS", "FORMATS"]
+__all__ = ["lab_sweep", "load_lab", "LabTables", "LabStudy", "write_lab_run", "run_names", "grid", "RESULTS", "FORMATS"]
