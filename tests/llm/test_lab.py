@@ -256,3 +256,21 @@ def test_help_lists_lab_and_rm(capsys):
         main(["llm", "--help"])
     out = capsys.readouterr().out
     assert "lab" in out and "rm" in out
+
+
+def test_cli_adds_runs_on_two_workers_sharing_the_reference(study, capsys):
+    """More betas on the same study folder from the CLI, two worker processes: the shared SFT,
+    pairs and reference are reused (not recomputed), the new runs appear beside the old one."""
+    out, _ = study
+    sft_stamp = (out / "shared" / "sft" / "final" / "model.safetensors").stat().st_mtime_ns
+    flags = ["--language", "tree", "--gold", "additive", "--hidden", "32", "--layers", "1", "--demos", "256",
+             "--pairs", "128", "--heldout", "32", "--samples", "1024", "--bon", "1", "2", "4", "--rm-epochs", "1",
+             "--loss", "dpo", "--beta", "0.05", "0.5", "--epochs", "0.5", "--checkpoint-every", "1",
+             "--workers", "2", "--no-report"]
+    code = main(["llm", "lab", "run", "--out", str(out), *flags])
+    assert code == 0, capsys.readouterr().err
+    assert (out / "shared" / "sft" / "final" / "model.safetensors").stat().st_mtime_ns == sft_stamp
+    for beta in ("0.05", "0.5"):
+        table = pd.read_csv(out / "runs" / f"loss=dpo,beta={beta},seed=0,pairs=128" / "eval.csv")
+        assert list(table["step"]) == [0, 2] and table["exact_kl"].iloc[1] > 0
+    assert (out / "shared" / "ref_logps-128.pt").is_file()

@@ -565,8 +565,12 @@ def summarize(table: pd.DataFrame) -> dict:
 
 try:  # the one grid (treemdp.grid): executors, names, resume; a plain loop stands in without it
     from ...grid import Study as _GridStudy
+    from ...grid import json_text as _json_text
 except ImportError:  # pragma: no cover - older trees
     _GridStudy = object
+
+    def _json_text(obj) -> str:
+        return json.dumps(obj, indent=2) + "\n"
 
 
 class LLMLabStudy(_GridStudy):
@@ -611,7 +615,7 @@ class LLMLabStudy(_GridStudy):
     def write_run(self, folder: Path, config, result) -> dict:
         from ...runs import atomic_directory
         with atomic_directory(folder) as tmp:
-            (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            (tmp / "config.json").write_text(_json_text(config.to_dict()))
             result["table"].to_csv(tmp / "eval.csv", index=False)
             _write_json(result["summary"], tmp / "summary.json")
             train = Path(result["train"])
