@@ -258,6 +258,7 @@ def test_help_lists_lab_and_rm(capsys):
     assert "lab" in out and "rm" in out
 
 
+@pytest.mark.slow
 def test_cli_adds_runs_on_two_workers_sharing_the_reference(study, capsys):
     """More betas on the same study folder from the CLI, two worker processes: the shared SFT,
     pairs and reference are reused (not recomputed), the new runs appear beside the old one."""

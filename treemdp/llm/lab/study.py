@@ -485,6 +485,7 @@ def evaluate_checkpoint(shared: Shared, ref: dict, model, tokenizer, *, beta: fl
         if shared.language is not None:
             lp = ref["exact_logp"]
             out.update(exact_measures(lp, lp, shared.gold.values, chosen_probs=chosen["probs"] if chosen else None))
+            out["exact_malformed_mass"] = float(lp[shared.language.n_tree:].exp().sum())
         return out
     prompts, group = ref["prompts"], ref["group"]
     prompt_ids = {i: _prompt_ids(tokenizer, p) for i, p in enumerate(prompts)}
@@ -507,6 +508,7 @@ def evaluate_checkpoint(shared: Shared, ref: dict, model, tokenizer, *, beta: fl
         lp = shared.language.log_probs(model, shared.device)
         out.update(exact_measures(lp, ref["exact_logp"], shared.gold.values,
                                   chosen_probs=chosen["probs"] if chosen else None))
+        out["exact_malformed_mass"] = float(lp[shared.language.n_tree:].exp().sum())
     return out
 
 
