@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
-    from treemdp.llm.lab.study import Run, Shared, StudyConfig, evaluate_checkpoint, load_reference, prepare, train_run
+    from treemdp.llm.lab.study import Run, StudyConfig, evaluate_checkpoint, load_reference, prepare, train_run
     from treemdp.llm.models import load_model, load_tokenizer
     from treemdp.llm.train import _quiet_transformers
     _quiet_transformers()

@@ -258,6 +258,20 @@ def test_help_lists_lab_and_rm(capsys):
     assert "lab" in out and "rm" in out
 
 
+def test_cli_rm_and_fit(study, capsys, tmp_path):
+    from treemdp.llm.evaluate import reward_model_scorer
+    out, _ = study
+    code = main(["llm", "rm", "--model", str(out / "shared" / "sft" / "final"), "--data",
+                 str(out / "shared" / "pairs.jsonl"), "--out", str(tmp_path / "rm"), "--epochs", "0.25"])
+    assert code == 0
+    assert len(reward_model_scorer(str(tmp_path / "rm"))([" a0 a1 a2 a3", " a3 a3 a3 a3"])) == 2
+    capsys.readouterr()
+    assert main(["llm", "lab", "fit", str(out), "--bootstrap", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "quad_kl" in printed and "win_rate" in printed
+    assert len(pd.read_csv(out / "fits.csv")) == 2 * 3  # (win rate, gold) x 3 forms for the one group
+
+
 @pytest.mark.slow
 def test_cli_adds_runs_on_two_workers_sharing_the_reference(study, capsys):
     """More betas on the same study folder from the CLI, two worker processes: the shared SFT,
