@@ -289,3 +289,24 @@ def test_cli_adds_runs_on_two_workers_sharing_the_reference(study, capsys):
         table = pd.read_csv(out / "runs" / f"loss=dpo,beta={beta},seed=0,pairs=128" / "eval.csv")
         assert list(table["step"]) == [0, 2] and table["exact_kl"].iloc[1] > 0
     assert (out / "shared" / "ref_logps-128.pt").is_file()
+
+
+def test_text_study_with_the_rule_based_gold(tmp_path):
+    """The text path end to end on a slice of the synthetic TL;DR: pairs sampled from the SFT model
+    and labelled by the tldr gold, per-prompt win rates, the data's chosen answers as a second
+    opponent (no exact columns: text answers are not enumerable)."""
+    from treemdp.llm.lab.study import StudyConfig, run_study
+    from treemdp.llm.synthetic import gold_score
+    from .conftest import DATA, head
+    sft, prefs = head(DATA / "tldr_sft.jsonl", tmp_path / "sft.jsonl", 32), head(DATA / "tldr_prefs.jsonl", tmp_path / "p.jsonl", 32)
+    cfg = StudyConfig(language="text", sft_data=str(sft), prompt_data=str(prefs), hidden=32, layers=1,
+                      sft_epochs=1.0, rm_epochs=0.5, pairs=(16,), heldout=8, prompts=8, samples=2,
+                      max_new_tokens=8, epochs=1.0, checkpoint_every=1.0, bon=(1, 2), label_temperature=0.0)
+    results = run_study(cfg, tmp_path / "s")
+    assert list(results["step"]) == [0, 1] and "exact_kl" not in results
+    assert results["win_rate"].iloc[0] == 0.5 and 0 <= results["win_rate_chosen"].iloc[1] <= 1
+    pairs = [json.loads(line) for line in (tmp_path / "s" / "shared" / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 16
+    # temperature 0: the higher gold always wins (ties a coin), so the data are the gold's
+    assert all(gold_score(p["prompt"], p["chosen"]) >= gold_score(p["prompt"], p["rejected"]) for p in pairs)
+    assert json.loads((tmp_path / "s" / "study.json").read_text())["shared"]["gold"] == "tldr"

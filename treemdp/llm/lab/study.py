@@ -53,8 +53,8 @@ class StudyConfig:
     """tree (the toy lab's tree written as tokens: every answer enumerable, exact values beside the sampled ones) or text (prompts and answers in words, e.g. the synthetic TL;DR)."""
     tree: str = "4x4"
     """Tree shape BRANCHINGxDEPTH of the tree language (4x4: 256 answers)."""
-    gold: str = "random"
-    """Gold reward: tree: random, additive, spurious(...), a file or module:function on the trajectories; text: tldr, rm:PATH or module:function(prompts, completions)."""
+    gold: str = ""
+    """Gold reward (empty: random on the tree, tldr on text): tree: random, additive, spurious(...), a file or module:function on the trajectories; text: tldr, rm:PATH or module:function(prompts, completions)."""
     gold_seed: int = 0
     """Seeds a random gold reward (tree)."""
     model: str = ""
@@ -146,7 +146,8 @@ class StudyConfig:
         if not (math.isfinite(self.label_temperature) and self.label_temperature >= 0):
             raise UserError(f"--label-temperature must be a finite number >= 0, got {self.label_temperature}")
         samples = self.samples or (1024 if self.language == "tree" else 4)
-        return StudyConfig(**{**asdict(self), "losses": losses, "betas": betas,
+        gold = self.gold or ("random" if self.language == "tree" else "tldr")
+        return StudyConfig(**{**asdict(self), "gold": gold, "losses": losses, "betas": betas,
                               "seeds": tuple(int(s) for s in self.seeds),
                               "pairs": tuple(sorted({int(n) for n in self.pairs})),
                               "bon": tuple(sorted({int(n) for n in self.bon})), "samples": samples})
