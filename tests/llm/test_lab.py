@@ -211,16 +211,18 @@ def test_gold_validation():
     assert text_gold("tldr")(["TITLE: my car broke and i am sad"], [" my car broke, i am sad"])[0] == 1.0
 
 
-def test_judge_validation():
-    from treemdp.llm.evaluate import call_judge
-    args = (["p", "q"], ["a", "b"], ["r", "s"])
-    with pytest.raises(UserError, match="judge mine failed: RuntimeError"):
-        call_judge(lambda *a: (_ for _ in ()).throw(RuntimeError("x")), "mine", *args)
-    with pytest.raises(UserError, match="returned 3 values for 2"):
-        call_judge(lambda *a: [1, 0, 1], "mine", *args)
+def test_scores_validation_per_kind():
+    from treemdp.llm.evaluate import checked_scores
+    assert checked_scores([1, 0.5], 2, "judge j", low=0.0, high=1.0) == [1.0, 0.5]
+    with pytest.raises(UserError, match="judge j returned 3 values for 2"):
+        checked_scores([1, 0, 1], 2, "judge j", low=0.0, high=1.0)
     with pytest.raises(UserError, match=r"outside \[0, 1\]"):
-        call_judge(lambda *a: [1.0, 2.0], "mine", *args)
-    assert call_judge(lambda *a: [1, 0.5], "mine", *args) == [1.0, 0.5]
+        checked_scores([1.0, 2.0], 2, "judge j", low=0.0, high=1.0)
+    with pytest.raises(UserError, match="non-finite"):
+        checked_scores([1.0, math.inf], 2, "gold g")
+    with pytest.raises(UserError, match="not 2 numbers"):
+        checked_scores(None, 2, "gold g")
+    assert checked_scores([-7.5, 1e6], 2, "gold g") == [-7.5, 1e6]  # a gold: any finite real
 
 
 def test_reward_model_without_head_refused(tree_model, tmp_path):

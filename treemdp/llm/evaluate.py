@@ -159,8 +159,8 @@ def checked_scores(values, n: int, name: str, *, low: float = -math.inf, high: f
                    ) -> list[float]:
     """``values`` as n finite floats in [low, high], or a one-line UserError naming ``name``.
 
-    Ranges per kind: a judge's verdicts are win probabilities in [0, 1]; a gold reward is any
-    finite real number.
+    Ranges per kind: a judge's verdicts are win probabilities in [0, 1]; a gold reward
+    (:mod:`treemdp.llm.lab.gold`) is any finite real number.
     """
     try:
         out = [float(v) for v in values]
@@ -175,20 +175,6 @@ def checked_scores(values, n: int, name: str, *, low: float = -math.inf, high: f
     if bad is not None:
         raise UserError(f"{name} returned {out[bad]} for sample {bad}, outside [{low:g}, {high:g}]")
     return out
-
-
-def call_judge(judge: Judge, spec, prompts: list[str], completions: list[str],
-               references: list[str]) -> list[float]:
-    """The judge's verdicts, validated (:func:`checked_scores`, range [0, 1]); a judge that raises
-    becomes one line naming it."""
-    name = f"judge {spec if isinstance(spec, str) else getattr(spec, '__name__', 'callable')}"
-    try:
-        verdicts = judge(prompts, completions, references)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's judge failed: one line naming it
-        raise UserError(f"{name} failed: {type(e).__name__}: {e}".splitlines()[0]) from None
-    return checked_scores(verdicts, len(completions), name, low=0.0, high=1.0)
 
 
 def r_squared(x: list[float], y: list[float]) -> float:
@@ -334,7 +320,7 @@ def evaluate_model(model_path: str, cfg: EvalConfig, *, ref_model=None, ref_path
         texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
         prompt_text = [_text(rows[ex.row]["prompt"]) for ex in picks for _ in range(cfg.samples)]
         refs = [_text(rows[ex.row]["chosen"]) for ex in picks for _ in range(cfg.samples)]
-        verdicts = call_judge(judge, cfg.judge, prompt_text, texts, refs)
+        verdicts = [float(v) for v in judge(prompt_text, texts, refs)]
         result["win_rate"] = sum(verdicts) / n
         result["win_rate_se"] = float(torch.tensor(verdicts).std() / math.sqrt(n)) if n > 1 else 0.0
     return result
