@@ -1,4 +1,4 @@
-"""``treemdp llm ...``: tiny-model, sft, daa, eval, plot.
+"""``treemdp llm ...``: tiny-model, sft, daa, eval, plot (and lab, rm from :mod:`.llmlab`).
 
 The ``sft``/``daa`` flags are the fields of :class:`treemdp.llm.train.LLMConfig` and the
 ``eval`` flags those of :class:`treemdp.llm.evaluate.EvalConfig` (one field, one flag, its
@@ -86,6 +86,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("runs", nargs="+", help="run folders holding eval.csv")
     p.add_argument("--out", required=True, help="folder for the PNG files")
     p.set_defaults(func=run_plot)
+
+    from .llmlab import add_parsers as add_lab_parsers  # lab run|report|fit and rm
+    add_lab_parsers(sub)
 
 
 def config_from_args(args: argparse.Namespace, phase: str):

@@ -85,11 +85,11 @@ def gold_judge(prompts: list[str], completions: list[str], references: list[str]
     return out
 
 
-def reward_model_judge(path: str, device: str = "cpu") -> Judge:
-    """A judge comparing the scalar scores of a sequence-classification reward model.
+def reward_model_scorer(path: str, device: str = "cpu") -> Callable[[list[str]], list[float]]:
+    """``score(texts) -> list[float]``: the scalar outputs of a sequence-classification reward model.
 
     Refuses a checkpoint without trained reward-head weights (a causal LM, say): transformers
-    would fill the head with random numbers and the verdicts would be noise.
+    would fill the head with random numbers and the scores would be noise.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from .models import check_model_path
@@ -111,9 +111,19 @@ def reward_model_judge(path: str, device: str = "cpu") -> Judge:
     rm.config.pad_token_id = tok.pad_token_id
 
     @torch.no_grad()
-    def score(texts: list[str]) -> list[float]:
-        enc = tok(texts, return_tensors="pt", padding=True, truncation=True).to(device)
-        return rm(**enc).logits[:, 0].float().tolist()
+    def score(texts: list[str], batch_size: int = 64) -> list[float]:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = tok(texts[start: start + batch_size], return_tensors="pt", padding=True,
+                      truncation=True).to(device)
+            out += rm(**enc).logits[:, 0].float().tolist()
+        return out
+    return score
+
+
+def reward_model_judge(path: str, device: str = "cpu") -> Judge:
+    """A judge comparing the scores of :func:`reward_model_scorer` (1 better, 0.5 tie, 0 worse)."""
+    score = reward_model_scorer(path, device)
 
     def judge(prompts, completions, references):
         a = score([p + c for p, c in zip(prompts, completions)])
@@ -143,6 +153,28 @@ def get_judge(spec, device: str = "cpu") -> Judge | None:
         raise UserError(f"judge {spec!r} is a {type(judge).__name__}, not a function "
                         "judge(prompts, completions, references) -> list[float]")
     return judge
+
+
+def checked_scores(values, n: int, name: str, *, low: float = -math.inf, high: float = math.inf
+                   ) -> list[float]:
+    """``values`` as n finite floats in [low, high], or a one-line UserError naming ``name``.
+
+    Ranges per kind: a judge's verdicts are win probabilities in [0, 1]; a gold reward
+    (:mod:`treemdp.llm.lab.gold`) is any finite real number.
+    """
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{name} returned {type(values).__name__}, not {n} numbers ({e})") from None
+    if len(out) != n:
+        raise UserError(f"{name} returned {len(out)} values for {n} samples (one per sample needed)")
+    bad = next((i for i, v in enumerate(out) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise UserError(f"{name} returned a non-finite value ({out[bad]}) for sample {bad}")
+    bad = next((i for i, v in enumerate(out) if not low <= v <= high), None)
+    if bad is not None:
+        raise UserError(f"{name} returned {out[bad]} for sample {bad}, outside [{low:g}, {high:g}]")
+    return out
 
 
 def r_squared(x: list[float], y: list[float]) -> float:
