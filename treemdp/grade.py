@@ -3,7 +3,10 @@
 ``treemdp grade NOTEBOOK`` executes the notebook top to bottom in a fresh kernel (cells that fail
 are recorded, not fatal), then, in that kernel, calls :func:`treemdp.exercises.check_namespace`
 on the names the notebook defined: the checks the student saw, independent of whether the
-notebook still calls them. An exercise whose own cell fails (a syntax error, say) is incorrect
+notebook still calls them. The checks are imported in a cell of the grader's own before the
+first student cell, so they bind the library functions they compare with while the kernel is
+clean: a notebook that assigns ``treemdp.losses.dpo_g = dpo_g`` is compared with the library's
+function, not its own (see :class:`treemdp.exercises.core.Reference`). An exercise whose own cell fails (a syntax error, say) is incorrect
 with that error; any other cell that raises gets a row of its own, named ``cell [N]`` with N the
 number JupyterLab shows beside it after Restart Kernel and Run All Cells. ``treemdp grade DIR``
 does this for every notebook under DIR, prints one table row per submission and writes one CSV
@@ -70,10 +73,14 @@ def grade_notebook(path: Path, *, assignment: str | None = None, timeout: int = 
         raise UserError(f"{str(path)!r} is not a readable notebook: {type(e).__name__}: {e}".splitlines()[0]) from None
     assignment = assignment or detect_assignment(nb, path)
     exercises = assignment_exercises(assignment)
-    code = ("import json as _treemdp_json\n"
-            "from treemdp.exercises import check_namespace as _treemdp_check\n"
-            f"print({MARKER!r} + _treemdp_json.dumps([[r.exercise, r.outcome.value, r.message] "
-            f"for r in _treemdp_check({assignment!r}, dict(globals()))]))")
+    # Before any student cell: import the checks, so that they bind the library's functions
+    # while the kernel is clean (a cell that later assigns treemdp.losses.dpo_g = dpo_g cannot
+    # reach them), and keep the checker under a name of the grader's own.
+    first = ("import json as _treemdp_grade_json\n"
+             "from treemdp.exercises import check_namespace as _treemdp_grade_check")
+    code = (f"print({MARKER!r} + _treemdp_grade_json.dumps([[r.exercise, r.outcome.value, r.message] "
+            f"for r in _treemdp_grade_check({assignment!r}, dict(globals()))]))")
+    nb.cells.insert(0, nbformat.v4.new_code_cell(first))
     nb.cells.append(nbformat.v4.new_code_cell(code))
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(path.parent.resolve())}})
@@ -82,6 +89,11 @@ def grade_notebook(path: Path, *, assignment: str | None = None, timeout: int = 
     except (CellTimeoutError, DeadKernelError, RuntimeError) as e:
         reason = f"the notebook did not finish: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         return [Row(str(path), assignment, ex.id, "error", reason) for ex in exercises]
+    setup_errors = [o for o in nb.cells[0].get("outputs", []) if o.get("output_type") == "error"]
+    if setup_errors:
+        why = f"{setup_errors[0]['ename']}: {setup_errors[0]['evalue']}"
+        return [Row(str(path), assignment, ex.id, "error", f"the kernel cannot import treemdp.exercises: {why}")
+                for ex in exercises]
     found = None
     for output in nb.cells[-1].get("outputs", []):
         for line in output.get("text", "").splitlines():
@@ -92,7 +104,7 @@ def grade_notebook(path: Path, *, assignment: str | None = None, timeout: int = 
         why = f"{errors[0]['ename']}: {errors[0]['evalue']}" if errors else "no result"
         return [Row(str(path), assignment, ex.id, "error", f"checking failed: {why}") for ex in exercises]
     rows = [Row(str(path), assignment, exercise, outcome, message) for exercise, outcome, message in found]
-    return _with_cell_errors(nb.cells[:-1], rows, exercises)
+    return _with_cell_errors(nb.cells[1:-1], rows, exercises)
 
 
 def cell_label(number: int) -> str:
@@ -144,7 +156,7 @@ def _with_cell_errors(cells, rows: list[Row], exercises) -> list[Row]:
             what = f"{error.get('ename', 'Error')}: {error.get('evalue', '')}".rstrip(": ")
             kind = "has a syntax error" if error.get("ename") in ("SyntaxError", "IndentationError", "TabError") \
                 else "raised an error"
-            if row.outcome == "not attempted" and "not defined" in row.message:
+            if row.outcome == "not attempted" and "is not defined yet" in row.message:
                 row = Row(row.notebook, row.assignment, row.exercise, "incorrect",
                           f"{cell_label(number)}, where {by_id[row.exercise].target} is defined, {kind}: {what}")
             elif row.outcome != "correct":

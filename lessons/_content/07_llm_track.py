@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import ipywidgets as widgets
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from IPython.display import display
@@ -142,8 +143,9 @@ assert treemdp_cli(["llm", "daa", "--model", str(work / "tiny"), "--data", str(p
                     "--max-prompt-length", "96", "--device", "cpu", "--precision", "fp32", "--no-progress"]) == 0
 cli_loss = float(pd.read_csv(work / "one_step" / "metrics.csv")["loss"].iloc[0])
 cli_model = load_model(str(work / "one_step" / "final"))
-weight_gap = max(float((a - b).abs().max()) for a, b in zip(policy.parameters(), cli_model.parameters()))
-moved = max(float((a - b).abs().max()) for a, b in zip(policy.parameters(), model.parameters()))
+with torch.no_grad():  # comparing weights: no graph to build
+    weight_gap = max(float((a - b).abs().max()) for a, b in zip(policy.parameters(), cli_model.parameters()))
+    moved = max(float((a - b).abs().max()) for a, b in zip(policy.parameters(), model.parameters()))
 print(f"loss: by hand {loss.item():.6f}, treemdp llm daa {cli_loss:.6f}")
 print(f"largest weight change in the step {moved:.2e}; largest gap between the two updated models {weight_gap:.1e}")
 assert abs(cli_loss - loss.item()) < 1e-5 and weight_gap < 1e-3 * moved
@@ -195,52 +197,88 @@ checkpoints = sorted((int(p.name.split("-")[1]), p) for p in (work / "dpo").glob
 total = json.loads((work / "dpo" / "config.json").read_text())["total_steps"]
 steps = [0] + [s for s, _ in checkpoints] + [total]
 measured = [mean_log_probs(p) for p in [work / "sft" / "final"] + [p for _, p in checkpoints] + [work / "dpo" / "final"]]
-curves = {}
-for name in pair_sets:
+changes, curves, per_pair = {}, {}, {}
+for name, exs in pair_sets.items():
     ref_w, ref_l = measured[0][name]
-    curves[name] = pd.DataFrame({
-        "step": steps,
-        "log pi(chosen)": [float(m[name][0].mean()) for m in measured],
-        "log pi(rejected)": [float(m[name][1].mean()) for m in measured],
-        "margin h": [float(((m[name][0] - ref_w) - (m[name][1] - ref_l)).mean()) for m in measured]})
+    # [checkpoints, pairs]: each pair's log-prob minus its own value at the start of DPO
+    d_w = torch.stack([m[name][0] - ref_w for m in measured]).numpy()
+    d_l = torch.stack([m[name][1] - ref_l for m in measured]).numpy()
+    changes[name] = (d_w, d_l)
+    curves[name] = pd.DataFrame({"step": steps, "log pi(chosen)": [float(m[name][0].mean()) for m in measured],
+                                 "log pi(rejected)": [float(m[name][1].mean()) for m in measured],
+                                 "change chosen": d_w.mean(1), "change rejected": d_l.mean(1),
+                                 "margin h": (d_w - d_l).mean(1)})
+    per_pair[name] = pd.DataFrame({  # one row per pair: the per-pair view exercise 2 asks for
+        "chosen tokens": [len(e.completions[0]) for e in exs], "rejected tokens": [len(e.completions[1]) for e in exs],
+        "log pi(chosen) at start": ref_w.numpy(), "log pi(rejected) at start": ref_l.numpy(),
+        "change chosen": d_w[-1], "change rejected": d_l[-1], "margin h": d_w[-1] - d_l[-1]})
 curves["training pairs"]
 
 # %% [markdown]
-# Pick the pair set: the training pairs DPO saw, or held-out pairs it never saw.
+# **Why the rejected answers start so much lower.** At the start of DPO (the SFT model) the
+# rejected answers already have a far lower log-probability than the chosen ones. Two things add
+# up. log π(y|x) is a *sum* over the answer's tokens, and in this data the rejected answers are the
+# longer ones, so they collect more negative terms; and their tokens are, on average, less likely.
+# Per pair the gap splits exactly into the two: (chosen tokens − rejected tokens) × the chosen
+# answer's log-prob per token (the length part), plus rejected tokens × (chosen per token −
+# rejected per token) (the per-token part). The cell below prints both for this run:
+
+# %%
+for name, frame in per_pair.items():
+    tokens_w, tokens_l = frame["chosen tokens"], frame["rejected tokens"]
+    start_w, start_l = frame["log pi(chosen) at start"], frame["log pi(rejected) at start"]
+    per_token_w, per_token_l = start_w / tokens_w, start_l / tokens_l
+    length_part = ((tokens_w - tokens_l) * per_token_w).mean()
+    token_part = (tokens_l * (per_token_w - per_token_l)).mean()
+    print(f"{name}: chosen {tokens_w.min()}-{tokens_w.max()} tokens (mean {tokens_w.mean():.1f}), rejected "
+          f"{tokens_l.min()}-{tokens_l.max()} (mean {tokens_l.mean():.1f}); log pi(chosen) {start_w.mean():.1f}, "
+          f"log pi(rejected) {start_l.mean():.1f} at the start: a gap of {(start_w - start_l).mean():.1f} nats = "
+          f"{length_part:.1f} from the extra tokens + {token_part:.1f} from less likely tokens "
+          f"({per_token_w.mean():.2f} vs {per_token_l.mean():.2f} nats per token)")
+
+# %% [markdown]
+# Pick the pair set: the training pairs DPO saw, or held-out pairs it never saw. Every curve is a
+# *change since the start of DPO*, so the chosen answers' move is not hidden beside the rejected
+# answers' much larger one: each thin line is one pair, the thick line their mean, and each panel
+# has its own y axis.
 
 # %%
 pair_set = widgets.Dropdown(options=list(curves), value="training pairs", description="pairs")
 
 
 def setup_curves(fig):
-    left, right = fig.subplots(1, 2)
-    lines = {"log pi(chosen)": left.plot([], [], "o-", color="tab:blue", label="chosen")[0],
-             "log pi(rejected)": left.plot([], [], "o-", color="tab:red", label="rejected")[0],
-             "margin h": right.plot([], [], "o-", color="k", label="margin h")[0]}
-    left.set_xlabel("DPO step")
-    left.set_ylabel("mean sequence log-prob")
-    left.legend(fontsize=8)
-    right.axhline(0, color="0.6", lw=0.8)
-    right.set_xlabel("DPO step")
-    right.set_ylabel("mean h (log-ratio margin)")
-    left.set_title(" ", fontsize=10)
-    return left, right, lines
+    axes = fig.subplots(1, 3)
+    n_pairs = max(len(frame) for frame in per_pair.values())
+    state = {"axes": axes, "thin": [], "thick": []}
+    for ax, color, label in zip(axes, ("tab:blue", "tab:red", "k"), ("chosen", "rejected", "margin h")):
+        state["thin"].append([ax.plot([], [], color=color, lw=0.5, alpha=0.3)[0] for _ in range(n_pairs)])
+        state["thick"].append(ax.plot([], [], "o-", color=color, lw=2.2, label=f"{label}: mean")[0])
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_xlabel("DPO step")
+        ax.legend(fontsize=8, loc="lower left")
+    axes[0].set_ylabel("log pi(chosen) - its value at step 0")
+    axes[1].set_ylabel("log pi(rejected) - its value at step 0")
+    axes[2].set_ylabel("h = change chosen - change rejected")
+    fig.suptitle(" ", fontsize=10)
+    return state
 
 
 def update_curves(state):
-    left, right, lines = state
-    frame = curves[pair_set.value]
-    for column, line in lines.items():
-        line.set_data(frame["step"], frame[column])
-    for ax, columns in ((left, ["log pi(chosen)", "log pi(rejected)"]), (right, ["margin h"])):
-        values = frame[columns].to_numpy()
-        pad = 0.1 * (values.max() - values.min()) + 1e-3
-        ax.set_xlim(-1, frame["step"].max() + 1)
-        ax.set_ylim(min(values.min(), 0 if ax is right else values.min()) - pad, values.max() + pad)
-    left.set_title(f"{pair_set.value}: DPO beta={BETA} on the tiny model", fontsize=10)
+    d_w, d_l = changes[pair_set.value]
+    for ax, thin, thick, values in zip(state["axes"], state["thin"], state["thick"], (d_w, d_l, d_w - d_l)):
+        for k, line in enumerate(thin):  # one thin line per pair (unused lines stay empty)
+            line.set_data(steps, values[:, k]) if k < values.shape[1] else line.set_data([], [])
+        thick.set_data(steps, values.mean(1))
+        pad = 0.05 * (values.max() - values.min()) + 1e-3
+        ax.set_xlim(-1, steps[-1] + 1)
+        ax.set_ylim(min(values.min(), 0.0) - pad, max(values.max(), 0.0) + pad)
+    frame = curves[pair_set.value].iloc[-1]
+    state["axes"][0].figure.suptitle(
+        f"{pair_set.value}, DPO beta={BETA}: mean change chosen {frame['change chosen']:+.2f}, rejected "
+        f"{frame['change rejected']:+.2f}, margin h {frame['margin h']:+.2f} nats", fontsize=10)
 
 
-display(live_plot(update_curves, [pair_set], setup=setup_curves, figsize=(11, 3.8)))
+display(live_plot(update_curves, [pair_set], setup=setup_curves, figsize=(13, 3.8)))
 
 # %% [markdown]
 # What this run did, read from its numbers:
@@ -248,13 +286,31 @@ display(live_plot(update_curves, [pair_set], setup=setup_curves, figsize=(11, 3.
 # %%
 for name, frame in curves.items():
     start, end = frame.iloc[0], frame.iloc[-1]
-    d_w, d_l = end["log pi(chosen)"] - start["log pi(chosen)"], end["log pi(rejected)"] - start["log pi(rejected)"]
+    d_w, d_l = end["change chosen"], end["change rejected"]
+    fell = int((per_pair[name]["change chosen"] < 0).sum())
     verdict = ("both fell: the margin grew because the rejected answers fell further" if d_w < 0 and d_l < 0 else
                "the chosen answers rose and the rejected fell" if d_w > 0 > d_l else
                "both rose" if d_w > 0 and d_l > 0 else "the chosen answers fell and the rejected rose")
     print(f"{name}: log pi(chosen) {start['log pi(chosen)']:.2f} -> {end['log pi(chosen)']:.2f} ({d_w:+.2f}), "
           f"log pi(rejected) {start['log pi(rejected)']:.2f} -> {end['log pi(rejected)']:.2f} ({d_l:+.2f}), "
-          f"margin h {end['margin h']:+.2f}: {verdict}")
+          f"margin h {end['margin h']:+.2f}: {verdict}; the chosen answer fell in {fell} of {len(per_pair[name])} pairs")
+
+# %% [markdown]
+# One row per pair (the per-pair view for exercise 2): token counts, the log-probs at the start of
+# DPO and each pair's change by the end. Left: the change of the chosen answer against its length;
+# right: the same for the rejected answer.
+
+# %%
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+for ax, role, color in ((left, "chosen", "tab:blue"), (right, "rejected", "tab:red")):
+    for name, marker in zip(per_pair, ("o", "x")):
+        frame = per_pair[name]
+        ax.scatter(frame[f"{role} tokens"], frame[f"change {role}"], marker=marker, color=color, s=18,
+                   alpha=0.7, label=name)
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set(xlabel=f"{role} answer length (tokens)", ylabel=f"change of log pi({role}) over DPO")
+    ax.legend(fontsize=8)
+per_pair["training pairs"].sort_values("rejected tokens").round(2).head(10)
 
 # %% [markdown]
 # If the chosen log-prob falls while the margin grows, nothing is broken: the loss only asks for
@@ -277,7 +333,8 @@ for name, frame in curves.items():
 # 1. Redo section 3 with `loss="ipo"` and `loss="slic"` (and the same flags for the command).
 #    Does the by-hand step still match?
 # 2. Pass `--average-logps` to the command and divide by the token counts (`n_tokens`) by hand.
-#    Which pairs change most, the long or the short ones?
+#    Which pairs change most, the long or the short ones? Compare the `per_pair` table and the
+#    scatter of section 4 (one point per pair) before and after.
 # 3. Lengthen the run (`dpo_epochs`) or raise β. Does the chosen log-prob on held-out pairs
 #    behave like the one on training pairs?
 

@@ -39,8 +39,11 @@ from treemdp.plots import live_plot
 configs = grid(LabConfig(tree="4x4", gold="random", steps=300, seed=0),
                loss=["dpo", "ipo", "slic"], beta=[0.01, 0.05, 0.1, 0.5], pairs=[16, 64, 256])
 runs = {(c.loss, c.beta, c.pairs): r for c, r in zip(configs, run_lab(configs))}
-run = runs["dpo", 0.1, 64]
+# the DPO run of the grid whose win rate falls furthest after its peak: a clear hump to start from
+DEFAULT = max((key for key in runs if key[0] == "dpo"), key=lambda key: runs[key].summary["win_drop"])
+run = runs[DEFAULT]
 ref, gold = run.ref_probs, run.gold.values
+print(f"section 2 shows DPO, beta {DEFAULT[1]}, N = {DEFAULT[2]}: the DPO run of the grid whose win rate drops most")
 print(f"E_ref[r*] = {float(ref @ gold):.3f}  (best answer: {float(gold.max()):.3f}); "
       f"{len(run.dataset.preferences)} pairs; reference entropy {run.summary['ref_entropy']:.2f} nats")
 run.curve.iloc[[0, 10, 50, 100, 200, 300]][["step", "kl_to_reference", "gold_gain", "win_rate", "ood_mass"]]
@@ -58,36 +61,50 @@ run.curve.iloc[[0, 10, 50, 100, 200, 300]][["step", "kl_to_reference", "gold_gai
 front = frontier(torch.log(ref), gold, kind="win")
 fig, ax = plt.subplots(figsize=(8, 4))
 ax.plot(front["sqrt_kl"], front["win_gain"] + 0.5, color="k", label="frontier")
-ax.plot(run.curve["sqrt_kl"], run.curve["win_rate"], label="DPO, beta 0.1, N = 64")
+ax.plot(run.curve["sqrt_kl"], run.curve["win_rate"], label=f"DPO, beta {DEFAULT[1]}, N = {DEFAULT[2]}")
 ax.axhline(0.5, color="0.6", lw=0.8)
 ax.set_xlabel("sqrt KL(pi || ref)")
 ax.set_ylabel("gold win rate against ref")
 ax.legend()
-print(f"peak win rate {0.5 + run.summary['peak_win_gain']:.3f} at KL {run.summary['peak_win_kl']:.2f}; "
-      f"final {0.5 + run.summary['final_win_gain']:.3f} at KL {run.summary['final_kl']:.2f}")
+print(f"peak win rate {0.5 + run.summary['peak_win_gain']:.3f} at step {run.summary['peak_win_step']} "
+      f"(KL {run.summary['peak_win_kl']:.2f}); final {0.5 + run.summary['final_win_gain']:.3f} at KL "
+      f"{run.summary['final_kl']:.2f}")
+best = int(gold.argmax())
+print(f"the frontier ends at sqrt KL {front['sqrt_kl'].max():.2f} = sqrt(-log ref(y*)) = "
+      f"{np.sqrt(-np.log(float(ref[best]))):.2f}, with y* the best answer (ref(y*) = {float(ref[best]):.3f})")
+
+# %% [markdown]
+# **Why the frontier stops.** The frontier's policies tilt ref towards better answers; as the tilt
+# grows they put all their mass on the single best answer y*. That policy is as far from ref as a
+# policy that improves the gold reward can get: KL(δ_{y*}‖ref) = −log ref(y*), the number printed
+# above. Past it no policy is better, so the black curve ends there; a run can travel further (to
+# the right of the end) only by getting worse.
 
 # %% [markdown]
 # ## 3. The hump as β and N move, live
 #
-# Pick the objective, β and the number of pairs N. Smaller β lets the policy travel further; more
-# pairs make the implicit reward a better proxy, so the peak tends to climb; whatever the setting,
-# the loss keeps falling after the win rate has peaked.
+# Pick the objective, β and the number of pairs N. Does a smaller β let the policy travel further?
+# It depends on the loss: IPO and SLiC stop pushing once β·h reaches their target (1/β for IPO's
+# optimum, the hinge's margin for SLiC), so a smaller β moves the target out; DPO's loss never
+# stops pushing, so β changes its pace more than where it ends. The cell after the plot counts it
+# in this grid, loss by loss. More pairs make the implicit reward a better proxy, and the loss keeps
+# falling after the win rate has peaked.
 #
 # *How the live plot works:* the 36 runs behind the controls were computed once, above, in one
 # batched call. A control only picks a precomputed run, and `treemdp.plots.live_plot` changes the
 # data of the lines already drawn, so the picture follows the control at once.
 
 # %%
-loss = widgets.Dropdown(options=["dpo", "ipo", "slic"], value="dpo", description="loss")
-beta = widgets.SelectionSlider(options=[0.01, 0.05, 0.1, 0.5], value=0.1, description="beta")
-pairs = widgets.SelectionSlider(options=[16, 64, 256], value=64, description="N pairs")
+loss = widgets.Dropdown(options=["dpo", "ipo", "slic"], value=DEFAULT[0], description="loss")
+beta = widgets.SelectionSlider(options=[0.01, 0.05, 0.1, 0.5], value=DEFAULT[1], description="beta")
+pairs = widgets.SelectionSlider(options=[16, 64, 256], value=DEFAULT[2], description="N pairs")
 
 
 def setup_hump(fig):
     left, right = fig.subplots(1, 2)
     left.plot(front["sqrt_kl"], front["win_gain"] + 0.5, color="k", label="frontier")
     left.axhline(0.5, color="0.6", lw=0.8)
-    left.set(xlim=(0, 4), ylim=(0.1, 1.0), xlabel="sqrt KL(pi || ref)", ylabel="gold win rate against ref")
+    left.set(xlim=(0, 3.6), ylim=(0.0, 1.0), xlabel="sqrt KL(pi || ref)", ylabel="gold win rate against ref")
     right.set(xlim=(0, 300), ylim=(0, 1.05), xlabel="DAA step", ylabel="training loss on the pairs")
     return {"win": left.plot([], [], label="the run")[0], "loss": right.plot([], [], color="tab:red")[0],
             "left": left, "right": right}
@@ -104,6 +121,16 @@ def update_hump(state):
 
 
 display(live_plot(update_hump, [loss, beta, pairs], setup=setup_hump, figsize=(11, 4)))
+
+# %%
+travel = {key: float(r.curve["sqrt_kl"].max()) for key, r in runs.items()}  # how far each run got
+BETAS, NS = beta.options, pairs.options
+further = {name: sum(travel[name, BETAS[0], N] > travel[name, BETAS[-1], N] for N in NS) for name in loss.options}
+monotone = {name: sum(all(travel[name, a, N] > travel[name, b, N] for a, b in zip(BETAS, BETAS[1:])) for N in NS)
+            for name in loss.options}
+for name in loss.options:
+    print(f"{name}: beta {BETAS[0]} travels further (max sqrt KL) than beta {BETAS[-1]} at {further[name]} of "
+          f"{len(NS)} N; further at every smaller beta at {monotone[name]} of {len(NS)} N")
 
 # %% [markdown]
 # ## 4. The frontier: the best quality at each KL
@@ -152,7 +179,8 @@ display(live_plot(update_frontier, [lam], setup=setup_frontier, figsize=(11, 4))
 # where F and F_below are the reference probabilities of a proxy value at-or-below and below the
 # group's. Its KL is at most log n − (n−1)/n. Here the proxy is the gold reward itself and, for a
 # fair comparison with DPO, DPO's own implicit reward β·log(π/ref) at its final step. Move n and
-# compare with the DPO run of section 2 at the same KL.
+# compare with the DPO run of section 2 at the same KL. Best-of-n's KL stops growing where its
+# proxy's favourite answer takes all the mass: −log ref(that answer), far below the bound for large n.
 
 # %%
 n = widgets.SelectionSlider(options=[1, 2, 4, 8, 16, 64, 256, 1024], value=16, description="n")
@@ -167,6 +195,8 @@ for name, proxy in proxies.items():  # every n, once
 def setup_bon(fig):
     ax = fig.subplots()
     ax.plot(run.curve["kl_to_reference"], run.curve["gold_gain"], color="tab:blue", label="DPO over its steps")
+    gains = [g for points in bon_points.values() for _, g in points.values()] + run.curve["gold_gain"].tolist()
+    ax.set_ylim(min(gains + [0.0]) - 0.05, max(gains) + 0.05)
     state = {"ax": ax, "bound": ax.axvline(0, color="0.5", ls="--", label="log n - (n-1)/n")}
     for name, color in zip(proxies, ("tab:green", "tab:orange")):
         kl, gain = zip(*bon_points[name].values())
@@ -181,8 +211,12 @@ def update_bon(state):
     for name in proxies:
         kl, gain = bon_points[name][n.value]
         state[name].set_data([kl], [gain])
-    state["bound"].set_xdata([float(kl_bound(n.value))] * 2)
-    state["ax"].set_title(f"n = {n.value}: the squares; dashed: the KL bound for this n", fontsize=10)
+    bound = float(kl_bound(n.value))
+    state["bound"].set_xdata([bound] * 2)
+    farthest = max([run.curve["kl_to_reference"].max()] + [k for points in bon_points.values() for k, _ in points.values()])
+    state["ax"].set_xlim(0, 1.3 * max(farthest, bound))  # the bound stays in view for every n
+    state["ax"].set_title(f"n = {n.value}: the squares; dashed: the KL bound log n - (n-1)/n = {bound:.2f}",
+                          fontsize=10)
 
 
 display(live_plot(update_bon, [n], setup=setup_bon, figsize=(9, 4)))

@@ -38,12 +38,19 @@ from treemdp.training import TrainConfig, train
 mdp, data = TreeMDP(), paper_dataset()
 run = train(loss="dpo", beta=0.1, daa_lr=3e-2, daa_steps=150, progress=False)
 daa = run.metrics.query("phase == 'daa'")
-fig, ax = plt.subplots(figsize=(8, 3.5))
-ax.plot(daa["step"], np.log(daa["chosen_prob"]), color=ROLE_COLORS["chosen"], label="log π(chosen)")
-ax.plot(daa["step"], np.log(daa["rejected_prob"]), color=ROLE_COLORS["rejected"], label="log π(rejected)")
-ax.set_xlabel("DAA step")
-ax.set_ylabel("log-probability")
-ax.legend();
+chosen_prob = daa["chosen_prob"].to_numpy()
+dips = np.maximum.accumulate(chosen_prob) - chosen_prob  # how far below its best so far, at each step
+deepest = int(dips.argmax())
+fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5))  # each answer on its own axis
+left.plot(daa["step"], chosen_prob, color=ROLE_COLORS["chosen"])
+left.plot(daa["step"].iloc[deepest], chosen_prob[deepest], "v", color="k", ms=8)
+left.set(xlabel="DAA step", ylabel="π(chosen)", ylim=(0, 1.02),
+         title=f"π(chosen): {chosen_prob[0]:.0%} at the start, falls to {chosen_prob[deepest]:.0%} at step "
+               f"{daa['step'].iloc[deepest]} ({dips[deepest]:.0%} below its best so far), {chosen_prob[-1]:.1%} at the end")
+left.title.set_fontsize(9)
+right.plot(daa["step"], np.log(daa["rejected_prob"]), color=ROLE_COLORS["rejected"])
+right.set(xlabel="DAA step", ylabel="log π(rejected)", title="the rejected answer, pushed down")
+right.title.set_fontsize(9);
 
 # %% [markdown]
 # ## 2. Where did it go? An exact account, live
@@ -124,9 +131,36 @@ def update_account(state):
 display(live_plot(update_account, [account_loss, account_beta, account_seed], setup=setup_account, figsize=(13.5, 4.2)))
 
 # %% [markdown]
-# Whenever the chosen answer dips, the mass goes almost entirely to **OOD trajectories that share
-# its first two tokens** (`s1-a1-s3-a1-s9-a1` and `…-a2`): siblings of the chosen leaf that no data
-# mentions. The rejected answer and the other demonstration lose everything they had early on.
+# When the chosen answer dips, where does its mass go? Over the 90 runs behind the explorer, the
+# cell below takes each run's deepest dip (more than one percentage point below its best so far)
+# and names the group that gained most between that best and the dip.
+
+# %%
+DIP = 0.01  # a dip: at least one percentage point below the best so far
+
+
+def dip_gainer(explanation):
+    """(depth of the deepest dip, the group that gained most from the best so far to that dip)."""
+    table = explanation.table
+    chosen = table["chosen"].to_numpy()
+    dip = np.maximum.accumulate(chosen) - chosen
+    k = int(dip.argmax())
+    best = int(chosen[:k + 1].argmax())
+    gains = {label: table[f"gain: {label}"].iloc[k] - table[f"gain: {label}"].iloc[best] for label in groups.labels[1:]}
+    return float(dip[k]), max(gains, key=gains.get)
+
+
+dipping = [gainer for depth, gainer in map(dip_gainer, accounts.values()) if depth > DIP]
+gainers = {label: dipping.count(label) for label in groups.labels[1:] if label in dipping}
+print(f"{len(dipping)} of {len(accounts)} runs dip; at the deepest dip the largest gainer is")
+for label, count in sorted(gainers.items(), key=lambda item: -item[1]):
+    print(f"  {label}: {count} of {len(dipping)} runs")
+
+# %% [markdown]
+# In most runs that dip (the counts above) the mass goes to **OOD trajectories that share the chosen
+# answer's first two tokens** (`s1-a1-s3-a1-s9-a1` and `…-a2`): siblings of the chosen leaf that no
+# data mentions; in the rest, to OOD trajectories that share fewer tokens, to the other data or to
+# the rejected answer.
 #
 # ## 3. Likelihood displacement and the CHES score
 #
@@ -163,9 +197,13 @@ for i, j in pairs:
                                 np.log(steps["rejected_prob"].to_numpy()),
                                 float(displacement.ches(trained.reference, rows[[i]], rows[[j]])[0]))
 
+# open on the (pair, beta) whose chosen answer falls furthest below its start: a pair that displaces
+displacing, displacing_beta = min(pair_runs, key=lambda key: (pair_runs[key][1] - pair_runs[key][1][0]).min())
 pair_choice = widgets.Dropdown(options=[(f"{names[i]} over {names[j]}", (i, j)) for i, j in pairs],
-                               value=(1, 0), description="pair")
-pair_beta = widgets.SelectionSlider(options=pair_betas, value=0.1, description="beta")
+                               value=displacing, description="pair")
+pair_beta = widgets.SelectionSlider(options=pair_betas, value=displacing_beta, description="beta")
+falls = sum((pair_runs[key][1] - pair_runs[key][1][0]).min() < -0.01 for key in pair_runs)
+print(f"log π(y+) falls more than 0.01 below its start in {falls} of the {len(pair_runs)} (pair, beta) runs")
 
 
 def setup_pair(fig):
@@ -198,8 +236,9 @@ display(live_plot(update_pair, [pair_choice, pair_beta], setup=setup_pair, figsi
 
 # %% [markdown]
 # `figures/phen_displacement.png` runs this on every pair of 8 random demonstrations in a 3×4 tree
-# over 5 seeds: CHES rank-correlates with the fall in every seed, but the length of the prefix the
-# two answers share predicts it as well or better (`figures/README.md` has the numbers).
+# over 5 seeds: CHES rank-correlates with the fall in 5 of the 5 seeds (Spearman ρ −0.22 to
+# −0.61), but the length of the prefix the two answers share predicts it as well or better
+# (`figures/README.md` has the numbers).
 #
 # ## 4. Squeezing: where a negative gradient sends the mass
 #
@@ -249,17 +288,19 @@ def update_squeeze(state):
     others = torch.ones(30, dtype=torch.bool)
     others[[top, negative]] = False
     squeezed = int((after < before)[others].sum())
-    ax.set_title(f"ȳ = answer ranked {squeeze_rank.value}: the most likely other answer gains "
-                 f"{float((after - before)[top] / (before - after)[negative]):.2f}× what ȳ lost; "
-                 f"{squeezed} of the other 28 answers lose too", fontsize=10)
+    lost, gained = float((before - after)[negative]), float((after - before)[top])
+    ax.set_title(f"ȳ = answer ranked {squeeze_rank.value} loses {lost:.3f}; the most likely other answer "
+                 f"{'gains' if gained >= 0 else 'loses'} {abs(gained):.3f}; {squeezed} of the other 28 answers "
+                 f"lose too", fontsize=10)
 
 
 display(live_plot(update_squeeze, [squeeze_temperature, squeeze_rank], setup=setup_squeeze, figsize=(10, 3.6)))
 
 # %% [markdown]
-# On the tree the argmax just before an OOD trajectory takes off is the *chosen* trajectory, in every
-# paper run we measured (`figures/phen_squeezing.png`): squeezing explains why the chosen answer
-# keeps most of the mass, not which OOD trajectory wins.
+# On the tree the argmax just before an OOD trajectory takes off is the *chosen* trajectory in 36 of
+# the 36 paper runs whose top OOD trajectory passes 5% (`figures/phen_squeezing.png`, numbers in
+# `figures/README.md`): squeezing explains why the chosen answer keeps most of the mass, not which
+# OOD trajectory wins.
 #
 # ## 5. The bootstrapping term
 #
@@ -316,8 +357,8 @@ display(live_plot(update_bootstrap, [backup_beta], setup=setup_bootstrap, figsiz
 # - A falling log π(chosen) is not by itself a bug: the DAA losses constrain margins, not
 #   likelihoods. Probability sums to one, so the fall is always someone's gain, and
 #   `treemdp explain RUN` says whose, exactly.
-# - On the paper's tree the chosen answer's losses go to OOD siblings of the chosen leaf, the
-#   continuations the soft-Q view says are bootstrapped from.
+# - On the paper's tree the chosen answer's losses go mostly to OOD siblings of the chosen leaf
+#   (section 2 counts the runs), the continuations the soft-Q view says are bootstrapped from.
 # - CHES (Razin et al.) flags pairs that displace, but on the tree the plain shared-prefix length does
 #   as well; their single-token displacement needs the unembeddings to dominate the hidden state.
 # - Squeezing (Ren & Sutherland) holds for a softmax and for a GRU under a pure negative gradient, and

@@ -469,3 +469,26 @@ def test_enumeration_checks_cover_several_tree_shapes():
     shapes = {(p.mdp.branching, p.mdp.depth) for p in ex.enumeration._policies(0)}
     assert len(shapes) >= 3 and all(isinstance(p, TabularPolicy) for p in ex.enumeration._policies(0))
     assert TreeMDP(3, 3) in [p.mdp for p in ex.enumeration._policies(0)]
+
+
+def test_an_untouched_stub_after_a_failed_cell_is_not_attempted():
+    """slic_g's cell has a syntax error, so slic_g is undefined; the preference_loss stub, untouched,
+    stops at its G = {...} line: that is "not attempted", not the student's NameError."""
+    namespace = exercise_namespace("a1", "starter")
+    del namespace["slic_g"]
+    result = ex.check_preference_loss(namespace["preference_loss"])
+    assert result.outcome is Outcome.NOT_ATTEMPTED, result
+    assert "NotImplementedError" in result.message and "cells above" in result.message, result
+    # control: an answer the student did write that hits the same missing name is incorrect, with it
+    filled = exercise_namespace("a1", "solution")
+    del filled["slic_g"]
+    result = ex.check_preference_loss(filled["preference_loss"])
+    assert result.outcome is Outcome.INCORRECT and "NameError" in result.message, result
+
+
+def test_the_one_loss_hint_only_follows_a_catch_under_another_setting():
+    never = ex.check_sanity_check(student("def sanity_check(result):\n    return []", "sanity_check"))
+    assert never.outcome is Outcome.INCORRECT and "with loss=dpo, beta=0.1" in never.message, never
+    assert "one loss or beta" not in never.message, never  # it fails the first, default setting
+    tuned = ex.check_sanity_check(student(A3_SANITY[2][0], "sanity_check"))
+    assert "it flags" in tuned.message and "loss=dpo, beta=0.1: does your check only work" in tuned.message, tuned

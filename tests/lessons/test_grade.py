@@ -117,3 +117,41 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, monkeypatch, capsys, m
     assert code == 2, (out, err)
     assert err.startswith("error: ") and message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_grade_compares_with_the_library_not_with_what_the_notebook_assigned_to_it(tmp_path):
+    """mallory's g's return zeros and she assigns them to treemdp.losses, before and after the
+    notebook imports the checks: 0 of 4 (3 of 4 before the checks bound their references at
+    import). trent does the same with right answers written another way: 4 of 4. sam left every
+    stub but broke slic_g's cell: the untouched preference_loss stub is "not attempted"."""
+    submissions = tmp_path / "subs"
+    submissions.mkdir()
+    patch = ("import treemdp.losses\n"
+             "treemdp.losses.dpo_g, treemdp.losses.ipo_g, treemdp.losses.slic_g = dpo_g, ipo_g, slic_g")
+    answers = {"mallory": ("0 * x", "0 * x", "0 * x"),
+               "trent": ("torch.nn.functional.softplus(-x)", "(x - 1) * (x - 1)", "torch.clamp(1 - x, min=0)")}
+    solutions = ("-torch.nn.functional.logsigmoid(x)", "(x - 1) ** 2", "torch.relu(1 - x)")
+    for who, mine in answers.items():
+        nb = nbformat.read(str(LESSONS / "solutions" / "a1_losses.ipynb"), as_version=4)
+        for cell in nb.cells:
+            for solution, answer in zip(solutions, mine):
+                cell.source = cell.source.replace(f"return {solution}", f"return {answer}")
+        first = "import torch\n" + "\n".join(f"def {g}(x):\n    return {a}" for g, a in
+                                            zip(("dpo_g", "ipo_g", "slic_g"), mine)) + "\n" + patch
+        nb.cells.insert(0, nbformat.v4.new_code_cell(first))  # patched before the checks' import, too
+        nb.cells.append(nbformat.v4.new_code_cell(patch))
+        nbformat.write(nb, str(submissions / f"{who}_a1.ipynb"))
+    sam = nbformat.read(str(LESSONS / "assignments" / "a1_losses.ipynb"), as_version=4)
+    (slic,) = [c for c in sam.cells if c.cell_type == "code" and c.source.startswith("def slic_g")]
+    slic.source = slic.source.replace("def slic_g(x: torch.Tensor) -> torch.Tensor:", "def slic_g(x: torch.Tensor) ->")
+    nbformat.write(sam, str(submissions / "sam_a1.ipynb"))
+    done = grade(submissions)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.split() and line.split()[0].endswith(".ipynb")}
+    assert rows["mallory_a1.ipynb"].endswith("0/4"), done.stdout
+    assert rows["trent_a1.ipynb"].endswith("4/4"), done.stdout
+    with open(submissions / "grades.csv", newline="") as f:
+        by_key = {(r["notebook"].rsplit("/", 1)[-1], r["exercise"]): r for r in csv.DictReader(f)}
+    assert by_key["sam_a1.ipynb", "a1.slic_g"]["outcome"] == "incorrect"  # its own cell: the syntax error
+    stub = by_key["sam_a1.ipynb", "a1.preference_loss"]
+    assert stub["outcome"] == "not attempted" and "NameError" not in stub["outcome"], stub

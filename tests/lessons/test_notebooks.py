@@ -7,7 +7,8 @@ import sys
 
 import nbformat
 import pytest
-from notebook_runner import LESSONS, ROOT, run_notebook
+from lesson_claims import CLAIMS
+from notebook_runner import LESSONS, ROOT, printed, run_notebook
 
 LESSON_FILES = sorted(LESSONS.glob("0*.ipynb"))
 SOLUTION_FILES = sorted((LESSONS / "solutions").glob("a*.ipynb"))
@@ -54,7 +55,12 @@ def test_lessons_import_the_library_instead_of_reimplementing_it():
 def test_lesson_runs_and_its_widgets_redraw(path, record_property):
     if "llm" in path.stem and importlib.util.find_spec("transformers") is None:
         pytest.skip("the LLM lesson needs the llm extra (transformers)")
-    nb, report, seconds = run_notebook(path)
+    nb, report, seconds = run_notebook(path, extra=CLAIMS.get(path.stem))
+    if path.stem in CLAIMS:  # the numbers its text quotes hold on its own runs (lesson_claims.py)
+        assert "CLAIMS OK" in printed(nb, len(nb.cells) - 1), printed(nb, len(nb.cells) - 1)
+    warned = [c.source[:80] for c in nb.cells if c.cell_type == "code" and "UserWarning" in printed_cell(c)]
+    if path.stem == "07_llm_track":  # its weight comparison runs under no_grad: no warning of its own
+        assert not warned, warned
     controls = report["controls"]
     assert controls, f"{path.name} has no widget controls"
     stuck = [name for name, changed in controls.items() if not changed]
@@ -68,6 +74,10 @@ def test_lesson_runs_and_its_widgets_redraw(path, record_property):
     record_property(f"{path.stem}: top to bottom (s)", f"{seconds:.1f} wall, {report['notebook_cpu']:.1f} kernel CPU; "
                     f"control move -> new picture median {moves[len(moves) // 2]:.3f} wall, max {moves[-1]:.3f} "
                     f"({moves_cpu[-1]:.3f} CPU); {nb.metadata['test_timing']}")
+
+
+def printed_cell(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
 
 
 CHECK_ALL = """

@@ -139,16 +139,24 @@ def check_sanity_check(sanity_check) -> Result:
         runs = [(bug, settings) for settings in _BUGGY_SETTINGS for bug in BUGS if bug != "no bug"]
         runs += [("no bug", settings) for settings in _CLEAN_SETTINGS]
         _train_all(runs)
+        caught: dict[str, dict] = {}  # bug -> the first setting under which the answer flagged it
         for bug, settings in runs:
             result = _cached(bug, tuple(sorted({**_SETTINGS, **settings}.items())))
-            problems = call_student(sanity_check, result)
+            problems = call_student(sanity_check, result, names=("result",),
+                                    watch=(("result.metrics", result.metrics), ("result.history", result.history),
+                                           ("result.summary", result.summary)))
             if not isinstance(problems, (list, tuple)):
                 raise Incorrect(f"sanity_check should return a list of problem descriptions, got {type(problems).__name__}")
             if bug == "no bug" and problems:
                 raise Incorrect(f"false alarm on a bug-free run ({_describe_settings(settings)}): {problems[0]!r}")
             if bug != "no bug" and not problems:
+                # the hint only when it did catch this trainer under another loss or beta
+                other = (f" (it flags {letter[bug]} with {_describe_settings(caught[bug])}: does your check "
+                         f"only work for one loss or beta?)") if bug in caught else ""
                 raise Incorrect(f"it lets trainer {letter[bug]} through with {_describe_settings(settings)}, but "
-                                f"{letter[bug]} has a bug (does your check only work for one loss or beta?)")
+                                f"{letter[bug]} has a bug{other}")
+            if bug != "no bug":
+                caught.setdefault(bug, settings)
         return (f"flags the three buggy trainers under dpo, ipo and slic at several betas and passes "
                 f"{len(_CLEAN_SETTINGS)} bug-free runs")
 

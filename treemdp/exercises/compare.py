@@ -69,7 +69,7 @@ def compare(got, expected: torch.Tensor, *, what: str, inputs: Sequence[tuple[st
 
 
 def check_gradient(fn, inputs: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], *, what: str,
-                   wrt: Sequence[int], names: Sequence[str], forbidden: tuple[str, ...] = (),
+                   wrt: Sequence[int], names: Sequence[str], forbidden: tuple[str, ...] = (), why: str = "",
                    subgradient: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
                    **kwargs) -> None:
     """Autograd through the student's ``fn`` must give the expected gradient of ``sum(fn(*inputs))``.
@@ -80,6 +80,7 @@ def check_gradient(fn, inputs: Sequence[torch.Tensor], expected: Sequence[torch.
         expected: the library's gradient for each input listed in ``wrt``.
         wrt: indices of the inputs the task says the output is differentiable in.
         names: how to call those inputs in messages.
+        forbidden, why: as for :func:`~.core.call_student`.
         subgradient: ``(kink mask, low, high)`` for the first input in ``wrt``: where the mask is
             True any gradient in [low, high] is right (a hinge's kink: every subgradient is).
 
@@ -87,7 +88,7 @@ def check_gradient(fn, inputs: Sequence[torch.Tensor], expected: Sequence[torch.
         Incorrect: no gradient reaches an input, or it differs from the expected one.
     """
     leaves = [t.detach().clone().requires_grad_(i in wrt) for i, t in enumerate(inputs)]
-    out = call_student(fn, *leaves, forbidden=forbidden, **kwargs)
+    out = call_student(fn, *leaves, forbidden=forbidden, why=why, **kwargs)
     if not isinstance(out, torch.Tensor) or not out.requires_grad:
         raise Incorrect(f"{what} is not differentiable: no gradient flows back to "
                         f"{' or '.join(names)} (keep it in torch: no .item(), .detach(), numpy or Python floats)")

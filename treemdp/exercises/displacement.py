@@ -3,16 +3,21 @@
 The student writes ``ches_score(h_chosen, h_rejected)``: the hidden states before each answer
 token, ``[K+, H]`` and ``[K−, H]``, in; Razin et al.'s CHES = ⟨Σ h+, Σ h−⟩ − ‖Σ h+‖² out (one
 number). The check compares with :func:`treemdp.phenomena.displacement.ches_from_hidden` on random
-hidden states (answers of different lengths included) and on the hidden states of a real GRU.
+hidden states (answers of different lengths included) and on the hidden states of a real GRU; an
+answer that calls into that module (``ches_from_hidden`` itself) is refused.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..phenomena.displacement import ches_from_hidden
 from .compare import as_tensor, close
-from .core import Exercise, Incorrect, Result, call_student, register, run_check
+from .core import LIBRARY_ANSWERS, Exercise, Incorrect, Reference, Result, call_student, register, run_check
+
+_PROBE = (torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=torch.float64), torch.tensor([[3.0, -1.0]], dtype=torch.float64))
+#: The library's CHES, bound at import and verified at every check.
+CHES_FROM_HIDDEN = Reference("treemdp.phenomena.displacement", "ches_from_hidden", lambda f: torch.stack(
+    [f(*_PROBE), f(*_PROBE, normalize=True)]))
 
 
 def _cases():
@@ -37,10 +42,14 @@ def check_ches_score(ches_score) -> Result:
 
     def body() -> str:
         for i, (plus, minus) in enumerate(_cases()):
-            got = as_tensor(call_student(ches_score, plus.clone(), minus.clone()), "ches_score").reshape(-1)
+            got = as_tensor(call_student(ches_score, plus.clone(), minus.clone(),
+                                         forbidden=LIBRARY_ANSWERS["displacement"], names=("h_chosen", "h_rejected"),
+                                         why="the score that displacement.ches_from_hidden computes"),
+                            "ches_score").reshape(-1)
             if got.numel() != 1:
                 raise Incorrect(f"ches_score should return one number, got {got.numel()} values "
                                 f"(sum over tokens and over the hidden dimension)")
+            ches_from_hidden = CHES_FROM_HIDDEN.get()
             want = ches_from_hidden(plus, minus)
             if close(got[0], want):
                 continue

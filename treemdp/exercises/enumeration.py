@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import torch
 
-from ..exact import ood_mass as lib_ood_mass
-from ..exact import trajectory_log_probs
 from ..policies import TabularPolicy
 from ..tree import TreeMDP
 from .compare import as_tensor, close, compare
-from .core import LIBRARY_ANSWERS, Exercise, Incorrect, Result, call_student, register, run_check
+from .core import LIBRARY_ANSWERS, Exercise, Incorrect, Reference, Result, call_student, register, run_check
+
+_PROBE_POLICY = TabularPolicy(TreeMDP(2, 2), seed=0, init_scale=1.0)
+_PROBE_LOGP = torch.log_softmax(torch.arange(6.0), 0)
+_PROBE_MASK = torch.tensor([True, False, False, True, False, True])
+#: The library's answers, bound at import and verified at every check (see :class:`~.core.Reference`).
+TRAJECTORY_LOG_PROBS = Reference("treemdp.exact", "trajectory_log_probs",
+                                 lambda f: f(_PROBE_POLICY).detach())
+OOD_MASS = Reference("treemdp.exact", "ood_mass", lambda f: f(_PROBE_LOGP, _PROBE_MASK))
 
 SHAPES = ((3, 3), (2, 4), (4, 2), (2, 1))
 
@@ -40,12 +46,13 @@ def check_sequence_log_prob(sequence_log_prob) -> Result:
         for policy in _policies(seed=10):
             mdp = policy.mdp
             with torch.no_grad():
-                expected = trajectory_log_probs(policy).double()
+                expected = TRAJECTORY_LOG_PROBS(policy).double()
                 first = policy.action_log_probs(torch.zeros(1, 0, dtype=torch.long))[0].double()
             rows = mdp.trajectories().tolist()
             got = []
             for actions in rows:
-                value = as_tensor(call_student(sequence_log_prob, policy, list(actions), forbidden=FORBIDDEN),
+                value = as_tensor(call_student(sequence_log_prob, policy, list(actions), forbidden=FORBIDDEN,
+                                               why="log pi(actions) by the chain rule", names=("policy", "actions")),
                                   "sequence_log_prob")
                 if value.numel() != 1:
                     raise Incorrect(f"sequence_log_prob should return one number (a scalar tensor), "
@@ -81,8 +88,9 @@ def check_enumerate_log_probs(enumerate_log_probs) -> Result:
         for policy in _policies(seed=20):
             mdp = policy.mdp
             with torch.no_grad():
-                expected = trajectory_log_probs(policy).double()
-            got = as_tensor(call_student(enumerate_log_probs, policy, forbidden=FORBIDDEN), "enumerate_log_probs")
+                expected = TRAJECTORY_LOG_PROBS(policy).double()
+            got = as_tensor(call_student(enumerate_log_probs, policy, forbidden=FORBIDDEN, names=("policy",),
+                                         why="what trajectory_log_probs computes"), "enumerate_log_probs")
             # raw logits summed along each path: what forgetting the softmax gives
             trajectories = mdp.trajectories()
             states = torch.zeros(len(trajectories), dtype=torch.long)
@@ -121,11 +129,13 @@ def check_ood_mass(ood_mass) -> Result:
             logp = torch.log_softmax(torch.randn(n, generator=generator) * 2, 0)
             mask = torch.rand(n, generator=generator) < 0.3
             mask[trial % n] = True
-            value = as_tensor(call_student(ood_mass, logp.clone(), mask.clone(), forbidden=FORBIDDEN), "ood_mass")
+            value = as_tensor(call_student(ood_mass, logp.clone(), mask.clone(), forbidden=FORBIDDEN,
+                                           why="the mass off the data", names=("logp", "in_distribution")),
+                              "ood_mass")
             if value.numel() != 1:
                 raise Incorrect(f"ood_mass should return one number, got {value.numel()} values")
             got.append(value.reshape(()))
-            expected.append(lib_ood_mass(logp, mask).double())
+            expected.append(OOD_MASS(logp, mask).double())
             in_dist.append(logp[mask].double().exp().sum())
             summed_logp.append(logp[~mask].double().sum())
         mistakes = [(torch.stack(in_dist), "you return the in-distribution mass; OOD means the trajectories "

@@ -142,8 +142,21 @@ def otter_notebook(source: Source):
     return _notebook(cells, source)
 
 
-NBGRADER_CONFIG = '''c = get_config()  # noqa: F821 - nbgrader's config loader provides it
+#: The course's nbgrader_config.py. nbgrader creates its gradebook by running the ``alembic``
+#: command by name (``subprocess`` on ``['alembic', ...]``), so ``.venv/bin/nbgrader ...`` without
+#: the venv activated fails with ``FileNotFoundError: 'alembic'`` on the first assignment (and
+#: releases the others). nbgrader runs this file in its own process: putting the folder of that
+#: process's Python (the venv's bin, where pip put ``alembic``) first on PATH makes full paths work.
+NBGRADER_CONFIG = '''import os
+import sys
+
+c = get_config()  # noqa: F821 - nbgrader's config loader provides it
 c.CourseDirectory.course_id = "treemdp"
+
+# nbgrader runs `alembic` by name: find it beside this Python even when the venv is not activated.
+_bin = os.path.dirname(sys.executable)
+if _bin not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _bin + os.pathsep + os.environ.get("PATH", "")
 '''
 
 

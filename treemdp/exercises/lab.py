@@ -4,7 +4,9 @@
 reward [T] (with ties) and n, and returns KL(pi_bon || ref) as a float. The check compares it with
 :class:`treemdp.lab.BestOfN` on random references over small sets of outcomes, names the usual
 mistakes (the bound log n - (n-1)/n instead of the exact value; ties treated as distinct
-outcomes; the KL the wrong way round) and reports one of the three outcomes.
+outcomes; the KL the wrong way round) and reports one of the three outcomes. An answer that calls
+into :mod:`treemdp.lab` (``BestOfN(ref, reward).kl(n)``, imported in the lesson's first cell) is
+refused: the check compares with that very class.
 """
 
 from __future__ import annotations
@@ -13,8 +15,14 @@ import math
 
 import torch
 
-from ..lab.bestofn import BestOfN, kl_bound
-from .core import Exercise, Incorrect, Result, call_student, register, run_check
+from ..lab.bestofn import kl_bound
+from .core import LIBRARY_ANSWERS, Exercise, Incorrect, Reference, Result, call_student, register, run_check
+
+_PROBE = (torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
+#: :class:`treemdp.lab.BestOfN`, bound at import and verified at every check (a patched ``kl`` or
+#: ``probs`` shows in the probe).
+BEST_OF_N = Reference("treemdp.lab.bestofn", "BestOfN",
+                      lambda cls: torch.cat([cls(*_PROBE).probs(3), torch.tensor([cls(*_PROBE).kl(3)])]))
 
 
 def _cases():
@@ -27,11 +35,11 @@ def _cases():
 
 def _distinct_kl(ref: torch.Tensor, reward: torch.Tensor, n: int) -> float:
     """What ignoring ties gives: each trajectory its own outcome, ties broken by position."""
-    return BestOfN(ref, reward + torch.arange(len(reward), dtype=torch.float64) * 1e-9).kl(n)
+    return BEST_OF_N.get()(ref, reward + torch.arange(len(reward), dtype=torch.float64) * 1e-9).kl(n)
 
 
 def _reverse_kl(ref: torch.Tensor, reward: torch.Tensor, n: int) -> float:
-    p = BestOfN(ref, reward).probs(n)
+    p = BEST_OF_N.get()(ref, reward).probs(n)
     keep = ref > 0
     return float((ref[keep] * (ref[keep] / p[keep].clamp_min(1e-300)).log()).sum())
 
@@ -42,12 +50,14 @@ def check_bon_kl(bon_kl) -> Result:
     def body() -> str:
         count, worst = 0, 0.0
         for ref, reward, n in _cases():
-            got = call_student(bon_kl, ref.clone(), reward.clone(), n)
+            got = call_student(bon_kl, ref.clone(), reward.clone(), n, forbidden=LIBRARY_ANSWERS["bestofn"],
+                               why="the exact KL that BestOfN(ref, reward).kl(n) computes",
+                               names=("ref", "reward", "n"))
             try:
                 value = float(got)
             except (TypeError, ValueError, RuntimeError):
                 raise Incorrect(f"bon_kl should return one number, got {type(got).__name__}") from None
-            want = BestOfN(ref, reward).kl(n)
+            want = BEST_OF_N.get()(ref, reward).kl(n)
             if math.isfinite(value) and abs(value - want) <= 1e-6 + 1e-5 * abs(want):
                 count, worst = count + 1, max(worst, abs(value - want))
                 continue

@@ -2,6 +2,9 @@
 
 Each check draws random inputs (plus the points where the losses have landmarks: 0, 1 and
 large magnitudes), runs the student's function and :mod:`treemdp.losses`' own, and compares.
+The library's functions are bound when this module is imported (:class:`~.core.Reference`), so a
+notebook that later assigns ``treemdp.losses.dpo_g = dpo_g`` does not make a check compare the
+student's function with itself.
 """
 
 from __future__ import annotations
@@ -9,12 +12,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import losses as lib
 from .compare import as_tensor, check_gradient, close, compare
-from .core import LIBRARY_ANSWERS, Exercise, Incorrect, Result, call_student, register, run_check
+from .core import LIBRARY_ANSWERS, Exercise, Incorrect, Reference, Result, call_student, register, run_check
 
 
 FORBIDDEN = LIBRARY_ANSWERS["losses"]
+WHY = {"dpo_g": "DPO's g", "ipo_g": "IPO's g", "slic_g": "SLiC's hinge",
+       "preference_loss": "the per-example loss g(beta * h) of eq. 4"}
+_PROBE = torch.tensor([-3.0, -0.5, 0.0, 1.0, 2.5])
+_PROBE_LOGPS = (torch.tensor([-1.0, -4.0]), torch.tensor([-2.0, -0.5]), torch.tensor([-1.5, -3.0]),
+                torch.tensor([-1.0, -1.0]))
+
+#: The library's functions, bound at import and verified at every check.
+G = {name: Reference("treemdp.losses", f"{name}_g", lambda g: g(_PROBE)) for name in ("dpo", "ipo", "slic")}
+PREFERENCE_LOSS = Reference("treemdp.losses", "preference_loss", lambda f: torch.cat(
+    [f(*_PROBE_LOGPS, beta=0.5, loss=loss) for loss in ("dpo", "ipo", "slic")]))
 
 
 def _points(seed: int, n: int = 200) -> torch.Tensor:
@@ -31,9 +43,7 @@ def _check_g(name: str, reference, mistakes_of, student, seed: int, kink: float 
     def body() -> str:
         x = _points(seed)
         given = x.clone()
-        got = call_student(student, given, forbidden=FORBIDDEN)
-        if not torch.equal(given, x):
-            raise Incorrect(f"{name} changes its input x in place; compute a new tensor and leave x alone")
+        got = call_student(student, given, forbidden=FORBIDDEN, why=WHY[name], names=("x",))
         error = compare(got, reference(x), what=name, inputs=[("x", x)], mistakes=mistakes_of(x))
         grid = x[:60]
         leaf = grid.clone().requires_grad_(True)
@@ -43,7 +53,7 @@ def _check_g(name: str, reference, mistakes_of, student, seed: int, kink: float 
             at_kink = (grid - kink).abs() < 1e-6
             subgradient = (at_kink, torch.full_like(grid, min(slopes)), torch.full_like(grid, max(slopes)))
         check_gradient(student, [grid], [want], what=name, wrt=[0], names=["x"], forbidden=FORBIDDEN,
-                       subgradient=subgradient)
+                       why=WHY[name], subgradient=subgradient)
         return f"matches treemdp.losses.{name} on {x.numel()} inputs (max error {error:.1e}) and its gradient"
 
     return run_check(exercise_id, body)
@@ -77,19 +87,19 @@ def _slic_mistakes(x):
 
 def check_dpo_g(dpo_g) -> Result:
     """a1.dpo_g: ``dpo_g(x) = -log sigmoid(x)`` elementwise (compared with :func:`treemdp.losses.dpo_g`)."""
-    return _check_g("dpo_g", lib.dpo_g, _dpo_mistakes, dpo_g, seed=1)
+    return _check_g("dpo_g", G["dpo"], _dpo_mistakes, dpo_g, seed=1)
 
 
 def check_ipo_g(ipo_g) -> Result:
     """a1.ipo_g: ``ipo_g(x) = (x - 1)^2`` elementwise (paper convention)."""
-    return _check_g("ipo_g", lib.ipo_g, _ipo_mistakes, ipo_g, seed=2)
+    return _check_g("ipo_g", G["ipo"], _ipo_mistakes, ipo_g, seed=2)
 
 
 def check_slic_g(slic_g) -> Result:
     """a1.slic_g: ``slic_g(x) = max(0, 1 - x)`` elementwise; at the kink x = 1 any gradient in
     [-1, 0] (a subgradient) is right, so ``torch.clamp``, ``torch.maximum`` and ``torch.where``
     forms pass as well as ``torch.relu``."""
-    return _check_g("slic_g", lib.slic_g, _slic_mistakes, slic_g, seed=3, kink=1.0, slopes=(-1.0, 0.0))
+    return _check_g("slic_g", G["slic"], _slic_mistakes, slic_g, seed=3, kink=1.0, slopes=(-1.0, 0.0))
 
 
 def _log_probs(generator: torch.Generator, batch: int) -> torch.Tensor:
@@ -104,7 +114,7 @@ def _loss_mistakes(loss: str, beta: float, pi_w, pi_l, ref_w, ref_l) -> dict[str
     mistake that agrees with another one on some inputs (|h| and a swap, when every h < 0) is
     never named by accident.
     """
-    g = lib.LOSSES[loss]
+    g = G[loss]
     h = (pi_w - ref_w) - (pi_l - ref_l)
     found = {
         "h has the wrong sign: did you swap chosen and rejected? h = (pi_w - ref_w) - (pi_l - ref_l)": g(-beta * h),
@@ -119,8 +129,11 @@ def _loss_mistakes(loss: str, beta: float, pi_w, pi_l, ref_w, ref_l) -> dict[str
     }
     for other in ("dpo", "ipo", "slic"):
         found[f"it always uses the g of {other!r}: look g up by the name given in `loss`"] = \
-            lib.LOSSES[other](beta * h)
+            G[other](beta * h)
     return found
+
+
+NAMES = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
 
 
 def check_preference_loss(preference_loss) -> Result:
@@ -139,10 +152,9 @@ def check_preference_loss(preference_loss) -> Result:
                 batch = 2 + len(cases) % 6
                 args = tuple(_log_probs(generator, batch) for _ in range(4))
                 given = tuple(a.clone() for a in args)
-                got = call_student(preference_loss, *given, beta=beta, loss=loss, forbidden=FORBIDDEN)
-                if any(not torch.equal(a, b) for a, b in zip(given, args)):
-                    raise Incorrect("preference_loss changes its inputs in place; compute new tensors instead")
-                expected = lib.preference_loss(*args, beta=beta, loss=loss)
+                got = call_student(preference_loss, *given, beta=beta, loss=loss, forbidden=FORBIDDEN,
+                                   why=WHY["preference_loss"], names=NAMES)
+                expected = PREFERENCE_LOSS(*args, beta=beta, loss=loss)
                 what = f"preference_loss(..., beta={beta}, loss={loss!r})"
                 got = as_tensor(got, what)
                 if got.shape != expected.shape:
@@ -163,10 +175,10 @@ def check_preference_loss(preference_loss) -> Result:
         worst = max(float((got - expected).abs().max()) for *_, got, expected in cases)
         for loss, beta, args, _, expected in cases[::3]:  # gradient in the policy's log-probs
             leaves = [a.clone().requires_grad_(i < 2) for i, a in enumerate(args)]
-            want = torch.autograd.grad(lib.preference_loss(*leaves, beta=beta, loss=loss).sum(), leaves[:2])
+            want = torch.autograd.grad(PREFERENCE_LOSS(*leaves, beta=beta, loss=loss).sum(), leaves[:2])
             check_gradient(preference_loss, args, want, what=f"preference_loss(..., beta={beta}, loss={loss!r})",
-                           wrt=[0, 1], names=["policy_chosen_logps", "policy_rejected_logps"],
-                           forbidden=FORBIDDEN, beta=beta, loss=loss)
+                           wrt=[0, 1], names=list(NAMES[:2]), forbidden=FORBIDDEN,
+                           why=WHY["preference_loss"], beta=beta, loss=loss)
         return (f"matches treemdp.preference_loss for dpo, ipo and slic at 4 betas ({len(cases)} random "
                 f"batches, max error {worst:.1e}), gradients included")
 
