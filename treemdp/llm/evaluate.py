@@ -341,7 +341,8 @@ def run_judge(judge, spec, prompts: list[str], completions: list[str], reference
     if len(verdicts) != len(completions):
         raise UserError(f"judge {name} returned {len(verdicts)} verdicts for {len(completions)} "
                         "completions; it must return one number per completion")
-    return verdicts
+    # A verdict is a win probability: finite and in [0, 1] (a gold reward belongs to --gold).
+    return checked_scores(verdicts, len(completions), f"judge {name}", low=0.0, high=1.0)
 
 
 def _text(value) -> str:
