@@ -210,6 +210,20 @@ def test_a_failing_judge_is_one_line_naming_it(capsys, tiny, pairs16, tmp_path, 
     assert_one_error(code, err, "judge badjudge:judge failed: TypeError")
 
 
+@pytest.mark.parametrize("body, message", [
+    ("return [2.0 for _ in completions]", "judge outjudge:judge"),          # a raw score, not a win probability
+    ("return [float('nan') for _ in completions]", "judge outjudge:judge"),  # not finite
+])
+def test_a_judge_answering_outside_0_1_is_one_line(capsys, tiny, pairs16, tmp_path, monkeypatch, body, message):
+    mod = tmp_path / "outjudge.py"
+    mod.write_text(f"def judge(prompts, completions, references):\n    {body}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, err = run(capsys, "llm", "eval", "--model", tiny, "--ref", tiny, "--data", pairs16,
+                    "--judge", "outjudge:judge", "--n-prompts", "2", "--samples", "1",
+                    "--max-new-tokens", "4")
+    assert_one_error(code, err, message)
+
+
 # ---------------------------------------------------------------- 3. files a cluster can share
 
 def test_atomic_directory_honours_the_umask(tmp_path):
