@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -147,7 +148,7 @@ def prepared_code(block: Block) -> str:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_example_runs(block: Block, tmp_path_factory):
+def test_example_runs(block: Block, tmp_path_factory, record_property):
     if block.same_as:
         other = ROOT / block.same_as
         assert any(b.code == block.code for b in extract_blocks(other)), \
@@ -166,6 +167,7 @@ def test_example_runs(block: Block, tmp_path_factory):
         command = [str(folder / ".venv" / "bin" / "python"), "-c", code]
     else:
         command = ["bash", "-e", "-o", "pipefail", "-c", code]
+    started = resource.getrusage(resource.RUSAGE_CHILDREN)
     # Its own process group, so that a timeout stops the commands the block started, not only bash.
     process = subprocess.Popen(command, cwd=folder, env=block_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
@@ -176,6 +178,8 @@ def test_example_runs(block: Block, tmp_path_factory):
         process.communicate()
         _FAILED[block.path] = block.id
         pytest.fail(f"{block.id} ran longer than {TIMEOUT_S} s")
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    record_property("example CPU seconds", round(ended.ru_utime + ended.ru_stime - started.ru_utime - started.ru_stime, 1))
     if process.returncode != 0:
         _FAILED[block.path] = block.id
         pytest.fail(f"{block.id} exited {process.returncode}\n--- code\n{code}--- stdout\n{stdout[-4000:]}"
