@@ -26,6 +26,9 @@ LEGACY = {
     "gold": lambda seed: np.random.default_rng([seed, 7919]),
     "synonym_noise": lambda seed: torch.Generator().manual_seed(10_000 + seed),
     "bootstrap": lambda seed: np.random.default_rng(seed),
+    "random_logits": lambda seed: torch.Generator().manual_seed(seed),
+    "demonstration_picks": lambda seed: torch.Generator().manual_seed(seed),
+    "rollouts": lambda seed: np.random.default_rng(seed),
 }
 
 #: The first three uniform draws of each stream at seed 5 (float64), pinned.

@@ -480,6 +480,42 @@ def run_phase(policy: TreePolicy, params: dict[str, torch.Tensor], phase: Phase,
     return {n: t.detach() for n, t in current().items()}
 
 
+# ----- SFT, then the frozen reference ------------------------------------------------------------
+def sft_phase(policy: TreePolicy, params: dict[str, torch.Tensor], ctx: RunContext, *, steps: int,
+              lrs: Sequence[float], optimizer: str, record: PhaseRecord,
+              on_step: Optional[Callable[[int], None]] = None) -> dict[str, torch.Tensor]:
+    """Behaviour cloning of stacked policies on ``ctx``'s demonstrations (:func:`sft_loss`)."""
+    return run_phase(policy, params, Phase("sft", steps, list(lrs), sft_loss(ctx)), optimizer, record, on_step=on_step)
+
+
+def frozen_reference(policy: TreePolicy, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The reference of an alignment phase: the exact log-probs [R, T] of ``params``, no gradient."""
+    with torch.no_grad():
+        return policy.stacked_log_probs(params)
+
+
+def sft_then_reference(policy: TreePolicy, params: dict[str, torch.Tensor], ctx: RunContext, *, steps: int,
+                       lrs: Sequence[float], optimizer: str, record: PhaseRecord,
+                       of_run: Optional[torch.Tensor] = None,
+                       on_step: Optional[Callable[[int], None]] = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """SFT of U stacked policies, then the frozen reference every later phase starts from.
+
+    Args:
+        params: ``name -> [U, *shape]``, one row per distinct SFT (runs that share their seed,
+            data and SFT learning rate share one).
+        of_run: [R] which SFT each run uses; given, the result is per run ([R]); None: per SFT ([U]).
+        steps, lrs, optimizer, record, on_step: as :func:`sft_phase`.
+
+    Returns:
+        ``(params, ref_logp)``: the SFT policies (each run starts from its own) and their exact
+        log-probs ``[., T]``, computed without gradient, the reference of the alignment phase.
+    """
+    params = sft_phase(policy, params, ctx, steps=steps, lrs=lrs, optimizer=optimizer, record=record, on_step=on_step)
+    if of_run is not None:
+        params = {n: p[of_run] for n, p in params.items()}  # [U] -> [R]
+    return params, frozen_reference(policy, params)
+
+
 # ----- the two standard phases ------------------------------------------------------------------
 def sft_loss(ctx: RunContext) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """Behaviour cloning: each run's mean negative log-likelihood of its demonstrations."""
@@ -704,7 +740,7 @@ def kl_regularised_loss(ctx: RunContext, reward: torch.Tensor, beta: torch.Tenso
     return loss
 
 
-__all__ = ["OPTIMIZERS", "MEASUREMENTS", "Measurement", "register_measurement", "default_measurements",
+__all__ = ["sft_phase", "frozen_reference", "sft_then_reference", "OPTIMIZERS", "MEASUREMENTS", "Measurement", "register_measurement", "default_measurements",
            "RunContext", "Phase", "PhaseRecord", "run_phase", "sft_loss", "daa_loss", "bradley_terry_loss",
            "kl_regularised_loss", "PairSchedule", "make_optimizer", "torch_threads", "stack_parameters", "load_row",
            "masked_mean", "gather_runs", "block_probs", "block_log_ratio"]

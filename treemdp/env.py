@@ -10,6 +10,7 @@ import torch
 from gymnasium import spaces
 
 from .errors import UserError
+from .rng import stream
 from .tree import TreeMDP
 
 Reward = Union[None, Callable[[tuple], float], torch.Tensor, np.ndarray, Sequence[float]]
@@ -145,7 +146,7 @@ def rollout(env: gym.Env, policy, *, seed: int, episodes: int) -> np.ndarray:
     seed). The policy is asked with :meth:`action_log_probs` on the prefix the env reports, cached
     per prefix, so sampling shares no code with the exact enumeration it is compared against.
     """
-    rng = np.random.default_rng(seed)
+    rng = stream(seed, "rollouts")
     branching = env.unwrapped.mdp.branching
     cache: dict[tuple, np.ndarray] = {}
     out = []

@@ -62,7 +62,12 @@ STREAMS: dict[str, Stream] = {
     "synonym_noise": Stream("torch", 10_000, "the near-synonym head noise of the displacement experiment",
                             offset=True),
     "bootstrap": Stream("numpy", None, "bootstrap resamples of the lab's claims and fits"),
+    "random_logits": Stream("torch", None, "the squeezing experiment's random logits"),
+    "demonstration_picks": Stream("torch", None, "which trajectories the CHES experiment demonstrates"),
+    "rollouts": Stream("numpy", None, "Monte-Carlo rollouts through the env (treemdp.env.rollout)"),
 }
+# Streams with key None use the seed itself, as they did before they had names; they draw from
+# generators equal to policy_init's (torch) or bootstrap's (numpy) for the same seed.
 
 
 def stream(seed: int, name: str) -> Union[np.random.Generator, torch.Generator]:

@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 
 from . import accounting  # noqa: F401  (registers the mass buckets)
-from .engine import (OPTIMIZERS, DaaHook, Phase, PhaseRecord, ReferenceUpdates, RunContext, daa_loss, load_row, run_phase,
-                     sft_loss, stack_parameters, torch_threads)
+from .engine import (OPTIMIZERS, DaaHook, Phase, PhaseRecord, ReferenceUpdates, RunContext, daa_loss, load_row,
+                     run_phase, sft_then_reference, stack_parameters, torch_threads)
 from .errors import TrainingDiverged, UserError
 from .exact import entropy, in_distribution_mask, kl_divergence, top_ood
 from .losses import get_objective
@@ -443,14 +443,11 @@ def _train_batch(configs, mdp, datasets, on_step, keep_history, daa_hook, on_log
     sft_ctx = run_context(mdp, [datasets[i] for i in sft_runs], first.in_distribution).to(device)
     sft_record = PhaseRecord("sft", first.sft_steps, sft_ctx, log_every=first.log_every,
                              history_limit=first.history_limit, keep_history=keep_history, on_log=log("sft"))
-    params = run_phase(template, params, Phase("sft", first.sft_steps, [k[0] for k in keys], sft_loss(sft_ctx)),
-                       first.optimizer, sft_record, on_step=on_step)
-
-    # DAA: every run starts from its SFT policy, which is also its frozen reference.
-    params = {n: p[sft_of_run.to(device)] for n, p in params.items()}  # [U] -> [R]
+    # DAA: every run starts from its SFT policy, which is also its frozen reference ([R, T], exact).
+    params, ref_logp = sft_then_reference(template, params, sft_ctx, steps=first.sft_steps, lrs=[k[0] for k in keys],
+                                          optimizer=first.optimizer, record=sft_record,
+                                          of_run=sft_of_run.to(device), on_step=on_step)
     reference = {n: p.detach().cpu().clone() for n, p in params.items()}
-    with torch.no_grad():
-        ref_logp = template.stacked_log_probs(params)  # [R, T], the frozen SFT policies, exact
     ctx = run_context(mdp, datasets, first.in_distribution).to(device)
     ctx.ref_logp = ref_logp
     records = [sft_record]

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from ..engine import (Phase, PairSchedule, PhaseRecord, ReferenceUpdates, RunContext, bradley_terry_loss, daa_loss,
-                      kl_regularised_loss, run_phase, sft_loss, stack_parameters, torch_threads)
+                      kl_regularised_loss, run_phase, sft_then_reference, stack_parameters, torch_threads)
 from ..exact import plog
 from ..grid import plan
 from ..losses import get_objective
@@ -235,10 +235,9 @@ def _sft(configs, mdp: TreeMDP, device, golds: dict, on_work) -> _References:
     empty = [torch.zeros(0, dtype=torch.long)] * len(keys)
     ctx = context_from_rows(mdp, demos, empty, empty).to(device)
     params = {n: p.to(device) for n, p in stack_parameters([build(k[0]) for k in keys]).items()}
-    params = run_phase(template, params, Phase("sft", first.sft_steps, [k[-1] for k in keys], sft_loss(ctx)),
-                       first.optimizer, _quiet_record("sft", first.sft_steps, ctx), on_step=lambda n: on_work(n * len(keys)))
-    with torch.no_grad():
-        logp = template.stacked_log_probs(params)
+    params, logp = sft_then_reference(template, params, ctx, steps=first.sft_steps, lrs=[k[-1] for k in keys],
+                                      optimizer=first.optimizer, record=_quiet_record("sft", first.sft_steps, ctx),
+                                      on_step=lambda n: on_work(n * len(keys)))
     probs = logp.double().exp().cpu()
     return _References(keys, of_run, demos, template, params, logp, probs / probs.sum(-1, keepdim=True))
 

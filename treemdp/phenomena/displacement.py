@@ -196,7 +196,7 @@ def ches_experiment(*, branching: int = 3, depth: int = 4, demos: int = 8, hidde
     mdp = TreeMDP(branching, depth)
     rows, policies, data, sft_rows = [], [], [], []
     for i, seed in enumerate(seeds):
-        g = torch.Generator().manual_seed(int(seed))
+        g = stream(seed, "demonstration_picks")
         picked = mdp.trajectories()[torch.randperm(mdp.n_trajectories, generator=g)[:demos]]
         policies.append(RNNPolicy(mdp, hidden_size=hidden_size, seed=int(seed)))
         sft_data = Dataset(picked)

@@ -27,6 +27,7 @@ import torch
 
 from ..exact import in_distribution_mask
 from ..policies import RNNPolicy, TabularPolicy
+from ..rng import stream
 from ..tree import Dataset, TreeMDP, paper_dataset
 from .displacement import shared_prefix
 from .stacked import daa_stacked, sft_stacked
@@ -111,7 +112,7 @@ def bandit_experiment(*, classes: int = 100, temperatures: Sequence[float] = (0.
     rows = []
     for temperature in temperatures:
         for seed in seeds:
-            g = torch.Generator().manual_seed(int(seed))
+            g = stream(seed, "random_logits")
             logits = torch.randn(classes, generator=g, dtype=torch.float64) * temperature
             order = torch.argsort(logits)
             probs = torch.softmax(logits, -1)

@@ -18,7 +18,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..engine import Phase, PhaseRecord, RunContext, daa_loss, run_phase, sft_loss, stack_parameters
+from ..engine import (Phase, PhaseRecord, RunContext, daa_loss, frozen_reference, run_phase, sft_phase,
+                      stack_parameters)
 from ..losses import get_objective
 from ..policies import TreePolicy
 from ..training import run_context
@@ -77,8 +78,8 @@ def sft_stacked(policies: Sequence[TreePolicy], datasets: Sequence[Dataset], *, 
         record = PhaseRecord("sft", steps, ctx, log_every=steps, history_limit=template.mdp.n_trajectories,
                              keep_history=False, measurements=["ood_mass"])
         with _bar(steps, progress, "SFT") as bar:
-            params = run_phase(template, params, Phase("sft", steps, per_run(lr, len(policies), "lr"), sft_loss(ctx)),
-                               optimizer, record, on_step=bar.update)
+            params = sft_phase(template, params, ctx, steps=steps, lrs=per_run(lr, len(policies), "lr"),
+                               optimizer=optimizer, record=record, on_step=bar.update)
     return template, params
 
 
@@ -96,8 +97,7 @@ def daa_stacked(template: TreePolicy, params: dict, datasets: Sequence[Dataset],
     """
     R = len(datasets)
     ctx = run_context(template.mdp, datasets)
-    with torch.no_grad():
-        ctx.ref_logp = template.stacked_log_probs(params)
+    ctx.ref_logp = frozen_reference(template, params)
     betas = torch.tensor(per_run(beta, R, "beta"), dtype=torch.float64)[:, None]
     phase_loss = (loss_fn(ctx, betas) if loss_fn is not None
                   else daa_loss(ctx, [get_objective(x) for x in per_run(loss, R, "loss")], betas))
