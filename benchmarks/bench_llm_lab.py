@@ -42,8 +42,8 @@ def main() -> None:
     torch.set_num_threads(1)
     from treemdp.llm.lab.study import Run, StudyConfig, evaluate_checkpoint, load_reference, prepare, train_run
     from treemdp.llm.models import load_model, load_tokenizer
-    from treemdp.llm.train import _quiet_transformers
-    _quiet_transformers()
+    from treemdp.llm.train import quiet_transformers
+    quiet_transformers()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
 

@@ -152,8 +152,8 @@ def main() -> None:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from treemdp.llm.train import _quiet_transformers
-    _quiet_transformers()
+    from treemdp.llm.train import quiet_transformers
+    quiet_transformers()
     if args.worker:
         r = worker(args.worker, args.precision, Path(args.data), Path(args.model), Path(args.out), args.steps,
                    args.device)

@@ -14,14 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "treemdp"
 
 #: Private names still imported across modules, in files another change is rewriting (the grid's
 #: sweep/lab store, the LLM track); each entry is (importing module, imported module, name).
-PENDING_PRIVATE = {
-    ("treemdp.lab.store", "treemdp.lab.runner", "_work"),
-    ("treemdp.lab.store", "treemdp.sweep", "_write_csv_atomic"),
-    ("treemdp.lab.store", "treemdp.sweep", "_clean_partial"),
-    ("treemdp.reproduce", "treemdp.sweep", "_format"),
-    ("treemdp.llm.evaluate", "treemdp.llm.train", "_quiet_transformers"),
-    ("treemdp.cli.llm", "treemdp.llm.train", "_quiet_transformers"),
-}
+PENDING_PRIVATE: set = set()
 
 
 def module_name(path: Path) -> str:

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .lab.claims import _row
+from .lab.claims import claim_row
 from .reproduce import BETAS, LOSSES
 
 
@@ -32,15 +32,15 @@ def mass_summary(paper: pd.DataFrame) -> list[dict]:
             if cell.empty:
                 continue
             setting = f"{loss}, beta={beta:g}"
-            rows.append(_row("fig07_mass", setting, "mean peak OOD mass", cell["peak_ood_mass"]))
-            rows.append(_row("fig07_mass", setting, "mean final OOD mass", cell["final_ood_mass"]))
-            rows.append(_row("fig07_mass", setting, "max peak OOD mass over seeds",
+            rows.append(claim_row("fig07_mass", setting, "mean peak OOD mass", cell["peak_ood_mass"]))
+            rows.append(claim_row("fig07_mass", setting, "mean final OOD mass", cell["final_ood_mass"]))
+            rows.append(claim_row("fig07_mass", setting, "max peak OOD mass over seeds",
                              value=float(cell["peak_ood_mass"].max()), n=len(cell)))
             peaks.append(float(cell["peak_ood_mass"].mean()))
     if peaks:
-        rows.append(_row("fig07_mass", "all (loss, beta)", "lowest mean peak OOD mass", value=min(peaks), n=len(peaks)))
-        rows.append(_row("fig07_mass", "all (loss, beta)", "highest mean peak OOD mass", value=max(peaks), n=len(peaks)))
-        rows.append(_row("fig07_mass", "all (loss, beta)", "cells with mean peak OOD mass > 0.5",
+        rows.append(claim_row("fig07_mass", "all (loss, beta)", "lowest mean peak OOD mass", value=min(peaks), n=len(peaks)))
+        rows.append(claim_row("fig07_mass", "all (loss, beta)", "highest mean peak OOD mass", value=max(peaks), n=len(peaks)))
+        rows.append(claim_row("fig07_mass", "all (loss, beta)", "cells with mean peak OOD mass > 0.5",
                          value=float(sum(p > 0.5 for p in peaks)), n=len(peaks)))
     return rows
 
@@ -56,7 +56,7 @@ def dpo_seeds(paper: pd.DataFrame, *, beta: float = 0.1, seeds: Sequence[int] = 
         setting = f"dpo, beta={beta:g}, seed {seed}"
         for column, statistic in (("peak_ood_mass", "peak OOD mass"), ("peak_ood_step", "step of the peak"),
                                   ("final_ood_mass", "final OOD mass")):
-            rows.append(_row("fig18_seeds", setting, statistic, value=float(run[column].iloc[0]), n=1))
+            rows.append(claim_row("fig18_seeds", setting, statistic, value=float(run[column].iloc[0]), n=1))
     return rows
 
 
@@ -66,24 +66,24 @@ def controls(paper: pd.DataFrame, other: pd.DataFrame, *, by: str, claim: str) -
     table = pd.concat([paper, other], ignore_index=True)
     rows = []
     for key, part in table.groupby(by, sort=False):
-        rows.append(_row(claim, f"{by}={key}, all loss and beta", "mean peak OOD mass", part["peak_ood_mass"]))
-        rows.append(_row(claim, f"{by}={key}, all loss and beta", "mean final OOD mass", part["final_ood_mass"]))
-        rows.append(_row(claim, f"{by}={key}, all loss and beta", "mean OOD mass after SFT", part["sft_ood_mass"]))
-        rows.append(_row(claim, f"{by}={key}, all loss and beta", "max peak OOD mass over runs",
+        rows.append(claim_row(claim, f"{by}={key}, all loss and beta", "mean peak OOD mass", part["peak_ood_mass"]))
+        rows.append(claim_row(claim, f"{by}={key}, all loss and beta", "mean final OOD mass", part["final_ood_mass"]))
+        rows.append(claim_row(claim, f"{by}={key}, all loss and beta", "mean OOD mass after SFT", part["sft_ood_mass"]))
+        rows.append(claim_row(claim, f"{by}={key}, all loss and beta", "max peak OOD mass over runs",
                          value=float(part["peak_ood_mass"].max()), n=len(part)))
     return rows
 
 
 def paper_claims(runs: str | Path) -> pd.DataFrame:
     """Every row for the paper-style figures, from ``reproduce``'s sweep folders under ``runs``."""
-    from .figures import _results
+    from .figures import sweep_results
     runs = Path(runs)
-    paper = _results(runs / "paper")
+    paper = sweep_results(runs / "paper")
     rows = mass_summary(paper) + dpo_seeds(paper)
     if (runs / "optimizers").exists():
-        rows += controls(paper, _results(runs / "optimizers"), by="optimizer", claim="optimizers")
+        rows += controls(paper, sweep_results(runs / "optimizers"), by="optimizer", claim="optimizers")
     if (runs / "policies").exists():
-        rows += controls(paper, _results(runs / "policies"), by="policy", claim="tabular_vs_gru")
+        rows += controls(paper, sweep_results(runs / "policies"), by="policy", claim="tabular_vs_gru")
     return pd.DataFrame(rows, columns=["claim", "setting", "statistic", "value", "low", "high", "n"])
 
 

@@ -92,12 +92,8 @@ class Study:
         raise NotImplementedError
 
     def format_value(self, value) -> str:
-        """A setting's value in a folder name."""
-        if isinstance(value, float):
-            return f"{value:g}"
-        if isinstance(value, (list, tuple)):
-            return "-".join(map(str, value))
-        return str(value)
+        """A setting's value in a folder name (:func:`format_value`)."""
+        return format_value(value)
 
     def name_keys(self, config: dict, varying: list[str]) -> list[str]:
         """The settings in this run's folder name (default :attr:`name_fields`, then ``varying``)."""
@@ -120,6 +116,15 @@ class Job:
 
 
 # ----- names --------------------------------------------------------------------------------------
+def format_value(value) -> str:
+    """A setting's value as the default study spells it in folder names (floats ``:g``, lists a-b-c)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "-".join(map(str, value))
+    return str(value)
+
+
 def run_names(study: Study, configs: Sequence) -> list[str]:
     """A folder name per config: ``key=value`` for :meth:`Study.name_keys` (the study's fixed fields
     plus every setting that takes more than one value in the grid), comma-separated."""

@@ -55,8 +55,8 @@ def experiments(plan: Plan) -> dict[str, list[TrainConfig]]:
 
 
 def _names(configs: list[TrainConfig], extra: tuple[str, ...]) -> list[str]:
-    from .sweep import _format
-    return [",".join(f"{k}={_format(getattr(c, k))}" for k in ("loss", "beta", "seed") + extra).replace(" ", "")
+    from .sweep import format_setting
+    return [",".join(f"{k}={format_setting(getattr(c, k))}" for k in ("loss", "beta", "seed") + extra).replace(" ", "")
             for c in configs]
 
 

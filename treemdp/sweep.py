@@ -80,7 +80,7 @@ def grid(base: TrainConfig | None = None, **axes: Sequence) -> list[TrainConfig]
             for combo in itertools.product(*values)]
 
 
-def _format(value) -> str:
+def format_setting(value) -> str:
     """A setting's value in a run directory's name (floats as Python writes them, 0.1 not 0.10000)."""
     if isinstance(value, float):
         return repr(value) if not value.is_integer() else f"{value:g}"
@@ -121,7 +121,7 @@ class ToyStudy(Study):
         return _write_result(folder, config, result, light=self.light, plot=self.plot)
 
     def format_value(self, value) -> str:
-        return _format(value)
+        return format_setting(value)
 
     def result_row(self, name: str, config: dict, summary: dict) -> dict:
         return result_row(name, config, summary)
@@ -277,7 +277,7 @@ def format_table(table: pd.DataFrame) -> str:
         return "(no finished runs)"
     keys = ["loss", "beta"] + [k for k in varying_settings(table) if k not in ("loss", "beta")]
     columns = [c for c in ("peak_ood_mass", "peak_ood_gain", "final_ood_mass") if c in table]
-    grouped = table.groupby([table[k].map(_format) for k in keys], sort=False)[columns]
+    grouped = table.groupby([table[k].map(format_setting) for k in keys], sort=False)[columns]
     stats, counts = grouped.agg(["mean", "min", "max"]), grouped.size()
     labels = [", ".join(f"{k}={v}" for k, v in zip(keys, index if isinstance(index, tuple) else (index,)))
               for index in stats.index]

@@ -130,7 +130,7 @@ def format_results(table) -> str:
     (mean over seeds; values spelled as in the run folders' names)."""
     if table.empty:
         return "(no finished runs)"
-    from ..lab.store import _format
+    from ..grid import format_value as _format
     keys = [k for k in ("method", "loss", "beta", "pairs") if k in table and table[k].notna().any()]
     table = table.assign(peak_sqrt_kl=table["peak_win_kl"].clip(lower=0) ** 0.5,
                          final_sqrt_kl=table["final_kl"].clip(lower=0) ** 0.5)

@@ -145,8 +145,8 @@ def run_daa(args) -> int:
 
 def run_tiny_model(args) -> int:
     from ..llm.models import build_tiny_model
-    from ..llm.train import _quiet_transformers
-    _quiet_transformers()
+    from ..llm.train import quiet_transformers
+    quiet_transformers()
     out = build_tiny_model(args.out, hidden_size=args.hidden, num_layers=args.layers,
                            num_heads=args.heads, vocab_size=args.vocab,
                            max_positions=args.max_positions, corpus_files=args.corpus,

@@ -89,14 +89,14 @@ def add_parsers(sub) -> None:
 
 def run_lab(args) -> int:
     from ..llm.lab.study import StudyConfig, run_study
-    from ..llm.train import _quiet_transformers
+    from ..llm.train import quiet_transformers
     values = values_from_args(args, StudyConfig)
     for name in GRID_FIELDS:
         value = getattr(args, name, None)
         if value is not None:
             values[name] = parse_seeds(value) if name == "seeds" else tuple(value)
     cfg = StudyConfig(**values).checked()
-    _quiet_transformers()
+    quiet_transformers()
     options = {}
     if getattr(args, "workers", None) is not None:
         from .executor import executor_arguments
@@ -117,8 +117,8 @@ class _Args:
 
 def run_report(args) -> int:
     from ..llm.lab.report import report
-    from ..llm.train import _quiet_transformers
-    _quiet_transformers()
+    from ..llm.train import quiet_transformers
+    quiet_transformers()
     for path in report(args.study, args.out, bootstrap=args.bootstrap, proxy_rm=args.rm):
         print(path)
     return 0
@@ -126,9 +126,9 @@ def run_report(args) -> int:
 
 def run_fit(args) -> int:
     from pathlib import Path
-    from ..llm.lab.report import _csv, fit_table, load_results
+    from ..llm.lab.report import write_csv, fit_table, load_results
     fits = fit_table(load_results(args.study), bootstrap=args.bootstrap)
-    _csv(fits, Path(args.study) / "fits.csv")
+    write_csv(fits, Path(args.study) / "fits.csv")
     cols = ["metric", "loss", "beta", "pairs", "form", "p1", "p2", "rmse", "peak_d"]
     print(fits[[c for c in cols if c in fits]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0

@@ -21,7 +21,7 @@ from ..rng import stream
 DROP = 0.02
 
 
-def _bootstrap_mean(values, *, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_mean(values, *, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     if not len(values):
@@ -32,9 +32,9 @@ def _bootstrap_mean(values, *, resamples: int = 2000, seed: int = 0) -> tuple[fl
     return float(values.mean()), float(low), float(high)
 
 
-def _row(claim: str, setting: str, statistic: str, values=None, *, value=None, n=None) -> dict:
+def claim_row(claim: str, setting: str, statistic: str, values=None, *, value=None, n=None) -> dict:
     if values is not None:
-        value, low, high = _bootstrap_mean(values)
+        value, low, high = bootstrap_mean(values)
         n = int(np.isfinite(np.asarray(values, dtype=float)).sum())
     else:
         low = high = np.nan
@@ -55,17 +55,17 @@ def overoptimization(results: pd.DataFrame) -> list[dict]:
     rows = []
     daa = daa_runs(results)
     for loss, part in daa.groupby("loss"):
-        rows.append(_row("daas_overoptimize", f"{loss}, all beta and N", "share of runs with win drop >= 0.02",
+        rows.append(claim_row("daas_overoptimize", f"{loss}, all beta and N", "share of runs with win drop >= 0.02",
                          (part["win_drop"] >= DROP).astype(float)))
-        rows.append(_row("daas_overoptimize", f"{loss}, all beta and N", "mean win-rate drop from peak to end",
+        rows.append(claim_row("daas_overoptimize", f"{loss}, all beta and N", "mean win-rate drop from peak to end",
                          part["win_drop"]))
-        rows.append(_row("daas_overoptimize", f"{loss}, all beta and N", "mean gold drop from peak to end",
+        rows.append(claim_row("daas_overoptimize", f"{loss}, all beta and N", "mean gold drop from peak to end",
                          part["gold_drop"]))
     if len(daa):
-        rows.append(_row("daas_overoptimize", "all DAA runs", "share of runs with win drop >= 0.02",
+        rows.append(claim_row("daas_overoptimize", "all DAA runs", "share of runs with win drop >= 0.02",
                          (daa["win_drop"] >= DROP).astype(float)))
         gap = daa["frontier_win_gain_at_final_kl"] - daa["final_win_gain"]
-        rows.append(_row("daas_overoptimize", "all DAA runs", "win-rate frontier minus the run, at its final KL", gap))
+        rows.append(claim_row("daas_overoptimize", "all DAA runs", "win-rate frontier minus the run, at its final KL", gap))
     return rows
 
 
@@ -75,11 +75,11 @@ def first_epoch(results: pd.DataFrame) -> list[dict]:
     rows = []
     for (loss, pairs, batch), part in mini.groupby(["loss", "pairs", "batch_size"]):
         setting = f"{loss}, N={pairs}, batch {batch} ({int(np.ceil(pairs / batch))} steps per epoch)"
-        rows.append(_row("first_epoch", setting, "share of runs peaking (win rate) before epoch 1",
+        rows.append(claim_row("first_epoch", setting, "share of runs peaking (win rate) before epoch 1",
                          (part["peak_win_epoch"] < 1).astype(float)))
-        rows.append(_row("first_epoch", setting, "share of runs whose win rate has dropped >= 0.02 from its "
+        rows.append(claim_row("first_epoch", setting, "share of runs whose win rate has dropped >= 0.02 from its "
                          "first-epoch peak by the end", (part["win_drop"] >= DROP).astype(float)))
-        rows.append(_row("first_epoch", setting, "mean epoch of the win-rate peak", part["peak_win_epoch"]))
+        rows.append(claim_row("first_epoch", setting, "mean epoch of the win-rate peak", part["peak_win_epoch"]))
     return rows
 
 
@@ -92,10 +92,10 @@ def ipo_less_prone(results: pd.DataFrame) -> list[dict]:
     for other in ("dpo", "slic"):
         if "ipo" in wide and other in wide:
             diff = (wide["ipo"] - wide[other]).dropna()
-            rows.append(_row("ipo_less_prone", f"ipo - {other}, paired runs, all beta and N",
+            rows.append(claim_row("ipo_less_prone", f"ipo - {other}, paired runs, all beta and N",
                              "mean difference of win-rate drop (negative: IPO less prone)", diff))
             for beta, part in diff.groupby(level="beta"):
-                rows.append(_row("ipo_less_prone", f"ipo - {other}, beta={beta:g}",
+                rows.append(claim_row("ipo_less_prone", f"ipo - {other}, beta={beta:g}",
                                  "mean difference of win-rate drop", part))
     return rows
 
@@ -113,10 +113,10 @@ def capacity(results: pd.DataFrame) -> list[dict]:
         part = part[part["seed"].isin(shared[shared == sizes].index)]
         for size, runs in part.groupby("hidden_size"):
             setting = f"{loss}, beta={beta:g}, N={pairs}, hidden {size}"
-            rows.append(_row("capacity", setting, "mean win-rate drop", runs["win_drop"]))
-            rows.append(_row("capacity", setting, "mean peak win-rate gain", runs["peak_win_gain"]))
+            rows.append(claim_row("capacity", setting, "mean win-rate drop", runs["win_drop"]))
+            rows.append(claim_row("capacity", setting, "mean peak win-rate gain", runs["peak_win_gain"]))
         rho = part[["hidden_size", "win_drop"]].corr(method="spearman").iloc[0, 1]
-        rows.append(_row("capacity", f"{loss}, beta={beta:g}, N={pairs}, seeds {part['seed'].nunique()}",
+        rows.append(claim_row("capacity", f"{loss}, beta={beta:g}, N={pairs}, seeds {part['seed'].nunique()}",
                          "Spearman(hidden size, win drop)", value=float(rho), n=len(part)))
     return rows
 
@@ -128,14 +128,14 @@ def rl_form_vs_quadratic(fits: pd.DataFrame, pooled: pd.DataFrame | None = None)
     rl = fits[(fits["form"] == "rl") & fits["rmse_ratio"].notna()] if "rmse_ratio" in fits else fits.iloc[:0]
     for method, part in rl.groupby("method"):
         setting = f"{method}, one fit per (loss, beta, N)"
-        rows.append(_row("rl_form_fits_better", setting, "median RMSE ratio rl / quad_kl",
+        rows.append(claim_row("rl_form_fits_better", setting, "median RMSE ratio rl / quad_kl",
                          value=float(part["rmse_ratio"].median()), n=len(part)))
-        rows.append(_row("rl_form_fits_better", setting, "share of groups with ratio < 1",
+        rows.append(claim_row("rl_form_fits_better", setting, "share of groups with ratio < 1",
                          (part["rmse_ratio"] < 1).astype(float)))
-        rows.append(_row("rl_form_fits_better", setting, "share of groups with ratio <= 0.5",
+        rows.append(claim_row("rl_form_fits_better", setting, "share of groups with ratio <= 0.5",
                          (part["rmse_ratio"] <= 0.5).astype(float)))
         if "rmse_ratio_high" in part:
-            rows.append(_row("rl_form_fits_better", setting,
+            rows.append(claim_row("rl_form_fits_better", setting,
                              "share of groups whose 95% bootstrap interval of the ratio lies below 1",
                              (part["rmse_ratio_high"] < 1).astype(float)))
     if pooled is not None and "rmse_ratio" in pooled:
@@ -157,15 +157,15 @@ def spurious_share(results: pd.DataFrame, curves: pd.DataFrame, budgets: Sequenc
     rows = []
     for (loss, beta), part in runs.groupby(["loss", "beta"]):
         setting = f"{loss}, beta={beta:g}, spurious gold"
-        rows.append(_row("small_kl_leans_on_feature", setting, "mean final KL", part["final_kl"]))
-        rows.append(_row("small_kl_leans_on_feature", setting, "mean final R^2 of log(pi/ref) on the feature "
+        rows.append(claim_row("small_kl_leans_on_feature", setting, "mean final KL", part["final_kl"]))
+        rows.append(claim_row("small_kl_leans_on_feature", setting, "mean final R^2 of log(pi/ref) on the feature "
                          "(answers weighted by ref)", part["final_spurious_r2_ref"]))
-        rows.append(_row("small_kl_leans_on_feature", setting, "mean final R^2 of log(pi/ref) on the feature "
+        rows.append(claim_row("small_kl_leans_on_feature", setting, "mean final R^2 of log(pi/ref) on the feature "
                          "(weighted by pi)", part["final_spurious_r2"]))
     for loss, part in spur.groupby("loss"):
         for budget in budgets:
             values = [_at_kl(run, budget, "spurious_r2_ref") for _, run in part.groupby("dir")]
-            rows.append(_row("small_kl_leans_on_feature", f"{loss}, every beta, when KL first reaches {budget:g}",
+            rows.append(claim_row("small_kl_leans_on_feature", f"{loss}, every beta, when KL first reaches {budget:g}",
                              "mean R^2 of log(pi/ref) on the feature (weighted by ref)", values))
     return rows
 
@@ -197,7 +197,7 @@ def kl_spent(curves: pd.DataFrame, fractions: Sequence[float] = (0.5, 0.9)) -> l
                 kl_rl = _first_kl(run.sort_values("step"), target)
                 kl_bon = _first_kl(other.sort_values("n"), target)
                 ratios.append(np.log(kl_rl / kl_bon) if kl_bon > 0 and kl_rl > 0 else np.nan)
-            rows.append(_row("rl_spends_more_kl", f"RLHF beta={beta:g} vs best-of-n, {fraction:.0%} of the "
+            rows.append(claim_row("rl_spends_more_kl", f"RLHF beta={beta:g} vs best-of-n, {fraction:.0%} of the "
                              "smaller peak gold gain", "mean log(KL_RLHF / KL_BoN) (> 0: RL spends more)", ratios))
     return rows
 

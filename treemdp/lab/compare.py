@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .claims import _bootstrap_mean, _row, daa_runs
+from .claims import bootstrap_mean, claim_row, daa_runs
 from .store import LabTables
 
 #: sqrt KL values of the gain table (``equal_kl_table.csv``).
@@ -146,7 +146,7 @@ def equal_kl(tables: LabTables, *, points: Sequence[float] = POINTS, grid: Optio
 
 
 def _stats(values, resamples: int) -> dict:
-    mean, low, high = _bootstrap_mean(values, resamples=resamples)
+    mean, low, high = bootstrap_mean(values, resamples=resamples)
     return {"mean": mean, "low": low, "high": high, "seeds": int(np.isfinite(np.asarray(values, float)).sum())}
 
 
@@ -190,7 +190,7 @@ def _peaks(envelopes: pd.DataFrame, saturation: Optional[pd.Series], resamples: 
         d, gain, fraction, edge, reach, sat = (np.array(v, float) for v in zip(*per_seed))
         row = {"method": m, "pairs": n, "quality": q}
         for name, values in (("peak_sqrt_kl", d), ("peak_gain", gain), ("peak_saturation", fraction)):
-            mean, low, high = _bootstrap_mean(values, resamples=resamples)
+            mean, low, high = bootstrap_mean(values, resamples=resamples)
             row.update({name: mean, f"{name}_low": low, f"{name}_high": high})
         row.update(peak_at_edge=float(edge.mean()), reach_sqrt_kl=_nanmean(reach), saturation_sqrt_kl=_nanmean(sat),
                    seeds=len(per_seed))
@@ -228,21 +228,21 @@ def equal_kl_claims(comparison: EqualKL, fractions: Sequence[float] = (0.5, 0.9)
                     d_rl = _first_reach(rl["sqrt_kl"].to_numpy(), rl["gain"].to_numpy(), target)
                     d_bon = _first_reach(bon["sqrt_kl"].to_numpy(), bon["gain"].to_numpy(), target)
                     ratios.append(2 * np.log(d_rl / d_bon) if d_rl > 0 and d_bon > 0 else np.nan)
-                rows.append(_row("rl_spends_more_kl", f"envelopes over beta, N={pairs}, {fraction:.0%} of the smaller "
+                rows.append(claim_row("rl_spends_more_kl", f"envelopes over beta, N={pairs}, {fraction:.0%} of the smaller "
                                  "peak gold gain", "mean log(KL_RLHF / KL_BoN) (> 0: RL spends more)", ratios))
         peaks = {m: {s: envelope_peak(e["sqrt_kl"].to_numpy(), e["gain"].to_numpy()) for s, e in by_seed.items()}
                  for m, by_seed in wide.items()}
         for m in methods:
-            rows.append(_row("who_overoptimizes_first", f"{m}, N={pairs}, gold envelope over beta and steps",
+            rows.append(claim_row("who_overoptimizes_first", f"{m}, N={pairs}, gold envelope over beta and steps",
                              "mean sqrt KL of the envelope's peak", [p[0] for p in peaks[m].values()]))
-            rows.append(_row("who_overoptimizes_first", f"{m}, N={pairs}, gold envelope over beta and steps",
+            rows.append(claim_row("who_overoptimizes_first", f"{m}, N={pairs}, gold envelope over beta and steps",
                              "share of seeds whose envelope peaks at the largest sqrt KL reached (no over-optimization seen)",
                              [float(p[2]) for p in peaks[m].values()]))
         for i, a in enumerate(methods):
             for b in methods[i + 1:]:
                 shared = sorted(set(peaks[a]) & set(peaks[b]))
                 diff = [peaks[a][s][0] - peaks[b][s][0] for s in shared]
-                rows.append(_row("who_overoptimizes_first", f"{a} - {b}, N={pairs}, paired by seed",
+                rows.append(claim_row("who_overoptimizes_first", f"{a} - {b}, N={pairs}, paired by seed",
                                  "mean difference of the gold envelope's peak sqrt KL (< 0: the first peaks earlier)", diff))
     return rows
 

@@ -115,7 +115,7 @@ def run_lab(configs: Sequence[LabConfig], *, progress: bool = False,
     configs = [c.validate() for c in configs]
     batches = plan_batches(configs) if batches is None else batches
     from tqdm.auto import tqdm
-    total = sum(_work(configs[i]) for b in batches for i in b)
+    total = sum(run_work(configs[i]) for b in batches for i in b)
     results: list[Optional[LabResult]] = [None] * len(configs)
     with tqdm(total=total, disable=not progress or not total, unit="run-step", unit_scale=True, desc="lab",
               bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]") as bar:
@@ -128,7 +128,7 @@ def run_lab(configs: Sequence[LabConfig], *, progress: bool = False,
     return results
 
 
-def _work(c: LabConfig) -> int:
+def run_work(c: LabConfig) -> int:
     """Run-steps of one config (for the progress bar)."""
     return c.sft_steps + (c.rm_steps if c.method != "daa" else 0) + (c.steps if c.method != "bon" else 0)
 

@@ -30,7 +30,7 @@ from ..grid import RESULTS, Study, json_text, run_grid
 from ..grid import run_names as grid_names
 from ..runs import atomic_directory
 from .config import IGNORED, LabConfig, shape_key
-from .runner import BON_COLUMNS, MAX_BATCH, STEP_COLUMNS, LabResult, _work, run_batch
+from .runner import BON_COLUMNS, MAX_BATCH, STEP_COLUMNS, LabResult, run_batch, run_work
 
 #: Below this many run-steps a grid runs in this process (starting workers costs seconds).
 PARALLEL_WORK = 50_000
@@ -57,7 +57,7 @@ class LabStudy(Study):
         return shape_key(config)
 
     def cost(self, config: LabConfig) -> float:
-        return _work(config)
+        return run_work(config)
 
     def run_batch(self, configs, on_work):
         return run_batch(configs, on_work=on_work)

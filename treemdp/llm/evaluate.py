@@ -242,8 +242,8 @@ def evaluate_model(model_path: str, cfg: EvalConfig, *, ref_model=None, ref_path
     """
     from .models import (check_causal, check_finite_weights, check_same_vocabulary, load_model,
                          load_tokenizer, resolve_device)
-    from .train import _quiet_transformers
-    _quiet_transformers()
+    from .train import quiet_transformers
+    quiet_transformers()
     device = resolve_device(cfg.device)
     for name in ("n_prompts", "samples", "max_new_tokens", "batch_size"):
         if getattr(cfg, name) < 1:
@@ -319,8 +319,8 @@ def evaluate_model(model_path: str, cfg: EvalConfig, *, ref_model=None, ref_path
     })
     if judge is not None:
         texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
-        prompt_text = [_text(rows[ex.row]["prompt"]) for ex in picks for _ in range(cfg.samples)]
-        refs = [_text(rows[ex.row]["chosen"]) for ex in picks for _ in range(cfg.samples)]
+        prompt_text = [row_text(rows[ex.row]["prompt"]) for ex in picks for _ in range(cfg.samples)]
+        refs = [row_text(rows[ex.row]["chosen"]) for ex in picks for _ in range(cfg.samples)]
         verdicts = run_judge(judge, cfg.judge, prompt_text, texts, refs)
         result["win_rate"] = sum(verdicts) / n
         result["win_rate_se"] = float(torch.tensor(verdicts).std() / math.sqrt(n)) if n > 1 else 0.0
@@ -345,7 +345,7 @@ def run_judge(judge, spec, prompts: list[str], completions: list[str], reference
     return checked_scores(verdicts, len(completions), f"judge {name}", low=0.0, high=1.0)
 
 
-def _text(value) -> str:
+def row_text(value) -> str:
     """A row field as text for a judge (messages joined by their contents)."""
     return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
 
@@ -362,8 +362,8 @@ def _run_config(model_dir: Path) -> dict:
 def evaluate_run(run_dir: str, cfg: EvalConfig) -> list[dict]:
     """Evaluate every checkpoint of a run (and ``final``), write ``RUN/eval.csv``, return rows."""
     from .models import load_model, load_tokenizer, resolve_device
-    from .train import _quiet_transformers, checkpoints
-    _quiet_transformers()
+    from .train import quiet_transformers, checkpoints
+    quiet_transformers()
     run = Path(run_dir)
     run_cfg = _run_config(run / "final")
     if not run_cfg:

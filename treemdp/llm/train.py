@@ -308,7 +308,7 @@ def absolute_if_local(name: str | None) -> str | None:
 
 # ---------------------------------------------------------------- small helpers
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     from transformers.utils import logging
     logging.set_verbosity_error()
     logging.disable_progress_bar()
@@ -728,7 +728,7 @@ def prepare_run(cfg: LLMConfig) -> RunState | LLMRun:
     cfg = cfg.resolved()
     from accelerate import Accelerator
     from .models import check_causal, check_same_vocabulary, load_tokenizer, resolve_device
-    _quiet_transformers()
+    quiet_transformers()
     device = resolve_device(cfg.device)
     check_out_folder(cfg)
     check_reporter(cfg.report_to)

@@ -30,7 +30,7 @@ from ...errors import UserError
 from ...runs import atomic_file
 
 
-def _csv(table: pd.DataFrame, path: Path) -> Path:
+def write_csv(table: pd.DataFrame, path: Path) -> Path:
     with atomic_file(path) as tmp:
         table.to_csv(tmp, index=False)
     return path
@@ -210,16 +210,16 @@ def report(study, out=None, *, bootstrap: int = 200, proxy_rm: Optional[str] = N
     out = Path(out) if out else study
     out.mkdir(parents=True, exist_ok=True)
     results = load_results(study)
-    paths = [_csv(results, out / "results.csv"), _csv(summary_table(results), out / "summary.csv")]
+    paths = [write_csv(results, out / "results.csv"), write_csv(summary_table(results), out / "summary.csv")]
     fits = fit_table(results, bootstrap=bootstrap)
-    paths.append(_csv(fits, out / "fits.csv"))
+    paths.append(write_csv(fits, out / "fits.csv"))
     bon = None
     settings = json.loads((study / "study.json").read_text())["grid"]
     cfg = StudyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
     shared = Shared(cfg, study)
     rm_dir = proxy_rm or (str(study / "shared" / "rm") if (study / "shared" / "rm" / "config.json").is_file() else None)
     bon = bon_table(shared, proxy_rm=rm_dir)
-    paths.append(_csv(bon, out / "bon.csv"))
+    paths.append(write_csv(bon, out / "bon.csv"))
     paths.append(figure_humps(results, fits, bon, out))
     return paths
 

@@ -26,10 +26,10 @@ def train_reward_model(model: str, data, out, *, epochs: float = 4.0, lr: float 
     ``{"out", "steps", "train_accuracy", "loss"}``. Same seed, same numbers on CPU."""
     from transformers import AutoModelForSequenceClassification
     from ..data import PAIR_FIELDS, load_rows
-    from ..evaluate import _text
+    from ..evaluate import row_text
     from ..models import check_causal, load_tokenizer, resolve_device
-    from ..train import _quiet_transformers
-    _quiet_transformers()
+    from ..train import quiet_transformers
+    quiet_transformers()
     if not (math.isfinite(lr) and lr > 0) or not (math.isfinite(epochs) and epochs > 0) or batch_size < 1:
         raise UserError("--lr and --epochs must be finite numbers > 0 and --batch-size >= 1")
     device = resolve_device(device)
@@ -42,8 +42,8 @@ def train_reward_model(model: str, data, out, *, epochs: float = 4.0, lr: float 
     except (OSError, ValueError) as e:
         raise UserError(f"cannot build a reward model from {model}: {str(e).splitlines()[0]}") from None
     rm.config.pad_token_id = tok.pad_token_id
-    chosen = [_text(r["prompt"]) + _text(r["chosen"]) for r in rows]
-    rejected = [_text(r["prompt"]) + _text(r["rejected"]) for r in rows]
+    chosen = [row_text(r["prompt"]) + row_text(r["chosen"]) for r in rows]
+    rejected = [row_text(r["prompt"]) + row_text(r["rejected"]) for r in rows]
     optimizer = torch.optim.AdamW(rm.parameters(), lr=lr, weight_decay=0.0)
     steps = max(1, math.ceil(epochs * math.ceil(len(rows) / batch_size)))
     generator = torch.Generator().manual_seed(seed)

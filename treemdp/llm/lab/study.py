@@ -309,8 +309,8 @@ def _prompt_rows(shared: Shared) -> list[dict]:
 def _prompts(shared: Shared, count: int) -> list[str]:
     if shared.language is not None:
         return [""]
-    from ..evaluate import _text
-    seen = list(dict.fromkeys(_text(r["prompt"]) for r in _prompt_rows(shared)))
+    from ..evaluate import row_text
+    seen = list(dict.fromkeys(row_text(r["prompt"]) for r in _prompt_rows(shared)))
     return seen[:count]
 
 
@@ -335,10 +335,10 @@ def _pairs(shared: Shared) -> None:
     need = max(cfg.pairs) + cfg.heldout
     rng = np.random.default_rng([cfg.data_seed, 2])
     if cfg.pair_source == "data":
-        from ..evaluate import _text
+        from ..evaluate import row_text
         source = _prompt_rows(shared)
-        rows = _label_pairs(shared, [_text(r["prompt"]) for r in source], [_text(r["chosen"]) for r in source],
-                            [_text(r["rejected"]) for r in source], rng)
+        rows = _label_pairs(shared, [row_text(r["prompt"]) for r in source], [row_text(r["chosen"]) for r in source],
+                            [row_text(r["rejected"]) for r in source], rng)
     else:
         from ..models import load_model, load_tokenizer
         model = load_model(str(shared.sft_model)).to(shared.device)
