@@ -130,4 +130,4 @@ def test_light_modules_need_no_torch(name):
     """The command line reads specs and settings before anything heavy is imported."""
     imported = {target for target, _ in imports(name)}
     source = MODULES[name].read_text()
-    assert "import torch" not in source and imported <= {"treemdp.errors", "treemdp.specs", "treemdp.settings"}
+    assert "import torch" not in source and imported <= {"treemdp.errors", "treemdp.specs", "treemdp.settings", "treemdp.imports"}

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .lab.claims import claim_row
-from .reproduce import BETAS, LOSSES
+from .experiments import BETAS, LOSSES
 
 
 def _cell(table: pd.DataFrame, loss: str, beta: float) -> pd.DataFrame:

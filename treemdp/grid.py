@@ -223,7 +223,7 @@ def finished_runs(out: Path, names: Sequence[str], configs: Sequence, *, replace
 
 def write_table(frame: pd.DataFrame, path: Path) -> None:
     """Write a CSV table atomically (:func:`treemdp.runs.atomic_file`): a reader never sees half of it."""
-    from .runs import atomic_file
+    from .files import atomic_file
     with atomic_file(path) as tmp:
         frame.to_csv(tmp, index=False)
 
@@ -300,7 +300,7 @@ def run_grids(jobs: Sequence[Job], *, executor: str | Executor | None = None, wo
               progress: bool = False, desc: Optional[str] = None, **executor_options) -> list[pd.DataFrame]:
     """:func:`run_grid` for several grid folders at once, sharing one executor."""
     from .executors import is_local, open_executor
-    from .runs import check_writable
+    from .files import check_writable
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserError(f"workers must be an integer >= 1, got {workers!r}")
     rows: list[dict[str, tuple]] = []

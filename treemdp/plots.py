@@ -108,8 +108,8 @@ def run_grid(configs, dataset=None, *, desc: str = "precomputing the runs behind
         One :class:`~treemdp.training.RunResult` (or the ``TrainingDiverged`` error) per config.
     """
     from .grid import compute
-    from .sweep import ToyStudy
-    return compute(ToyStudy(dataset=dataset), configs, desc=f"{desc} ({len(configs)} runs)")
+    from .training import TrainStudy
+    return compute(TrainStudy(dataset=dataset), configs, desc=f"{desc} ({len(configs)} runs)")
 
 
 def trajectory_roles(history: pd.DataFrame, dataset=None) -> dict[str, str]:

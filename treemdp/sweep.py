@@ -27,10 +27,10 @@ from typing import Iterable, Optional, Sequence
 import pandas as pd
 
 from .errors import UserError
-from .grid import RESULTS, Job as GridJob, Study, finished_runs, json_text, run_grids
+from .grid import RESULTS, Job as GridJob, finished_runs, json_text, run_grids
 from .grid import read_results as grid_results
 from .grid import run_names as grid_names
-from .training import TrainConfig, TrainingDiverged, shape_key, train_batch
+from .training import BATCH_SIZE, BATCH_VALUES, TrainConfig, TrainingDiverged, TrainStudy, batch_limit, check_data  # noqa: F401  (re-exported)
 
 #: Fields always in a run directory's name, whether or not the grid varies them.
 NAME_FIELDS = ("loss", "beta", "seed")
@@ -87,35 +87,16 @@ def format_setting(value) -> str:
     return str(value)
 
 
-class ToyStudy(Study):
-    """The toy track on the grid (:mod:`treemdp.grid`): TrainConfig runs, stacked by
-    :func:`~treemdp.training.shape_key` in :func:`~treemdp.training.train_batch`, each written in
-    the ``train`` layout (or ``light``: config.json and summary.json only)."""
+class ToyStudy(TrainStudy):
+    """The toy track on the grid (:mod:`treemdp.grid`): :class:`~treemdp.training.TrainStudy`'s
+    stacks, each run written in the ``train`` layout (or ``light``: config.json and summary.json
+    only)."""
 
-    label = "sweep"
     name_fields = NAME_FIELDS
-    layout = "fill"
-    spread = True
 
     def __init__(self, *, light: bool = False, plot: bool = True, batch_size: int = None, dataset=None):
-        self.light, self.plot, self.dataset = light, plot, dataset
-        self.max_batch = BATCH_SIZE if batch_size is None else batch_size
-
-    def shape(self, config: TrainConfig):
-        return shape_key(config)
-
-    def batch_limit(self, config: TrainConfig) -> int:
-        return min(self.max_batch, batch_limit(config, keep_history=not self.light))
-
-    def cost(self, config: TrainConfig) -> float:
-        return (config.sft_steps + config.daa_steps) * config.hidden_size ** 2
-
-    def check(self, configs: Sequence[TrainConfig]) -> None:
-        _check_data(configs)
-
-    def run_batch(self, configs, on_work):
-        unit = len(configs) * configs[0].hidden_size ** 2
-        return train_batch(configs, self.dataset, on_step=lambda n: on_work(n * unit), keep_history=not self.light)
+        super().__init__(light=light, batch_size=batch_size, dataset=dataset)
+        self.plot = plot
 
     def write_run(self, folder: Path, config: TrainConfig, result) -> dict:
         return _write_result(folder, config, result, light=self.light, plot=self.plot)
@@ -179,24 +160,6 @@ def _write_result(out: Path, config: TrainConfig, result, *, light: bool, plot: 
     return result.summary
 
 
-#: Most runs trained as one stacked computation by default (a larger group is cut into equal parts).
-#: Per-run cost falls with the batch up to a few hundred runs, then rises again once the stacked
-#: weights outgrow the CPU caches (measured on the paper's tree, GRU h=32, one thread: 95 ms/run
-#: at 60 runs, 57 at 195, 51 at 260-390, 72 at 780).
-BATCH_SIZE = 384
-
-#: Most values (runs x trajectories x recorded steps) one batch keeps: about 1 GB of float32.
-BATCH_VALUES = 2**28
-
-
-def batch_limit(config: TrainConfig, *, keep_history: bool) -> int:
-    """Most runs of this shape one batch may hold: every logged step's probabilities stay in
-    memory until the batch is written (light sweeps keep only scalars)."""
-    T = config.branching ** config.depth
-    steps = (config.sft_steps + config.daa_steps) // config.log_every + 2 if keep_history and T <= config.history_limit else 64
-    return max(1, BATCH_VALUES // (T * steps))
-
-
 @dataclasses.dataclass
 class Job:
     """One grid directory to fill: configs, their run names, how to write them."""
@@ -252,15 +215,6 @@ def sweep_many(jobs: Sequence[Job], *, batch_size: int = BATCH_SIZE, workers: in
     for job, done in zip(jobs, grid_jobs):
         job.out = done.out
     return tables
-
-
-def _check_data(configs: Sequence[TrainConfig]) -> None:
-    """Load every data file once before any work, so bad input fails first (UserError)."""
-    from .training import resolve_dataset
-    from .tree import TreeMDP
-    for data, branching, depth in {(c.data, c.branching, c.depth) for c in configs}:
-        config = next(c for c in configs if (c.data, c.branching, c.depth) == (data, branching, depth))
-        resolve_dataset(config, TreeMDP(branching, depth), None)
 
 
 def varying_settings(table: pd.DataFrame) -> list[str]:

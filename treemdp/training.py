@@ -24,6 +24,7 @@ from . import accounting  # noqa: F401  (registers the mass buckets)
 from .engine import (OPTIMIZERS, DaaHook, Phase, PhaseRecord, ReferenceUpdates, RunContext, daa_loss, load_row,
                      run_phase, sft_then_reference, stack_parameters, torch_threads)
 from .errors import TrainingDiverged, UserError
+from .grid import Study
 from .exact import entropy, in_distribution_mask, kl_divergence, top_ood
 from .losses import get_objective
 from .objectives import check_loss, loss_spec
@@ -526,6 +527,66 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None, *,
     return result
 
 
+
+# ----- the toy track's runs on the grid (treemdp.grid): in memory here, in folders by treemdp.sweep -----
+
+#: Most runs trained as one stacked computation by default (a larger group is cut into equal parts).
+#: Per-run cost falls with the batch up to a few hundred runs, then rises again once the stacked
+#: weights outgrow the CPU caches (measured on the paper's tree, GRU h=32, one thread: 95 ms/run
+#: at 60 runs, 57 at 195, 51 at 260-390, 72 at 780).
+BATCH_SIZE = 384
+
+#: Most values (runs x trajectories x recorded steps) one batch keeps: about 1 GB of float32.
+BATCH_VALUES = 2**28
+
+
+def batch_limit(config: TrainConfig, *, keep_history: bool) -> int:
+    """Most runs of this shape one batch may hold: every logged step's probabilities stay in
+    memory until the batch is written (light sweeps keep only scalars)."""
+    T = config.branching ** config.depth
+    steps = (config.sft_steps + config.daa_steps) // config.log_every + 2 if keep_history and T <= config.history_limit else 64
+    return max(1, BATCH_VALUES // (T * steps))
+
+
+def check_data(configs: Sequence[TrainConfig]) -> None:
+    """Load every data file once before any work, so bad input fails first (UserError)."""
+    from .tree import TreeMDP
+    for data, branching, depth in {(c.data, c.branching, c.depth) for c in configs}:
+        config = next(c for c in configs if (c.data, c.branching, c.depth) == (data, branching, depth))
+        resolve_dataset(config, TreeMDP(branching, depth), None)
+
+
+
+class TrainStudy(Study):
+    """:func:`train_batch` as a grid study: TrainConfig runs stacked by :func:`shape_key`, in
+    batches :func:`batch_limit` keeps in memory. In memory through :func:`treemdp.grid.compute`
+    (:func:`treemdp.plots.run_grid`); :class:`treemdp.sweep.ToyStudy` adds the run folders."""
+
+    label = "sweep"
+    layout = "fill"
+    spread = True
+
+    def __init__(self, *, light: bool = False, batch_size: Optional[int] = None, dataset: Optional[Dataset] = None):
+        self.light, self.dataset = light, dataset
+        self.max_batch = BATCH_SIZE if batch_size is None else batch_size
+
+    def shape(self, config: TrainConfig):
+        return shape_key(config)
+
+    def batch_limit(self, config: TrainConfig) -> int:
+        return min(self.max_batch, batch_limit(config, keep_history=not self.light))
+
+    def cost(self, config: TrainConfig) -> float:
+        return (config.sft_steps + config.daa_steps) * config.hidden_size ** 2
+
+    def check(self, configs: Sequence[TrainConfig]) -> None:
+        check_data(configs)
+
+    def run_batch(self, configs, on_work):
+        unit = len(configs) * configs[0].hidden_size ** 2
+        return train_batch(configs, self.dataset, on_step=lambda n: on_work(n * unit), keep_history=not self.light)
+
+
 __all__ = ["TrainConfig", "RunResult", "TrainingDiverged", "train", "train_batch", "resolve_dataset",
            "summarize", "shape_key", "PER_RUN_FIELDS", "OPTIMIZERS", "run_context", "context_from_rows", "loss_spec",
-           "chosen_dip", "DIP_TOL"]
+           "chosen_dip", "DIP_TOL", "TrainStudy", "batch_limit", "check_data", "BATCH_SIZE", "BATCH_VALUES"]
