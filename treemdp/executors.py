@@ -134,8 +134,14 @@ class DaskExecutor(Executor):
         self._cluster = None
         try:
             if address == "local":
-                self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                             dashboard_address=None, scheduler_port=0)
+                import dask
+                # Dask's workers trim freed memory at 64 KiB by default (MALLOC_TRIM_THRESHOLD_), which
+                # turns the engine's tensor churn into page faults (measured: 1.7x its CPU time).
+                environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+                           if k != "MALLOC_TRIM_THRESHOLD_"}
+                with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                    self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                 dashboard_address=None, scheduler_port=0)
                 self._client = Client(self._cluster)
             else:
                 self._client = Client(address, timeout=DASK_TIMEOUT)
