@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if extra is None:
             raise
         print(f"error: this command needs the {extra!r} extra ({e.name} is not installed): "
-              f"pip install 'treemdp[{extra}]' (from a clone: pip install -c constraints.txt -e '.[{extra}]')",
+              f"pip install 'treemdp[{extra}]' (from a clone: .venv/bin/pip install -c requirements-lock.txt -e '.[{extra}]')",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
