@@ -46,7 +46,7 @@ left.plot(daa["step"], chosen_prob, color=ROLE_COLORS["chosen"])
 left.plot(daa["step"].iloc[deepest], chosen_prob[deepest], "v", color="k", ms=8)
 left.set(xlabel="DAA step", ylabel="π(chosen)", ylim=(0, 1.02),
          title=f"π(chosen): {chosen_prob[0]:.0%} at the start, falls to {chosen_prob[deepest]:.0%} at step "
-               f"{daa['step'].iloc[deepest]} ({dips[deepest]:.0%} below its best so far), {chosen_prob[-1]:.1%} at the end")
+               f"{daa['step'].iloc[deepest]}\n({dips[deepest]:.0%} below its best so far), {chosen_prob[-1]:.1%} at the end")
 left.title.set_fontsize(9)
 right.plot(daa["step"], np.log(daa["rejected_prob"]), color=ROLE_COLORS["rejected"])
 right.set(xlabel="DAA step", ylabel="log π(rejected)", title="the rejected answer, pushed down")

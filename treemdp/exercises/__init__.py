@@ -9,6 +9,11 @@ nothing is put into the notebook's namespace; a notebook cell shows the Result i
     check_dpo_g(dpo_g)        # -> a1.dpo_g: correct: matches treemdp.losses.dpo_g on ...
     hint("a1.dpo_g")          # first hint; hint("a1.dpo_g", 2) for the next
 
+The library functions a check compares with are bound when this package is imported and
+verified at every check (:class:`.core.Reference`), so a notebook that assigns
+``treemdp.losses.dpo_g = dpo_g`` is still compared with the library's own; an answer that changes
+one of its inputs in place, or calls the library function its exercise teaches, is incorrect.
+
 Assignments: a1 the losses (:mod:`.losses`), a2 exact enumeration (:mod:`.enumeration`),
 a3 a silent-bug hunt (:mod:`.bugs`); lesson 8's exact best-of-n KL (:mod:`.lab`); lesson 9's CHES
 exercise (:mod:`.displacement`). ``treemdp grade`` runs a notebook and calls :func:`check_namespace`
