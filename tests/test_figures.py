@@ -37,7 +37,7 @@ def size_key(name: str) -> str:
 def quick(tmp_path_factory):
     root = tmp_path_factory.mktemp("reproduce")
     result = subprocess.run([sys.executable, "-m", "treemdp", "reproduce", "--quick", "--out", str(root / "figs"),
-                             "--runs", str(root / "runs")], capture_output=True, text=True, timeout=300)
+                             "--runs", str(root / "runs")], capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     return root
 
