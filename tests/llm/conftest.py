@@ -67,3 +67,9 @@ def sft_run(tiny, llm_tmp):
     treemdp_cli("llm", "sft", "--model", tiny, "--data", data, "--out", out, "--preset", "cpu",
                 "--threads", "2", "--no-progress", "--checkpoints-per-epoch", "2")
     return out
+
+
+@pytest.fixture(scope="module")
+def pairs16(tmp_path_factory):
+    """The first 16 of the shipped preference pairs (the reliability and TRL-user tests)."""
+    return head(DATA / "tldr_prefs.jsonl", tmp_path_factory.mktemp("pairs") / "p16.jsonl", 16)

@@ -15,11 +15,6 @@ from .conftest import DATA, head
 from .test_cli_errors import assert_user_error, run
 
 
-@pytest.fixture(scope="module")
-def pairs16(tmp_path_factory):
-    return head(DATA / "tldr_prefs.jsonl", tmp_path_factory.mktemp("pairs") / "p16.jsonl", 16)
-
-
 def daa(capsys, tiny, data, out, *extra):
     """``treemdp llm daa`` in process on 16 pairs, 1 step of 4 unless ``extra`` says otherwise."""
     return run(capsys, "llm", "daa", "--model", tiny, "--data", data, "--out", out,

@@ -18,6 +18,7 @@ import torch
 
 from .conftest import DATA, ENV, head, treemdp_cli
 from .test_cli_errors import assert_user_error, run
+from .test_reliability import daa  # one step of 4 of the 16 pairs (conftest's pairs16)
 
 
 def assert_one_error(code, err, *fragments):
@@ -27,17 +28,6 @@ def assert_one_error(code, err, *fragments):
     assert code == 2 and "Traceback" not in err and len(errors) == 1, err
     for fragment in fragments:
         assert fragment in errors[0], err
-
-
-@pytest.fixture(scope="module")
-def pairs16(tmp_path_factory):
-    return head(DATA / "tldr_prefs.jsonl", tmp_path_factory.mktemp("pairs") / "p16.jsonl", 16)
-
-
-def daa(capsys, model, data, out, *extra):
-    """``treemdp llm daa`` in process, 1 step of 4 pairs unless ``extra`` says otherwise."""
-    return run(capsys, "llm", "daa", "--model", model, "--data", data, "--out", out,
-               "--no-progress", "--batch-size", "4", "--max-steps", "1", "--lr", "3e-4", *extra)
 
 
 def metrics(out):
