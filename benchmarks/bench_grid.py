@@ -42,10 +42,8 @@ def main() -> int:
     torch.set_num_threads(1)
     import treemdp
     print(f"treemdp from {os.path.dirname(treemdp.__file__)}; {os.cpu_count()} cores, torch {torch.__version__}")
-    try:  # the pinned plans' home after issue 17
-        from treemdp.experiments import BETAS, LOSSES, zoo_objectives
-    except ImportError:
-        from treemdp.reproduce import BETAS, LOSSES, zoo_objectives
+    from treemdp.experiments import BETAS, LOSSES
+    from treemdp.reproduce import zoo_objectives
     from treemdp.sweep import grid, sweep
     from treemdp.training import TrainConfig
 

@@ -9,6 +9,7 @@ Registered by :mod:`treemdp.cli.llm`. The flags of ``lab run`` are the fields of
 from __future__ import annotations
 
 from ..errors import UserError
+from .executor import add_executor_flags, executor_arguments
 from .flags import add_dataclass_flags, values_from_args
 
 GRID_FIELDS = ("losses", "betas", "seeds", "pairs", "bon")
@@ -52,12 +53,8 @@ def add_parsers(sub) -> None:
                         choices={"language": list(LANGUAGES), "pair_source": list(PAIR_SOURCES),
                                  "device": ["cpu", "cuda", "auto"]},
                         title="study settings (every StudyConfig field)")
-    try:  # the grid's executors (local processes, Dask, SLURM) where treemdp.grid is installed
-        from .executor import add_executor_flags
-        p.add_argument("--workers", type=int, default=1, help="runs at once (default: 1)")
-        add_executor_flags(p)
-    except ImportError:
-        pass
+    p.add_argument("--workers", type=int, default=1, help="runs at once (default: 1)")
+    add_executor_flags(p)  # the grid's executors: local processes, Dask, SLURM
     p.set_defaults(func=run_lab)
 
     p = labsub.add_parser("report", help="tables (results, summary, fits, best-of-n) and humps.png of a study")
@@ -97,11 +94,7 @@ def run_lab(args) -> int:
             values[name] = parse_seeds(value) if name == "seeds" else tuple(value)
     cfg = StudyConfig(**values).checked()
     quiet_transformers()
-    options = {}
-    if getattr(args, "workers", None) is not None:
-        from .executor import executor_arguments
-        options = dict(executor_arguments(args), workers=args.workers)
-    results = run_study(cfg, args.out, **options)
+    results = run_study(cfg, args.out, workers=args.workers, **executor_arguments(args))
     print(f"lab: {results['run'].nunique() if 'run' in results else len(results)} rows of "
           f"{len(set(zip(results['loss'], results['beta'], results['seed'], results['pairs'])))} runs in "
           f"{args.out}/results.csv")

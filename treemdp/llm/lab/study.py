@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 
 from ...errors import UserError
+from ...grid import Study, json_text, run_grid
 from ...runs import atomic_file
 
 LANGUAGES = ("tree", "text")
@@ -209,11 +210,10 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _train_config(**values):
-    """The trainer's settings object (its class is ``LLMConfig`` in newer versions, ``TrainConfig`` before)."""
-    from .. import train as trainer
-    cls = getattr(trainer, "LLMConfig", None) or trainer.TrainConfig
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+    """The trainer's :class:`~treemdp.llm.train.LLMConfig` from the study's values."""
+    from ..train import LLMConfig
+    names = {f.name for f in fields(LLMConfig)}
+    return LLMConfig(**{k: v for k, v in values.items() if k in names})
 
 
 def _train(**values):
@@ -566,17 +566,7 @@ def summarize(table: pd.DataFrame) -> dict:
     return out
 
 
-try:  # the one grid (treemdp.grid): executors, names, resume; a plain loop stands in without it
-    from ...grid import Study as _GridStudy
-    from ...grid import json_text as _json_text
-except ImportError:  # pragma: no cover - older trees
-    _GridStudy = object
-
-    def _json_text(obj) -> str:
-        return json.dumps(obj, indent=2) + "\n"
-
-
-class LLMLabStudy(_GridStudy):
+class LLMLabStudy(Study):
     """The lab's runs as a grid study: one run per stack; the shared parts are prepared before.
 
     ``run_batch`` trains a run into ``OUT/train/NAME`` and evaluates step 0 and every checkpoint;
@@ -618,7 +608,7 @@ class LLMLabStudy(_GridStudy):
     def write_run(self, folder: Path, config, result) -> dict:
         from ...runs import atomic_directory
         with atomic_directory(folder) as tmp:
-            (tmp / "config.json").write_text(_json_text(config.to_dict()))
+            (tmp / "config.json").write_text(json_text(config.to_dict()))
             result["table"].to_csv(tmp / "eval.csv", index=False)
             _write_json(result["summary"], tmp / "summary.json")
             train = Path(result["train"])
@@ -631,17 +621,10 @@ class LLMLabStudy(_GridStudy):
         return result["summary"]
 
 
-def _finished(folder: Path, run: Run) -> bool:
-    try:
-        return (folder / "summary.json").is_file() and json.loads((folder / "config.json").read_text()) == run.to_dict()
-    except (OSError, ValueError):
-        return False
-
-
 def run_study(cfg: StudyConfig, out, *, runs: Optional[Sequence[Run]] = None, executor=None,
               workers: int = 1, **executor_options) -> pd.DataFrame:
     """Prepare the shared parts, then train and evaluate every run not finished yet (on the grid's
-    executors when ``treemdp.grid`` is there); write ``OUT/results.csv`` (one row per checkpoint)."""
+    executors); write ``OUT/results.csv`` (one row per checkpoint)."""
     cfg = cfg.checked()
     out = Path(out).expanduser().absolute()
     shared = prepare(cfg, out)
@@ -650,15 +633,8 @@ def run_study(cfg: StudyConfig, out, *, runs: Optional[Sequence[Run]] = None, ex
         raise UserError("the grid has no runs")
     study = LLMLabStudy(cfg, out)
     names = [run.name for run in runs]
-    if _GridStudy is not object:
-        from ...grid import run_grid
-        run_grid(study, runs, out / "runs", names=names, executor=executor, workers=workers, progress=False,
-                 **executor_options)
-    else:
-        for run, name in zip(runs, names):
-            folder = out / "runs" / name
-            if not _finished(folder, run):
-                study.write_run(folder, run, study.run_batch([run])[0])
+    run_grid(study, runs, out / "runs", names=names, executor=executor, workers=workers, progress=False,
+             **executor_options)
     del shared
     results = pd.concat([pd.read_csv(out / "runs" / name / "eval.csv") for name in names], ignore_index=True)
     with atomic_file(out / "results.csv") as tmp:
